@@ -1,0 +1,3 @@
+from localaid.cli import main
+
+raise SystemExit(main())
