@@ -1,0 +1,188 @@
+"""Plain data passed between observe → decide → act. No behaviour, no I/O.
+
+Times are seconds on the monotonic clock (CLOCK_MONOTONIC, the one systemd's *Monotonic unit
+properties use), so grace periods can compare `now` with the moment systemd saw a unit start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+EMPTY: Mapping = MappingProxyType({})
+
+# Service keys used everywhere (status, history, config); the unit names they map to.
+OLLAMA = "ollama"
+WEBUI = "open-webui"
+UNITS = {OLLAMA: "ollama.service", WEBUI: "open-webui.service"}
+
+# Short-lived units that do privileged work for the supervisor (see units/).
+JOB_UNITS = {
+    "devices": "localaid-devices.service",
+    "ollama-setup": "localaid-ollama-setup.service",
+    "webui-setup": "localaid-webui-setup.service",
+}
+
+
+# ---------------------------------------------------------------------------------- observe
+@dataclass(frozen=True)
+class UnitState:
+    name: str
+    load_state: str = ""  # loaded | not-found | masked | error
+    active_state: str = ""  # active | activating | deactivating | inactive | failed | reloading
+    sub_state: str = ""  # running | auto-restart | exited | dead | failed | start ...
+    unit_file_state: str = ""  # enabled | disabled | static | ...
+    main_pid: int = 0
+    n_restarts: int = 0
+    result: str = ""  # success | exit-code | signal | core-dump | watchdog | start-limit-hit ...
+    control_group: str = ""
+    active_enter_mono: float = 0.0
+    inactive_exit_mono: float = 0.0
+    job: bool = False  # a start/stop job is queued or running
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state == "loaded"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One HTTP request's outcome. `error` is short and human: "timeout after 1 s", "HTTP 500"."""
+    ok: bool
+    latency: float = 0.0
+    status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    size: int  # bytes
+    size_vram: int  # bytes; < size means (partly) on the CPU
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.size > 0 and self.size_vram >= self.size
+
+
+@dataclass(frozen=True)
+class ServiceObs:
+    name: str  # OLLAMA | WEBUI
+    unit: UnitState | None  # None when systemd could not be asked
+    unit_error: str | None = None
+    probe: Probe | None = None  # liveness (ollama GET /, open-webui /health); None if not probed
+    ready: Probe | None = None  # open-webui /ready during start-up
+    models: tuple[LoadedModel, ...] | None = None  # ollama /api/ps; None when not read
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int
+    name: str
+    uuid: str
+    memory_total: int
+    memory_used: int
+    temperature: int | None = None
+    utilization: int | None = None  # percent
+    compute_pids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class XidEvent:
+    xid: int
+    uuid: str
+    at: float  # monotonic
+
+
+@dataclass(frozen=True)
+class GpuObs:
+    state: str = "none"  # ok | none (no NVIDIA driver/GPU) | lost | error | off (watch disabled)
+    devices: tuple[GpuDevice, ...] = ()
+    error: str | None = None
+    driver: str | None = None
+    xids: tuple[XidEvent, ...] = ()  # events since the previous observation
+    ollama_pids: tuple[int, ...] = ()  # PIDs in ollama.service's cgroup (for compute-process checks)
+    nodes_changed_at: float | None = None  # last time device nodes appeared or were fixed
+
+
+@dataclass(frozen=True)
+class JobObs:
+    """A provisioning job: its unit's state plus what it reported in /run/localaid/progress."""
+    name: str  # key of JOB_UNITS
+    unit: UnitState | None
+    text: str | None = None
+    fraction: float | None = None
+    progress_state: str | None = None  # running | done | failed
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    services: Mapping[str, ServiceObs] = field(default_factory=lambda: EMPTY)
+    gpu: GpuObs = field(default_factory=GpuObs)
+    jobs: Mapping[str, JobObs] = field(default_factory=lambda: EMPTY)
+    maintenance: frozenset[str] = frozenset()  # services an upgrade is working on: hands off
+    generation: int = 1  # bumped by the supervisor at every (re)load of the configuration
+    in_flight: frozenset[str] = frozenset()  # actions still running beside the loop, e.g. "preload:llama3"
+
+
+# ----------------------------------------------------------------------------------- decide
+@dataclass(frozen=True)
+class Action:
+    kind: str  # restart | kill-restart | start | start-job | preload | gpu-step
+    target: str  # unit name, job name or model name
+    cause: str  # hung | crash-loop | failed | cpu-fallback | boot-race | gpu-lost | xid | provision ...
+    evidence: str = ""
+    service: str | None = None  # the service key the action is for (OLLAMA / WEBUI)
+
+
+@dataclass(frozen=True)
+class ServiceHistory:
+    state: str = "unknown"  # ok | starting | failing | restarting | degraded | stopped | missing | waiting | unknown
+    reason: str = ""  # human words for state
+    failures: int = 0  # consecutive failed liveness probes
+    failing_since: float | None = None
+    last_ok: float | None = None
+    restarts: tuple[float, ...] = ()  # our restarts inside the budget window
+    backoff: float = 0.0  # current backoff step (0 = next restart may happen at once)
+    next_attempt: float = 0.0  # no restart before this time
+    last_action: str | None = None
+    seen_n_restarts: int = 0  # systemd's NRestarts at last look
+
+
+@dataclass(frozen=True)
+class JobHistory:
+    generation: int = 0  # configuration generation the job last ran for
+    started_at: float = 0.0
+    failures: int = 0  # consecutive failed runs
+    next_attempt: float = 0.0
+    state: str = "idle"  # idle | started | done | failed
+
+
+@dataclass(frozen=True)
+class History:
+    services: Mapping[str, ServiceHistory] = field(default_factory=lambda: EMPTY)
+    jobs: Mapping[str, JobHistory] = field(default_factory=lambda: EMPTY)
+    warm_attempts: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # model -> last preload request
+    gpu: Mapping[str, object] = field(default_factory=lambda: EMPTY)  # owned by the GPU policy
+    extra: Mapping[str, object] = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str
+    reason: str
+    detail: str = ""  # e.g. ":3000", "2 models warm"
+    restarts_in_window: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]
+    history: History
+    status_line: str
+    healthy: bool
+    services: tuple[ServiceStatus, ...] = ()
+    notes: tuple[str, ...] = field(default=())  # journal lines about state changes (not actions)

@@ -1,0 +1,16 @@
+"""Every path localaid reads or writes, in one place (tests point LOCALAID_ROOT elsewhere)."""
+
+from __future__ import annotations
+
+import os
+
+RUN_DIR = os.environ.get("LOCALAID_RUN_DIR", "/run/localaid")
+STATE_DIR = os.environ.get("LOCALAID_STATE_DIR", "/var/lib/localaid")
+CONFIG_FILE = os.environ.get("LOCALAID_CONFIG", "/etc/localaid/localaid.yaml")
+CONFIG_DIR = os.environ.get("LOCALAID_CONFIG_D", "/etc/localaid/conf.d")
+SHARE_DIR = "/usr/share/localaid"
+VENDOR_DIR = "/usr/lib/localaid/vendor"
+
+STATUS_FILE = os.path.join(RUN_DIR, "status.json")
+PROGRESS_DIR = os.path.join(RUN_DIR, "progress")
+MAINTENANCE_DIR = os.path.join(RUN_DIR, "maintenance")
