@@ -1,0 +1,108 @@
+"""Act: carry out the policy's actions through systemd and HTTP, one journal line each.
+
+Quick actions (systemd jobs are queued, not waited for) run inline; a model preload can take
+minutes, so it runs in a worker thread and is reported in `in_flight` until it ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from localaid import log
+from localaid.adapters import http
+from localaid.adapters.systemd import SystemdError
+from localaid.model import JOB_UNITS, Action
+
+
+class Actor:
+    def __init__(self, systemd, clock=time.monotonic):
+        self.systemd = systemd
+        self.clock = clock
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="act")
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self.counts: dict[tuple[str, str, str], int] = {}  # (service/target, kind, cause) -> n
+        self.recent: list[dict] = []  # last actions, newest last, for status.json
+
+    @property
+    def in_flight(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._in_flight)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self, actions, config) -> None:
+        for a in actions:
+            if a.kind == "preload":
+                self._background(f"preload:{a.target}", self._preload, a, config)
+                continue
+            outcome = self._do(a)
+            self._record(a, outcome)
+
+    def _do(self, a: Action) -> str:
+        try:
+            if a.kind == "kill-restart":
+                try:
+                    self.systemd.kill(a.target, "all", 9)
+                except SystemdError as e:  # already dead is fine: the restart below matters
+                    log.warning(f"kill of {a.target} failed, restarting anyway", error=e)
+                self.systemd.restart(a.target)
+            elif a.kind == "restart":
+                self.systemd.restart(a.target)
+            elif a.kind == "start":
+                self.systemd.reset_failed(a.target)
+                self.systemd.start(a.target)
+            elif a.kind == "stop":
+                self.systemd.stop(a.target)
+            elif a.kind == "start-job":
+                unit = JOB_UNITS[a.target]
+                self.systemd.reset_failed(unit)
+                self.systemd.start(unit)
+            else:
+                return f"failed: unknown action kind {a.kind!r}"
+            return "ok"
+        except (SystemdError, KeyError) as e:
+            return f"failed: {e}"
+
+    def _preload(self, a: Action, config) -> str:
+        url = config.ollama.url + "/api/generate"
+        probe, body = http.request(url, config.health.model_load_grace, "POST",
+                                   {"model": a.target, "keep_alive": -1, "stream": False})
+        if probe.ok:
+            return f"ok, loaded in {probe.latency:.1f} s"
+        detail = body.get("error") if isinstance(body, dict) else None
+        return f"failed: {detail or probe.error}"
+
+    def _background(self, key: str, fn, a: Action, config) -> None:
+        with self._lock:
+            if key in self._in_flight:
+                return
+            self._in_flight.add(key)
+
+        def task():
+            try:
+                outcome = fn(a, config)
+            except Exception as e:  # never let a worker die silently
+                outcome = f"failed: {e!r}"
+            finally:
+                with self._lock:
+                    self._in_flight.discard(key)
+            self._record(a, outcome)
+
+        log.info(f"{a.kind} {a.target}: started", cause=a.cause, evidence=a.evidence)
+        self.pool.submit(task)
+
+    def _record(self, a: Action, outcome: str) -> None:
+        emit = log.info if outcome.startswith("ok") else log.error
+        if a.kind in ("kill-restart", "restart", "start") and outcome.startswith("ok"):
+            emit = log.notice
+        emit(f"{a.kind} {a.target}: {outcome}", cause=a.cause, evidence=a.evidence)
+        with self._lock:
+            key = (a.service or a.target, a.kind, a.cause)
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self.recent.append({"at": time.time(), "kind": a.kind, "target": a.target, "cause": a.cause,
+                                "evidence": a.evidence, "outcome": outcome})
+            del self.recent[:-20]

@@ -1,0 +1,331 @@
+"""decide(): the whole supervision policy as a pure function.
+
+    decide(config, observation, history) -> Decision(actions, new history, status line, ...)
+
+No I/O, no clock, no randomness: `observation.now` is the time, jitter is derived from a hash,
+so every transition can be unit-tested with a fake clock (tests/unit/test_policy.py).
+
+Repair goes through systemd. A hung service (active, but its probe failed `health.failures`
+times in a row after its start grace) gets a "kill-restart": SIGKILL to the whole unit, then
+RestartUnit. SIGKILL because a hung process may ignore SIGTERM and keep us waiting for
+TimeoutStopSec; RestartUnit (rather than leaving it to the unit's Restart=) because it starts at
+once instead of after RestartSec, while systemd still keeps the journal and accounting.
+A crash (process gone) is left to the unit's own Restart=: systemd is already doing that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from types import MappingProxyType
+
+from localaid import policy_gpu
+from localaid.model import (
+    JOB_UNITS, OLLAMA, UNITS, WEBUI, Action, Decision, History, JobHistory, Observation,
+    ServiceHistory, ServiceObs, ServiceStatus,
+)
+
+JOB_RETRY_INITIAL = 30.0
+JOB_RETRY_MAX = 3600.0
+JOB_LABELS = {"devices": "GPU devices", "ollama-setup": "ollama setup", "webui-setup": "open-webui setup",
+              "gpu-recover": "GPU recovery"}
+
+
+def _freeze(d: dict) -> MappingProxyType:
+    return MappingProxyType(dict(d))
+
+
+def fmt_seconds(s: float) -> str:
+    s = max(0.0, s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def jitter(key: str, n: int) -> float:
+    """A factor in [0.8, 1.2) that is the same for the same (key, n): pure, yet spread out."""
+    digest = hashlib.blake2b(f"{key}:{n}".encode(), digest_size=2).digest()
+    return 0.8 + 0.4 * int.from_bytes(digest, "big") / 65536
+
+
+def backoff_delay(health, key: str, n: int) -> float:
+    """Delay before restart number n+1, after n restarts in the window (n >= 1)."""
+    base = min(health.backoff_max, health.backoff_initial * (2 ** max(0, n - 1)))
+    return min(health.backoff_max, base * jitter(key, n))
+
+
+def _grace(config, name: str) -> float:
+    return config.health.ollama_start_grace if name == OLLAMA else config.health.webui_start_grace
+
+
+def _enabled_services(config) -> tuple[str, ...]:
+    return (OLLAMA, WEBUI) if config.webui.enabled else (OLLAMA,)
+
+
+# ------------------------------------------------------------------------------- services
+def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: float, obs: Observation,
+             depends_ok: bool, dependency: str | None):
+    """One service: returns (actions, new history, notes)."""
+    hc = config.health
+    unit_name = UNITS[name]
+    notes: list[str] = []
+    actions: list[Action] = []
+    window_start = now - hc.restart_window
+    restarts = tuple(t for t in h.restarts if t > window_start)
+    h = replace(h, restarts=restarts)
+
+    def become(state: str, reason: str, **kw):
+        nonlocal h
+        if state != h.state and h.state != "unknown" and state in ("ok", "degraded", "stopped", "failing"):
+            notes.append(f"{name}: {h.state} -> {state}" + (f" ({reason})" if reason else ""))
+        h = replace(h, state=state, reason=reason, **kw)
+
+    if name in obs.maintenance:
+        become("maintenance", "upgrade in progress", failures=0, failing_since=None)
+        return actions, h, notes
+    if so is None or so.unit is None:
+        become("unknown", so.unit_error if so and so.unit_error else "systemd not reachable")
+        return actions, h, notes
+    unit = so.unit
+    if unit.n_restarts > h.seen_n_restarts and h.state != "unknown":
+        crashes = unit.n_restarts - h.seen_n_restarts
+        notes.append(f"{name}: systemd restarted it after it exited ({unit.result}), {crashes} time(s)")
+        restarts = restarts + (now,) * crashes
+        h = replace(h, restarts=restarts)
+    h = replace(h, seen_n_restarts=unit.n_restarts)
+
+    if not unit.exists:
+        become("missing", "not installed yet" if unit.load_state == "not-found" else unit.load_state)
+        return actions, h, notes
+
+    state, sub = unit.active_state, unit.sub_state
+    if state == "inactive" and not unit.job:
+        become("stopped", "stopped by admin; localaid leaves it until it is started again",
+               failures=0, failing_since=None)
+        return actions, h, notes
+    if state == "failed" or (state == "inactive" and unit.job is False and sub == "failed"):
+        return _repair(config, name, unit_name, h, now, "start", "failed",
+                       f"systemd gave up on it (result {unit.result or 'unknown'})", actions, notes, become)
+    if state in ("activating", "deactivating", "reloading") or sub == "auto-restart":
+        if len(restarts) >= hc.restart_limit:
+            become("degraded", f"crash loop, {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}")
+        else:
+            reason = "systemd restarting it after a crash" if sub == "auto-restart" else state
+            become("restarting" if sub == "auto-restart" else "starting", reason)
+        return actions, h, notes
+
+    # active: judge by the probe
+    probe = so.probe
+    uptime = now - unit.active_enter_mono if unit.active_enter_mono else 0.0
+    grace = _grace(config, name)
+    if probe is not None and probe.ok:
+        if name == WEBUI and so.ready is not None and not so.ready.ok and uptime < grace:
+            become("starting", f"migrating/starting for {fmt_seconds(uptime)}", failures=0, failing_since=None)
+            return actions, h, notes
+        if h.state in ("failing", "restarting", "degraded") and h.failing_since is not None:
+            notes.append(f"{name}: healthy again after {fmt_seconds(now - h.failing_since)}")
+        if len(restarts) >= hc.restart_limit:
+            become("degraded", f"answering, but {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}",
+                   failures=0, last_ok=now, failing_since=None)
+            return actions, h, notes
+        quiet = not restarts
+        become("ok", "", failures=0, failing_since=None, last_ok=now, backoff=0.0 if quiet else h.backoff,
+               next_attempt=0.0 if quiet else h.next_attempt)
+        return actions, h, notes
+    if probe is None:
+        become(h.state if h.state != "unknown" else "starting", h.reason)
+        return actions, h, notes
+    if uptime < grace and h.last_ok is None or (uptime < grace and h.last_ok < unit.active_enter_mono):
+        become("starting", f"started {fmt_seconds(uptime)} ago, grace {fmt_seconds(grace)}", failures=0,
+               failing_since=None)
+        return actions, h, notes
+    failures = h.failures + 1
+    since = h.failing_since if h.failing_since is not None else now
+    h = replace(h, failures=failures, failing_since=since)
+    if not depends_ok:
+        become("waiting", f"{dependency} is down; not {name}'s fault", failures=0)
+        return actions, h, notes
+    if failures < hc.failures:
+        become("failing", f"{probe.error} ({failures}/{hc.failures})")
+        return actions, h, notes
+    cause = "hung" if probe.error and "timeout" in probe.error else "unhealthy"
+    evidence = f"{failures} probes failed in a row, last: {probe.error}"
+    return _repair(config, name, unit_name, h, now, "kill-restart", cause, evidence, actions, notes, become)
+
+
+def _repair(config, name, unit_name, h, now, kind, cause, evidence, actions, notes, become):
+    hc = config.health
+    n = len(h.restarts)
+    if now < h.next_attempt:
+        wait = h.next_attempt - now
+        state = "degraded" if n >= hc.restart_limit else "failing"
+        become(state, f"{cause}; next restart in {fmt_seconds(wait)}, {n}/{hc.restart_limit} in "
+                      f"{fmt_seconds(hc.restart_window)}")
+        return actions, h, notes
+    if n >= hc.restart_limit:
+        # Budget spent: keep trying, but only every backoff_max, and say so.
+        delay = hc.backoff_max
+        state, reason = "degraded", (f"{cause}, restart budget spent ({n}/{hc.restart_limit} in "
+                                     f"{fmt_seconds(hc.restart_window)}); retrying every {fmt_seconds(delay)}")
+    else:
+        delay = backoff_delay(hc, name, n + 1)
+        state, reason = "restarting", f"{cause} {fmt_seconds(now - (h.failing_since or now))}, " \
+                                      f"{n + 1}/{hc.restart_limit} in {fmt_seconds(hc.restart_window)}"
+    actions.append(Action(kind, unit_name, cause, evidence, service=name))
+    become(state, reason, failures=0, restarts=h.restarts + (now,), backoff=delay, next_attempt=now + delay,
+           last_action=f"{kind} ({cause})")
+    return actions, h, notes
+
+
+# ----------------------------------------------------------------------------------- jobs
+def _wanted_jobs(config) -> tuple[str, ...]:
+    jobs = []
+    if config.gpu.devices.mode != "off":
+        jobs.append("devices")
+    jobs.append("ollama-setup")
+    jobs.append("webui-setup")  # also when disabled: it then stops and disables open-webui.service
+    return tuple(jobs)
+
+
+def _jobs(config, obs: Observation, hist: History, now: float):
+    actions, notes = [], []
+    jobs = dict(hist.jobs)
+    for job in _wanted_jobs(config):
+        jo = obs.jobs.get(job)
+        jh = jobs.get(job, JobHistory())
+        unit = jo.unit if jo else None
+        if unit is None or not unit.exists:
+            continue
+        running = unit.job or unit.active_state in ("activating", "deactivating")
+        if jh.state == "started" and not running:
+            if unit.active_state == "failed" or unit.result not in ("", "success"):
+                failures = jh.failures + 1
+                delay = min(JOB_RETRY_MAX, JOB_RETRY_INITIAL * 2 ** (failures - 1))
+                text = (jo.text if jo and jo.text else f"result {unit.result}")
+                notes.append(f"{JOB_LABELS.get(job, job)} failed: {text}; retrying in {fmt_seconds(delay)}")
+                jh = replace(jh, state="failed", failures=failures, next_attempt=now + delay)
+            else:
+                jh = replace(jh, state="done", failures=0)
+        due = (jh.generation != obs.generation) or (jh.state == "failed" and now >= jh.next_attempt)
+        if due and not running:
+            actions.append(Action("start-job", job, "provision",
+                                  f"configuration generation {obs.generation}" if jh.state != "failed"
+                                  else f"retry {jh.failures + 1}"))
+            jh = replace(jh, generation=obs.generation, started_at=now, state="started")
+        jobs[job] = jh
+    return actions, _freeze(jobs), notes
+
+
+def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
+    out = []
+    for job, jh in jobs.items():
+        jo = obs.jobs.get(job)
+        label = JOB_LABELS.get(job, job)
+        running = jo is not None and jo.unit is not None and (jo.unit.job or jo.unit.active_state == "activating")
+        if running:
+            text = jo.text or "running"
+            pct = f" ({jo.fraction * 100:.0f}%)" if jo.fraction is not None else ""
+            out.append(f"{label}: {text}{pct}")
+        elif jh.state == "failed":
+            why = (jo.text if jo and jo.text else "failed")
+            out.append(f"{label} failed: {why}; retry in {fmt_seconds(jh.next_attempt - now)}")
+    return out
+
+
+# --------------------------------------------------------------------------------- models
+def _warm(config, obs: Observation, hist: History, ollama_state: str, now: float):
+    """Keep configured models loaded: preload those missing from /api/ps once Ollama answers."""
+    so = obs.services.get(OLLAMA)
+    if ollama_state != "ok" or so is None or so.models is None:
+        return [], hist.warm_attempts
+    setup = obs.jobs.get("ollama-setup")
+    if setup is not None and setup.unit is not None and setup.unit.active_state == "activating":
+        return [], hist.warm_attempts  # models may still be downloading
+    loaded = {m.name for m in so.models}
+    attempts = dict(hist.warm_attempts)
+    actions = []
+    for spec in config.ollama.models:
+        if not spec.keep_warm or _loaded(spec.name, loaded):
+            continue
+        key = f"preload:{spec.name}"
+        last = attempts.get(spec.name)
+        if key in obs.in_flight or (last is not None and now - last < config.health.model_load_grace):
+            continue
+        attempts[spec.name] = now
+        actions.append(Action("preload", spec.name, "warm", "configured keep_warm, not loaded", service=OLLAMA))
+    return actions, _freeze(attempts)
+
+
+def _loaded(name: str, loaded: set[str]) -> bool:
+    return name in loaded or (":" not in name and f"{name}:latest" in loaded)
+
+
+# --------------------------------------------------------------------------------- status
+def _service_status(config, name: str, h: ServiceHistory, obs: Observation) -> ServiceStatus:
+    detail = ""
+    if name == WEBUI:
+        detail = f":{config.webui.port}"
+    elif name == OLLAMA:
+        so = obs.services.get(OLLAMA)
+        if so is not None and so.models:
+            n = len(so.models)
+            detail = f"{n} model{'s' if n != 1 else ''} warm"
+    window = [t for t in h.restarts if t > obs.now - config.health.restart_window]
+    return ServiceStatus(name, h.state, h.reason, detail, len(window))
+
+
+def _fragment(config, st: ServiceStatus) -> str:
+    if st.state == "ok":
+        return f"{st.name} ok" + (f" {st.detail}" if st.detail.startswith(":") else
+                                  (f", {st.detail}" if st.detail else ""))
+    budget = f", {st.restarts_in_window}/{config.health.restart_limit} in " \
+             f"{fmt_seconds(config.health.restart_window)}" if st.restarts_in_window and \
+        "in " not in st.reason else ""
+    return f"{st.name} {st.state}" + (f" ({st.reason})" if st.reason else "") + budget
+
+
+# ----------------------------------------------------------------------------------- main
+def decide(config, obs: Observation, hist: History) -> Decision:
+    now = obs.now
+    actions: list[Action] = []
+    notes: list[str] = []
+    services = dict(hist.services)
+    statuses = []
+    for name in _enabled_services(config):
+        dep = OLLAMA if name == WEBUI else None
+        dep_ok = dep is None or services.get(dep, ServiceHistory()).state in ("ok", "starting", "unknown")
+        a, h, n = _service(config, name, obs.services.get(name), services.get(name, ServiceHistory()),
+                           now, obs, dep_ok, dep)
+        services[name] = h
+        actions += a
+        notes += n
+        statuses.append(_service_status(config, name, h, obs))
+    hist = replace(hist, services=_freeze(services))
+
+    gpu_actions, gpu_hist, gpu_fragment, gpu_notes = policy_gpu.decide_gpu(config, obs, hist.gpu, now)
+    # A restart the GPU policy wants and the service policy already ordered is done once.
+    planned = {(a.kind, a.target) for a in actions}
+    actions += [a for a in gpu_actions if (a.kind, a.target) not in planned and
+                not (a.kind == "restart" and ("kill-restart", a.target) in planned)]
+    notes += gpu_notes
+    hist = replace(hist, gpu=gpu_hist)
+
+    job_actions, jobs, job_notes = _jobs(config, obs, hist, now)
+    actions += job_actions
+    notes += job_notes
+    hist = replace(hist, jobs=jobs)
+
+    warm_actions, attempts = _warm(config, obs, hist, services[OLLAMA].state, now)
+    actions += warm_actions
+    hist = replace(hist, warm_attempts=attempts)
+
+    parts = []
+    for st in statuses:
+        parts.append(_fragment(config, st))
+        if st.name == OLLAMA and gpu_fragment:
+            parts.append(gpu_fragment)
+    parts += _job_fragments(obs, jobs, now)
+    healthy = all(st.state == "ok" for st in statuses)
+    return Decision(tuple(actions), hist, " · ".join(parts), healthy, tuple(statuses), tuple(notes))

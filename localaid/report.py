@@ -1,0 +1,95 @@
+"""Report: the state file, Prometheus metrics, and the words shown by `systemctl status`."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+
+from localaid import __version__, fsutil, paths
+from localaid.model import Decision, Observation
+
+
+def state_document(config, obs: Observation, decision: Decision, recent: list[dict], generation: int,
+                   cycle_seconds: float) -> dict:
+    gpu = asdict(obs.gpu)
+    gpu.pop("xids", None)
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "written": time.time(),
+        "generation": generation,
+        "config_sources": list(config.sources),
+        "status_line": decision.status_line,
+        "healthy": decision.healthy,
+        "cycle_seconds": round(cycle_seconds, 4),
+        "services": [
+            {**asdict(st),
+             "restarts": list(decision.history.services[st.name].restarts),
+             "probe_latency": _latency(obs, st.name),
+             "unit": asdict(obs.services[st.name].unit) if obs.services.get(st.name) and
+             obs.services[st.name].unit else None,
+             "models": [asdict(m) for m in (obs.services[st.name].models or ())]
+             if obs.services.get(st.name) else []}
+            for st in decision.services
+        ],
+        "gpu": gpu,
+        "jobs": {name: {"state": jh.state, "failures": jh.failures,
+                        "text": obs.jobs[name].text if name in obs.jobs else None}
+                 for name, jh in decision.history.jobs.items()},
+        "recent_actions": recent,
+    }
+
+
+def _latency(obs: Observation, name: str) -> float | None:
+    so = obs.services.get(name)
+    return round(so.probe.latency, 4) if so and so.probe else None
+
+
+def write_state(doc: dict) -> None:
+    fsutil.write_json(paths.STATUS_FILE, doc, 0o644)
+
+
+def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_seconds: float) -> str:
+    out = []
+
+    def metric(name, kind, help_text, samples):
+        out.append(f"# HELP localaid_{name} {help_text}")
+        out.append(f"# TYPE localaid_{name} {kind}")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+            out.append(f"localaid_{name}{{{lab}}} {value}" if lab else f"localaid_{name} {value}")
+
+    metric("healthy", "gauge", "1 when every enabled service is ok.", [({}, int(decision.healthy))])
+    metric("up", "gauge", "1 when the service answers its health probe.",
+           [({"service": st.name}, int(st.state == "ok")) for st in decision.services])
+    metric("probe_latency_seconds", "gauge", "Latency of the last health probe.",
+           [({"service": n}, f"{so.probe.latency:.4f}") for n, so in obs.services.items() if so.probe])
+    metric("restarts_total", "counter", "Actions localaid took, by service, kind and cause (since start).",
+           [({"service": s, "kind": k, "cause": c}, n) for (s, k, c), n in sorted(counts.items())])
+    metric("cycle_seconds", "gauge", "Duration of the last supervision cycle.", [({}, f"{cycle_seconds:.4f}")])
+    gpu = obs.gpu
+    metric("gpu_state", "gauge", "GPU watch state (1 for the current one).", [({"state": gpu.state}, 1)])
+    for d in gpu.devices:
+        lab = {"gpu": str(d.index), "uuid": d.uuid, "name": d.name}
+        out.append(f'localaid_gpu_memory_total_bytes{{{_labels(lab)}}} {d.memory_total}')
+        out.append(f'localaid_gpu_memory_used_bytes{{{_labels(lab)}}} {d.memory_used}')
+        if d.temperature is not None:
+            out.append(f'localaid_gpu_temperature_celsius{{{_labels(lab)}}} {d.temperature}')
+        if d.utilization is not None:
+            out.append(f'localaid_gpu_utilization_ratio{{{_labels(lab)}}} {d.utilization / 100:.2f}')
+    return "\n".join(out) + "\n"
+
+
+def _labels(d: dict) -> str:
+    return ",".join(f'{k}="{_esc(v)}"' for k, v in d.items())
+
+
+def _esc(v: object) -> str:
+    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def write_metrics(path: str | None, text: str) -> None:
+    """Only into an existing directory (node-exporter's textfile collector creates it)."""
+    if path and os.path.isdir(os.path.dirname(path)):
+        fsutil.atomic_write(path, text, 0o644)

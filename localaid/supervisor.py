@@ -1,0 +1,180 @@
+"""The loop: observe → decide → act → report, once per health.interval. The one place that
+wires the adapters together.
+
+Signals only set flags (and wake the sleep through a wakeup fd): SIGHUP reloads the
+configuration (a bad one is reported and the old one kept), SIGTERM/SIGINT stop the loop
+without touching the services it supervises, SIGUSR1 asks for an immediate cycle (the resume
+hook uses it). WATCHDOG=1 is sent only here, after a whole cycle completed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import replace
+from types import MappingProxyType
+
+from localaid import config as config_mod
+from localaid import fsutil, log, paths, policy, report
+from localaid.act import Actor
+from localaid.adapters.notify import Notifier, watchdog_interval
+from localaid.adapters.systemd import Systemd
+from localaid.model import OLLAMA, WEBUI, History, ServiceHistory
+from localaid.observe import Observer
+
+
+class Supervisor:
+    def __init__(self, config, config_path: str, conf_d: str | None, systemd=None, gpu=None,
+                 notifier: Notifier | None = None, clock=time.monotonic):
+        self.config = config
+        self.config_path = config_path
+        self.conf_d = conf_d
+        self.clock = clock
+        self.systemd = systemd or Systemd()
+        self.notifier = notifier or Notifier()
+        self.observer = Observer(self.systemd, gpu, clock=clock)
+        self.actor = Actor(self.systemd, clock=clock)
+        self.history = restore_history()
+        self.generation = 1
+        self.cycles = 0
+        self._flags: set[str] = set()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._last_status = None
+
+    # ---- signals: set a flag, nothing else ----------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:
+        self._flags.add({signal.SIGHUP: "reload", signal.SIGUSR1: "now"}.get(signum, "stop"))
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(s, self._on_signal)
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0 and not self._flags:
+            select.select([self._wake_r], [], [], seconds)
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def reload(self) -> None:
+        self.notifier.send(reloading=1, status="reloading configuration",
+                           monotonic_usec=int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6))
+        try:
+            new = config_mod.load(self.config_path, self.conf_d)
+        except config_mod.ConfigError as e:
+            for line in str(e).splitlines():
+                log.error("configuration not reloaded, keeping the running one: " + line)
+        else:
+            self.config = new
+            self.generation += 1
+            log.notice("configuration reloaded", sources=",".join(new.sources) or "defaults",
+                       generation=self.generation)
+        self.notifier.send(ready=1)
+
+    def cycle(self) -> None:
+        start = self.clock()
+        ollama_unit = self._last_unit(OLLAMA)
+        webui_h = self.history.services.get(WEBUI)
+        obs = self.observer.observe(self.config, self.generation, self.actor.in_flight,
+                                    ollama_cgroup=ollama_unit.control_group if ollama_unit else "",
+                                    webui_starting=webui_h is None or webui_h.state != "ok")
+        self._last_obs = obs
+        decision = policy.decide(self.config, obs, self.history)
+        self.history = decision.history
+        for note in decision.notes:
+            log.notice(note)
+        self.actor.run(decision.actions, self.config)
+        took = self.clock() - start
+        doc = report.state_document(self.config, obs, decision, list(self.actor.recent), self.generation, took)
+        try:
+            report.write_state(doc)
+            report.write_metrics(self.config.metrics.textfile,
+                                 report.metrics_text(obs, decision, self.actor.counts, took))
+        except OSError as e:
+            log.error("cannot write state", error=e)
+        if decision.status_line != self._last_status:
+            self.notifier.status(decision.status_line)
+            self._last_status = decision.status_line
+        self.notifier.watchdog()
+        self.cycles += 1
+
+    def _last_unit(self, name):
+        obs = getattr(self, "_last_obs", None)
+        so = obs.services.get(name) if obs else None
+        return so.unit if so else None
+
+    def run(self, max_cycles: int | None = None) -> int:
+        self.install_signals()
+        wd = watchdog_interval()
+        if wd is not None and wd < self.config.health.interval:
+            log.warning("WatchdogSec= is shorter than two health intervals: cycles will be cut short",
+                        watchdog=f"{wd * 2:g}s", interval=f"{self.config.health.interval:g}s")
+        self.notifier.ready("starting: first health check")
+        log.info("localaid started", version=_version(), sources=",".join(self.config.sources) or "defaults",
+                 interval=f"{self.config.health.interval:g}s", watchdog=f"{wd * 2:g}s" if wd else "off")
+        try:
+            while "stop" not in self._flags:
+                if "reload" in self._flags:
+                    self._flags.discard("reload")
+                    self.reload()
+                self._flags.discard("now")
+                start = self.clock()
+                self.cycle()
+                if max_cycles is not None and self.cycles >= max_cycles:
+                    break
+                self._sleep(self.config.health.interval - (self.clock() - start))
+        finally:
+            self.notifier.stopping()
+            log.info("localaid stopping; supervised services keep running")
+            self.observer.close()
+            self.actor.close()
+        return 0
+
+
+def _version() -> str:
+    from localaid import __version__
+    return __version__
+
+
+def restore_history() -> History:
+    """After a crash or watchdog restart of localaid (same boot: /run survives, and monotonic
+    times stay valid), keep the restart budget it had; everything else is re-observed."""
+    doc = fsutil.read_json(paths.STATUS_FILE)
+    if not isinstance(doc, dict):
+        return History()
+    services = {}
+    now = time.monotonic()
+    for s in doc.get("services") or ():
+        try:
+            restarts = tuple(float(t) for t in s.get("restarts") or () if float(t) <= now)
+            services[s["name"]] = ServiceHistory(restarts=restarts,
+                                                 seen_n_restarts=int((s.get("unit") or {}).get("n_restarts", 0)))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return replace(History(), services=MappingProxyType(services))
+
+
+def main(config_path: str, conf_d: str | None) -> int:
+    """`localaid daemon`: refuse to start on a bad configuration, with the reason in the journal."""
+    try:
+        config = config_mod.load(config_path, conf_d)
+    except config_mod.ConfigError as e:
+        for line in str(e).splitlines():
+            log.error(line)
+        log.error("localaid not started: fix the configuration, then: systemctl restart localaid")
+        return 78  # EX_CONFIG
+    os.makedirs(paths.RUN_DIR, exist_ok=True)
+    gpu = None
+    if config.gpu.watch:
+        from localaid.adapters.gpu import Gpu
+        gpu = Gpu(config)
+    return Supervisor(config, config_path, conf_d, gpu=gpu).run()
