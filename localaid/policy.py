@@ -82,6 +82,9 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
             notes.append(f"{name}: {h.state} -> {state}" + (f" ({reason})" if reason else ""))
         h = replace(h, state=state, reason=reason, **kw)
 
+    def h_of():
+        return h
+
     if name in obs.maintenance:
         become("maintenance", "upgrade in progress", failures=0, failing_since=None)
         return actions, h, notes
@@ -107,7 +110,7 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
         return actions, h, notes
     if state == "failed" or (state == "inactive" and unit.job is False and sub == "failed"):
         return _repair(config, name, unit_name, h, now, "start", "failed",
-                       f"systemd gave up on it (result {unit.result or 'unknown'})", actions, notes, become)
+                       f"systemd gave up on it (result {unit.result or 'unknown'})", become), h_of(), notes
     if state in ("activating", "deactivating", "reloading") or sub == "auto-restart":
         if len(restarts) >= hc.restart_limit:
             become("degraded", f"crash loop, {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}")
@@ -118,7 +121,7 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
 
     # active: judge by the probe
     probe = so.probe
-    uptime = now - unit.active_enter_mono if unit.active_enter_mono else 0.0
+    uptime = now - unit.active_enter_mono
     grace = _grace(config, name)
     if probe is not None and probe.ok:
         if name == WEBUI and so.ready is not None and not so.ready.ok and uptime < grace:
@@ -137,7 +140,8 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
     if probe is None:
         become(h.state if h.state != "unknown" else "starting", h.reason)
         return actions, h, notes
-    if uptime < grace and h.last_ok is None or (uptime < grace and h.last_ok < unit.active_enter_mono):
+    answered_since_start = h.last_ok is not None and h.last_ok >= unit.active_enter_mono
+    if uptime < grace and not answered_since_start:
         become("starting", f"started {fmt_seconds(uptime)} ago, grace {fmt_seconds(grace)}", failures=0,
                failing_since=None)
         return actions, h, notes
@@ -152,10 +156,11 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
         return actions, h, notes
     cause = "hung" if probe.error and "timeout" in probe.error else "unhealthy"
     evidence = f"{failures} probes failed in a row, last: {probe.error}"
-    return _repair(config, name, unit_name, h, now, "kill-restart", cause, evidence, actions, notes, become)
+    return _repair(config, name, unit_name, h, now, "kill-restart", cause, evidence, become), h_of(), notes
 
 
-def _repair(config, name, unit_name, h, now, kind, cause, evidence, actions, notes, become):
+def _repair(config, name, unit_name, h, now, kind, cause, evidence, become) -> list[Action]:
+    """Restart now if backoff and budget allow; otherwise say when. Returns the actions."""
     hc = config.health
     n = len(h.restarts)
     if now < h.next_attempt:
@@ -163,20 +168,20 @@ def _repair(config, name, unit_name, h, now, kind, cause, evidence, actions, not
         state = "degraded" if n >= hc.restart_limit else "failing"
         become(state, f"{cause}; next restart in {fmt_seconds(wait)}, {n}/{hc.restart_limit} in "
                       f"{fmt_seconds(hc.restart_window)}")
-        return actions, h, notes
+        return []
     if n >= hc.restart_limit:
         # Budget spent: keep trying, but only every backoff_max, and say so.
         delay = hc.backoff_max
         state, reason = "degraded", (f"{cause}, restart budget spent ({n}/{hc.restart_limit} in "
                                      f"{fmt_seconds(hc.restart_window)}); retrying every {fmt_seconds(delay)}")
     else:
-        delay = backoff_delay(hc, name, n + 1)
+        # The restart that spends the budget is followed by the slow retry interval.
+        delay = hc.backoff_max if n + 1 >= hc.restart_limit else backoff_delay(hc, name, n + 1)
         state, reason = "restarting", f"{cause} {fmt_seconds(now - (h.failing_since or now))}, " \
                                       f"{n + 1}/{hc.restart_limit} in {fmt_seconds(hc.restart_window)}"
-    actions.append(Action(kind, unit_name, cause, evidence, service=name))
     become(state, reason, failures=0, restarts=h.restarts + (now,), backoff=delay, next_attempt=now + delay,
            last_action=f"{kind} ({cause})")
-    return actions, h, notes
+    return [Action(kind, unit_name, cause, evidence, service=name)]
 
 
 # ----------------------------------------------------------------------------------- jobs

@@ -1,0 +1,364 @@
+"""decide() over every transition, with a fake clock: no processes, no I/O."""
+
+from dataclasses import replace
+from types import MappingProxyType
+
+import pytest
+
+from localaid import policy
+from localaid.config import Config, ModelSpec
+from localaid.model import (
+    JOB_UNITS, OLLAMA, WEBUI, GpuObs, History, JobObs, LoadedModel, Observation, Probe, ServiceObs, UnitState,
+)
+
+OK = Probe(True, 0.01, 200)
+SLOW_OK = Probe(True, 0.95, 200)
+HUNG = Probe(False, 1.0, None, "timeout after 1 s")
+ERR500 = Probe(False, 0.01, 500, "HTTP 500")
+REFUSED = Probe(False, 0.0, None, "connection refused")
+
+
+def cfg(**health):
+    c = Config()
+    h = replace(c.health, **{"ollama_start_grace": 10.0, "webui_start_grace": 20.0, **health})
+    return replace(c, health=h)
+
+
+def unit(name, state="active", sub="running", enter=0.0, n=0, result="success", load="loaded", job=False):
+    return UnitState(name=name, load_state=load, active_state=state, sub_state=sub, n_restarts=n,
+                     result=result, active_enter_mono=enter, job=job)
+
+
+def jobs_idle():
+    return {j: JobObs(j, unit(u, state="inactive", sub="dead")) for j, u in JOB_UNITS.items()}
+
+
+def observe(now, ollama=None, webui=None, models=None, maintenance=(), generation=1, jobs=None,
+            in_flight=()):
+    services = {}
+    if ollama is not False:
+        u, p = ollama or (unit("ollama.service"), OK)
+        services[OLLAMA] = ServiceObs(OLLAMA, u, None, p, models=models if models is not None else ())
+    if webui is not False:
+        u, p = webui or (unit("open-webui.service"), OK)
+        services[WEBUI] = ServiceObs(WEBUI, u, None, p, ready=OK)
+    return Observation(now=now, services=MappingProxyType(services), gpu=GpuObs(state="none"),
+                       jobs=MappingProxyType(jobs if jobs is not None else jobs_idle()),
+                       maintenance=frozenset(maintenance), generation=generation,
+                       in_flight=frozenset(in_flight))
+
+
+def run(c, observations, hist=None):
+    hist = hist or History()
+    decisions = []
+    for o in observations:
+        d = policy.decide(c, o, hist)
+        hist = d.history
+        decisions.append(d)
+    return decisions
+
+
+def service_actions(d):
+    return [(a.kind, a.target, a.cause) for a in d.actions if a.kind != "start-job"]
+
+
+# ----------------------------------------------------------------------------- healthy, grace
+def test_healthy_stack_no_actions_and_one_line_status():
+    d = run(cfg(), [observe(100.0)])[0]
+    assert service_actions(d) == []
+    assert d.healthy
+    assert d.status_line.startswith("ollama ok · ")
+    assert "open-webui ok :3000" in d.status_line
+
+
+def test_slow_but_answering_within_timeout_is_never_restarted():
+    c = cfg()
+    ds = run(c, [observe(100.0 + i, ollama=(unit("ollama.service"), SLOW_OK)) for i in range(600)])
+    assert all(service_actions(d) == [] for d in ds)
+    assert ds[-1].history.services[OLLAMA].state == "ok"
+
+
+def test_failures_inside_start_grace_do_not_count():
+    c = cfg()
+    u = unit("ollama.service", enter=100.0)
+    ds = run(c, [observe(100.0 + i, ollama=(u, REFUSED)) for i in range(10)])  # grace is 10 s
+    assert all(service_actions(d) == [] for d in ds)
+    assert ds[-1].history.services[OLLAMA].state == "starting"
+    assert "grace" in ds[-1].history.services[OLLAMA].reason
+
+
+def test_never_answering_after_grace_is_restarted():
+    c = cfg()
+    u = unit("ollama.service", enter=100.0)
+    ds = run(c, [observe(100.0 + i, ollama=(u, REFUSED)) for i in range(14)])
+    kinds = [service_actions(d) for d in ds]
+    assert kinds[:12] == [[]] * 12
+    assert kinds[12] == [("kill-restart", "ollama.service", "unhealthy")]
+
+
+# ------------------------------------------------------------------------------------- hangs
+def test_hung_service_restarted_after_n_consecutive_failures():
+    c = cfg(failures=3)
+    ok = [observe(100.0 + i) for i in range(3)]
+    hung = [observe(103.0 + i, ollama=(unit("ollama.service"), HUNG)) for i in range(3)]
+    ds = run(c, ok + hung)
+    assert [service_actions(d) for d in ds[3:5]] == [[], []]
+    assert service_actions(ds[5]) == [("kill-restart", "ollama.service", "hung")]
+    a = [x for x in ds[5].actions if x.kind == "kill-restart"][0]
+    assert "3 probes failed" in a.evidence and "timeout" in a.evidence
+    assert ds[5].history.services[OLLAMA].state == "restarting"
+    assert "ollama restarting (hung" in ds[5].status_line and "1/5 in 10 min" in ds[5].status_line
+
+
+def test_one_success_resets_the_failure_count():
+    c = cfg(failures=3)
+    seq = [HUNG, HUNG, OK, HUNG, HUNG, OK]
+    ds = run(c, [observe(100.0 + i, ollama=(unit("ollama.service"), p)) for i, p in enumerate(seq)])
+    assert all(service_actions(d) == [] for d in ds)
+
+
+def test_http_500_counts_as_unhealthy():
+    c = cfg(failures=2)
+    ds = run(c, [observe(100.0 + i, ollama=(unit("ollama.service"), ERR500)) for i in range(2)])
+    assert service_actions(ds[1]) == [("kill-restart", "ollama.service", "unhealthy")]
+
+
+def _hang_cycles(c, start, n, enter):
+    return [observe(start + i, ollama=(unit("ollama.service", enter=enter), HUNG)) for i in range(n)]
+
+
+def test_backoff_between_restarts_grows_and_is_capped():
+    c = cfg(failures=1, backoff_initial=2.0, backoff_max=16.0, restart_limit=100, ollama_start_grace=0.0)
+    hist = History()
+    restart_times = []
+    t = 100.0
+    while t < 400.0:
+        d = policy.decide(c, observe(t, ollama=(unit("ollama.service"), HUNG)), hist)
+        hist = d.history
+        if service_actions(d):
+            restart_times.append(t)
+        t += 0.5
+    gaps = [b - a for a, b in zip(restart_times, restart_times[1:])]
+    assert gaps[0] <= 2.0 * 1.2 + 0.5
+    assert all(later >= earlier * 0.6 for earlier, later in zip(gaps, gaps[1:]))  # grows (with jitter)
+    assert max(gaps) <= 16.0 + 0.5  # capped
+    assert max(gaps) >= 16.0 * 0.8
+
+
+def test_restart_budget_then_degraded_and_slow_retry():
+    c = cfg(failures=1, backoff_initial=1.0, backoff_max=60.0, restart_limit=3, restart_window=600.0,
+            ollama_start_grace=0.0)
+    hist = History()
+    restarts = []
+    for i in range(0, 400):
+        t = 100.0 + i
+        d = policy.decide(c, observe(t, ollama=(unit("ollama.service"), HUNG)), hist)
+        hist = d.history
+        if service_actions(d):
+            restarts.append(t)
+    assert len(restarts) >= 4
+    # After three restarts the budget is spent: the next ones are backoff_max apart.
+    assert restarts[3] - restarts[2] >= 60.0
+    assert all(b - a >= 60.0 for a, b in zip(restarts[3:], restarts[4:]))
+    assert hist.services[OLLAMA].state == "degraded"
+    assert "restart budget spent" in hist.services[OLLAMA].reason or "next restart" in hist.services[OLLAMA].reason
+    assert "ollama degraded" in d.status_line
+
+
+def test_budget_window_slides():
+    c = cfg(failures=1, backoff_initial=1.0, backoff_max=2.0, restart_limit=2, restart_window=50.0,
+            ollama_start_grace=0.0)
+    hist = History()
+    d = None
+    for t in (100.0, 103.0):
+        d = policy.decide(c, observe(t, ollama=(unit("ollama.service"), HUNG)), hist)
+        hist = d.history
+    assert len(hist.services[OLLAMA].restarts) == 2
+    d = policy.decide(c, observe(200.0, ollama=(unit("ollama.service"), OK)), hist)
+    assert d.history.services[OLLAMA].restarts == ()
+    assert d.history.services[OLLAMA].state == "ok"
+
+
+def test_recovery_is_noted_in_the_journal():
+    c = cfg(failures=1, ollama_start_grace=0.0)
+    obs = [observe(100.0, ollama=(unit("ollama.service"), HUNG)),
+           observe(101.0, ollama=(unit("ollama.service", enter=100.5), OK))]
+    ds = run(c, obs)
+    assert any("healthy again" in n for n in ds[1].notes)
+
+
+# ------------------------------------------------------------------- crashes, failed, stopped
+def test_crash_left_to_systemd_but_counted():
+    c = cfg()
+    ds = run(c, [
+        observe(100.0),
+        observe(101.0, ollama=(unit("ollama.service", state="activating", sub="auto-restart", n=1,
+                                    result="signal"), None)),
+    ])
+    assert service_actions(ds[1]) == []
+    assert ds[1].history.services[OLLAMA].state == "restarting"
+    assert any("systemd restarted it" in n for n in ds[1].notes)
+
+
+def test_crash_loop_marks_degraded_without_our_restarts():
+    c = cfg(restart_limit=3)
+    obs = [observe(100.0)]
+    for i in range(1, 5):
+        obs.append(observe(100.0 + 5 * i, ollama=(unit("ollama.service", state="activating", sub="auto-restart",
+                                                       n=i, result="exit-code"), None)))
+    ds = run(c, obs)
+    assert all(service_actions(d) == [] for d in ds)
+    assert ds[-1].history.services[OLLAMA].state == "degraded"
+    assert "crash loop" in ds[-1].status_line
+
+
+def test_failed_unit_is_reset_and_started_with_backoff():
+    c = cfg(backoff_initial=10.0)
+    failed = unit("open-webui.service", state="failed", sub="failed", result="start-limit-hit")
+    ds = run(c, [observe(100.0 + i, webui=(failed, REFUSED)) for i in range(5)])
+    assert service_actions(ds[0]) == [("start", "open-webui.service", "failed")]
+    assert all(service_actions(d) == [] for d in ds[1:])  # backoff holds
+
+
+def test_admin_stop_is_respected():
+    c = cfg()
+    stopped = unit("ollama.service", state="inactive", sub="dead", result="success")
+    ds = run(c, [observe(100.0)] + [observe(101.0 + i, ollama=(stopped, REFUSED)) for i in range(100)])
+    assert all(service_actions(d) == [] for d in ds)
+    assert ds[-1].history.services[OLLAMA].state == "stopped"
+    assert "stopped by admin" in ds[-1].status_line
+
+
+def test_started_again_after_admin_stop_is_supervised_again():
+    c = cfg(failures=1, ollama_start_grace=0.0)
+    stopped = unit("ollama.service", state="inactive", sub="dead")
+    ds = run(c, [observe(100.0, ollama=(stopped, REFUSED)),
+                 observe(101.0, ollama=(unit("ollama.service", enter=100.5), OK)),
+                 observe(102.0, ollama=(unit("ollama.service", enter=100.5), HUNG))])
+    assert service_actions(ds[2]) == [("kill-restart", "ollama.service", "hung")]
+
+
+def test_missing_unit_is_reported_not_repaired():
+    c = cfg()
+    missing = unit("ollama.service", state="inactive", sub="dead", load="not-found")
+    d = run(c, [observe(100.0, ollama=(missing, REFUSED))])[0]
+    assert service_actions(d) == []
+    assert "ollama missing (not installed yet)" in d.status_line
+
+
+def test_systemd_unreachable_means_no_action():
+    c = cfg()
+    o = observe(100.0)
+    services = dict(o.services)
+    services[OLLAMA] = ServiceObs(OLLAMA, None, "did not answer in time", HUNG)
+    d = policy.decide(c, replace(o, services=MappingProxyType(services)), History())
+    assert service_actions(d) == []
+    assert d.history.services[OLLAMA].state == "unknown"
+
+
+def test_maintenance_means_hands_off():
+    c = cfg(failures=1, ollama_start_grace=0.0)
+    ds = run(c, [observe(100.0 + i, ollama=(unit("ollama.service"), HUNG), maintenance={OLLAMA})
+                 for i in range(10)])
+    assert all(service_actions(d) == [] for d in ds)
+    assert "upgrade in progress" in ds[-1].status_line
+
+
+# ------------------------------------------------------------------------------ dependencies
+def test_webui_not_blamed_while_ollama_is_down():
+    c = cfg(failures=1, ollama_start_grace=0.0, webui_start_grace=0.0, backoff_initial=1000.0)
+    ds = run(c, [observe(100.0 + i, ollama=(unit("ollama.service"), HUNG),
+                         webui=(unit("open-webui.service"), HUNG)) for i in range(5)])
+    targets = [a[1] for d in ds for a in service_actions(d)]
+    assert "open-webui.service" not in targets
+    assert ds[-1].history.services[WEBUI].state == "waiting"
+
+
+def test_webui_starting_until_ready_within_grace():
+    c = cfg()
+    u = unit("open-webui.service", enter=100.0)
+    o = observe(105.0, webui=(u, OK))
+    services = dict(o.services)
+    services[WEBUI] = ServiceObs(WEBUI, u, None, OK, ready=Probe(False, 0.01, 503, "HTTP 503"))
+    d = policy.decide(c, replace(o, services=MappingProxyType(services)), History())
+    assert d.history.services[WEBUI].state == "starting"
+    assert not d.healthy
+
+
+def test_webui_disabled_is_left_out():
+    c = cfg()
+    c = replace(c, webui=replace(c.webui, enabled=False))
+    d = run(c, [observe(100.0, webui=False)])[0]
+    assert "open-webui" not in d.status_line
+    assert d.healthy
+
+
+# -------------------------------------------------------------------------------------- jobs
+def test_jobs_started_once_per_configuration_generation():
+    c = cfg()
+    ds = run(c, [observe(100.0), observe(101.0), observe(102.0, generation=2)])
+    jobs = [sorted(a.target for a in d.actions if a.kind == "start-job") for d in ds]
+    assert jobs[0] == ["devices", "ollama-setup", "webui-setup"]
+    assert jobs[1] == []
+    assert jobs[2] == ["devices", "ollama-setup", "webui-setup"]
+
+
+def test_no_device_job_when_devices_off():
+    c = cfg()
+    c = replace(c, gpu=replace(c.gpu, devices=replace(c.gpu.devices, mode="off")))
+    d = run(c, [observe(100.0)])[0]
+    assert "devices" not in [a.target for a in d.actions if a.kind == "start-job"]
+
+
+def test_failed_job_retried_with_backoff_and_reported():
+    c = cfg()
+    running = jobs_idle()
+    running["ollama-setup"] = JobObs("ollama-setup", unit("localaid-ollama-setup.service", state="activating",
+                                                           sub="start"), "downloading install script", 0.4)
+    failed = jobs_idle()
+    failed["ollama-setup"] = JobObs("ollama-setup", unit("localaid-ollama-setup.service", state="failed",
+                                                          sub="failed", result="exit-code"),
+                                    "install script download failed: HTTP 404 from https://x/install.sh")
+    ds = run(c, [observe(100.0), observe(101.0, jobs=running), observe(102.0, jobs=failed),
+                 observe(110.0, jobs=failed), observe(133.0, jobs=failed)])
+    assert "ollama setup: downloading install script (40%)" in ds[1].status_line
+    assert any("ollama setup failed" in n and "HTTP 404" in n for n in ds[2].notes)
+    assert "ollama setup failed: install script download failed" in ds[3].status_line
+    assert [a.target for a in ds[3].actions if a.kind == "start-job"] == []
+    assert [a.target for a in ds[4].actions if a.kind == "start-job"] == ["ollama-setup"]
+
+
+# ------------------------------------------------------------------------------------ models
+def test_keep_warm_models_preloaded_once_until_grace():
+    c = cfg()
+    c = replace(c, ollama=replace(c.ollama, models=(ModelSpec("deepseek-r1:8b"), ModelSpec("tiny", False))))
+    ds = run(c, [observe(100.0), observe(101.0, in_flight={"preload:deepseek-r1:8b"}), observe(102.0),
+                 observe(500.0)])
+    pre = [[a.target for a in d.actions if a.kind == "preload"] for d in ds]
+    assert pre == [["deepseek-r1:8b"], [], [], ["deepseek-r1:8b"]]
+
+
+def test_warm_model_not_preloaded_again_while_loaded():
+    c = cfg()
+    c = replace(c, ollama=replace(c.ollama, models=(ModelSpec("llama3"),)))
+    d = run(c, [observe(100.0, models=(LoadedModel("llama3:latest", 5, 5),))])[0]
+    assert [a for a in d.actions if a.kind == "preload"] == []
+    assert "1 model warm" in d.status_line
+
+
+def test_no_preload_while_ollama_unhealthy():
+    c = cfg(failures=5)
+    c = replace(c, ollama=replace(c.ollama, models=(ModelSpec("llama3"),)))
+    d = run(c, [observe(100.0, ollama=(unit("ollama.service"), HUNG))])[0]
+    assert [a for a in d.actions if a.kind == "preload"] == []
+
+
+# ------------------------------------------------------------------------------------ helpers
+@pytest.mark.parametrize("n", range(1, 30))
+def test_jitter_is_deterministic_and_bounded(n):
+    assert policy.jitter("ollama", n) == policy.jitter("ollama", n)
+    assert 0.8 <= policy.jitter("ollama", n) < 1.2
+
+
+def test_jitter_spreads_services_apart():
+    assert len({round(policy.jitter(k, 1), 4) for k in ("ollama", "open-webui", "a", "b")}) >= 3
