@@ -35,7 +35,7 @@ def core_checks(config) -> list[Check]:
     status = fsutil.read_json(paths.STATUS_FILE)
     if isinstance(status, dict):
         age = time.time() - float(status.get("written", 0))
-        fresh = age < max(10.0, 5 * config.health.interval)
+        fresh = age < max(30.0, 5 * config.health.interval)
         checks.append(Check("status", fresh if fresh else None,
                             f"last cycle {age:.0f} s ago: {status.get('status_line', '')}",
                             "" if fresh else "the supervisor loop is not completing cycles: journalctl -u localaid"))

@@ -32,13 +32,11 @@ class UnitState:
     load_state: str = ""  # loaded | not-found | masked | error
     active_state: str = ""  # active | activating | deactivating | inactive | failed | reloading
     sub_state: str = ""  # running | auto-restart | exited | dead | failed | start ...
-    unit_file_state: str = ""  # enabled | disabled | static | ...
     main_pid: int = 0
     n_restarts: int = 0
     result: str = ""  # success | exit-code | signal | core-dump | watchdog | start-limit-hit ...
     control_group: str = ""
     active_enter_mono: float = 0.0
-    inactive_exit_mono: float = 0.0
     job: bool = False  # a start/stop job is queued or running
 
     @property

@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from localaid import paths, progress
 from localaid.adapters import http
+from localaid.adapters.systemd import make_state
 from localaid.model import (
     JOB_UNITS, OLLAMA, UNITS, WEBUI, GpuObs, JobObs, Observation, Probe, ServiceObs,
 )
@@ -26,6 +27,7 @@ class Observer:
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="observe")
         self._pending: dict[str, Future] = {}
+        self._details: dict[str, tuple] = {}  # unit -> (summary, fetched at, details)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -39,12 +41,13 @@ class Observer:
         return fut
 
     def observe(self, config, generation: int = 1, in_flight: frozenset[str] = frozenset(),
-                ollama_cgroup: str = "", webui_starting: bool = False) -> Observation:
+                ollama_cgroup: str = "", webui_starting: bool = False,
+                refresh: frozenset[str] = frozenset()) -> Observation:
         hc = config.health
         units = [UNITS[OLLAMA]] + ([UNITS[WEBUI]] if config.webui.enabled else [])
         jobs = list(JOB_UNITS.items())
         futs: dict[str, Future | None] = {
-            "units": self._submit("units", self._units, units + [u for _, u in jobs]),
+            "units": self._submit("units", self._units, units + [u for _, u in jobs], refresh),
             "ollama": self._submit("ollama", http.request, config.ollama.url + "/", hc.timeout),
             "ps": self._submit("ps", http.request, config.ollama.url + "/api/ps", hc.timeout),
         }
@@ -99,8 +102,27 @@ class Observer:
                            jobs=MappingProxyType(job_obs), maintenance=maintenance(),
                            generation=generation, in_flight=in_flight)
 
-    def _units(self, names):
-        return {name: self.systemd.state(name) for name in names}
+    DETAIL_MAX_AGE = 10.0
+
+    def _units(self, names, refresh: frozenset[str]):
+        """States of all units: one ListUnitsByNames call, plus the per-service details (main PID,
+        restarts, start time, result) only when a unit's summary changed, its probe failed, or
+        the cached details are older than DETAIL_MAX_AGE. Idle, that is one D-Bus call a cycle."""
+        summaries = self.systemd.summaries(names)
+        now = self.clock()
+        out = {}
+        for name in names:
+            summary = summaries.get(name, ("not-found", "inactive", "dead", False))
+            detail = {}
+            if name in UNITS.values() and summary[0] == "loaded":
+                cached = self._details.get(name)
+                if cached is None or cached[0] != summary or now - cached[1] > self.DETAIL_MAX_AGE \
+                        or name in refresh:
+                    cached = (summary, now, self.systemd.details(name))
+                    self._details[name] = cached
+                detail = cached[2]
+            out[name] = make_state(name, summary, detail)
+        return out
 
 
 def _connect_host(host: str) -> str:

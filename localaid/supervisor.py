@@ -22,8 +22,11 @@ from localaid import fsutil, log, paths, policy, report
 from localaid.act import Actor
 from localaid.adapters.notify import Notifier, watchdog_interval
 from localaid.adapters.systemd import Systemd
-from localaid.model import OLLAMA, WEBUI, History, ServiceHistory
+from localaid.model import OLLAMA, UNITS, WEBUI, History, ServiceHistory
 from localaid.observe import Observer
+
+# The state file and metrics are rewritten when something changed, else at most this often.
+STATE_EVERY = 5.0
 
 
 class Supervisor:
@@ -45,6 +48,7 @@ class Supervisor:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._last_status = None
+        self._last_write = float("-inf")
 
     # ---- signals: set a flag, nothing else ----------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -84,9 +88,11 @@ class Supervisor:
         start = self.clock()
         ollama_unit = self._last_unit(OLLAMA)
         webui_h = self.history.services.get(WEBUI)
+        # Units whose service is not plainly ok get fresh details (start time, restarts) every cycle.
+        refresh = frozenset(UNITS[n] for n, h in self.history.services.items() if h.state != "ok")
         obs = self.observer.observe(self.config, self.generation, self.actor.in_flight,
                                     ollama_cgroup=ollama_unit.control_group if ollama_unit else "",
-                                    webui_starting=webui_h is None or webui_h.state != "ok")
+                                    webui_starting=webui_h is None or webui_h.state != "ok", refresh=refresh)
         self._last_obs = obs
         decision = policy.decide(self.config, obs, self.history)
         self.history = decision.history
@@ -94,13 +100,17 @@ class Supervisor:
             log.notice(note)
         self.actor.run(decision.actions, self.config)
         took = self.clock() - start
-        doc = report.state_document(self.config, obs, decision, list(self.actor.recent), self.generation, took)
-        try:
-            report.write_state(doc)
-            report.write_metrics(self.config.metrics.textfile,
-                                 report.metrics_text(obs, decision, self.actor.counts, took))
-        except OSError as e:
-            log.error("cannot write state", error=e)
+        changed = decision.status_line != self._last_status or decision.actions or decision.notes
+        if changed or start - self._last_write >= STATE_EVERY:
+            doc = report.state_document(self.config, obs, decision, list(self.actor.recent), self.generation,
+                                        took)
+            try:
+                report.write_state(doc)
+                report.write_metrics(self.config.metrics.textfile,
+                                     report.metrics_text(obs, decision, self.actor.counts, took))
+                self._last_write = start
+            except OSError as e:
+                log.error("cannot write state", error=e)
         if decision.status_line != self._last_status:
             self.notifier.status(decision.status_line)
             self._last_status = decision.status_line
