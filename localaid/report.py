@@ -93,3 +93,46 @@ def write_metrics(path: str | None, text: str) -> None:
     """Only into an existing directory (node-exporter's textfile collector creates it)."""
     if path and os.path.isdir(os.path.dirname(path)):
         fsutil.atomic_write(path, text, 0o644)
+
+
+class MetricsServer:
+    """A loopback /metrics endpoint (metrics.listen) serving the text of the last cycle.
+
+    It only hands out a string the loop prepared: a slow scraper cannot slow the loop down.
+    """
+
+    def __init__(self, listen: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from localaid.config import parse_listen
+        host, port = parse_listen(listen)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = server.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # the journal gets actions, not scrapes
+                pass
+
+        cls = ThreadingHTTPServer
+        if ":" in host:
+            import socket
+            cls = type("Server6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        self.text = ""
+        self.httpd = cls((host, port), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

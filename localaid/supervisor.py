@@ -49,6 +49,7 @@ class Supervisor:
         self._wake_w.setblocking(False)
         self._last_status = None
         self._last_write = float("-inf")
+        self.metrics_server = None
 
     # ---- signals: set a flag, nothing else ----------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -106,8 +107,10 @@ class Supervisor:
                                         took)
             try:
                 report.write_state(doc)
-                report.write_metrics(self.config.metrics.textfile,
-                                     report.metrics_text(obs, decision, self.actor.counts, took))
+                text = report.metrics_text(obs, decision, self.actor.counts, took)
+                report.write_metrics(self.config.metrics.textfile, text)
+                if self.metrics_server is not None:
+                    self.metrics_server.text = text
                 self._last_write = start
             except OSError as e:
                 log.error("cannot write state", error=e)
@@ -128,6 +131,11 @@ class Supervisor:
         if wd is not None and wd < self.config.health.interval:
             log.warning("WatchdogSec= is shorter than two health intervals: cycles will be cut short",
                         watchdog=f"{wd * 2:g}s", interval=f"{self.config.health.interval:g}s")
+        if self.config.metrics.listen:
+            try:
+                self.metrics_server = report.MetricsServer(self.config.metrics.listen)
+            except OSError as e:
+                log.error("metrics endpoint not started", listen=self.config.metrics.listen, error=e)
         self.notifier.ready("starting: first health check")
         log.info("localaid started", version=_version(), sources=",".join(self.config.sources) or "defaults",
                  interval=f"{self.config.health.interval:g}s", watchdog=f"{wd * 2:g}s" if wd else "off")
@@ -147,6 +155,8 @@ class Supervisor:
             log.info("localaid stopping; supervised services keep running")
             self.observer.close()
             self.actor.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
         return 0
 
 

@@ -1,0 +1,72 @@
+"""State document and Prometheus metrics built from a real decide() result."""
+
+import json
+import urllib.request
+from types import MappingProxyType
+
+from localaid import policy, report
+from localaid.config import Config
+from localaid.model import GpuDevice, GpuObs, History, LoadedModel, Observation, Probe, ServiceObs, UnitState
+
+
+def _obs():
+    ollama = ServiceObs("ollama", UnitState("ollama.service", "loaded", "active", "running", main_pid=42),
+                        probe=Probe(True, 0.0042, 200), models=(LoadedModel("llama3:latest", 5, 5),))
+    webui = ServiceObs("open-webui", UnitState("open-webui.service", "loaded", "active", "running"),
+                       probe=Probe(False, 1.0, None, "timeout after 1 s"))
+    gpu = GpuObs(state="ok", devices=(GpuDevice(0, "NVIDIA GeForce RTX 4070", "GPU-1", 12 * 2**30, 2 * 2**30,
+                                                55, 7),))
+    return Observation(now=1000.0, services=MappingProxyType({"ollama": ollama, "open-webui": webui}), gpu=gpu)
+
+
+def test_state_document_is_json_and_complete():
+    cfg = Config()
+    obs = _obs()
+    d = policy.decide(cfg, obs, History())
+    doc = report.state_document(cfg, obs, d, [], 3, 0.0123)
+    again = json.loads(json.dumps(doc))
+    assert again["status_line"] == d.status_line
+    assert again["generation"] == 3
+    names = [s["name"] for s in again["services"]]
+    assert names == ["ollama", "open-webui"]
+    assert again["services"][0]["probe_latency"] == 0.0042
+    assert again["services"][0]["models"][0]["name"] == "llama3:latest"
+    assert again["gpu"]["devices"][0]["memory_total"] == 12 * 2**30
+
+
+def test_metrics_text_format():
+    cfg = Config()
+    obs = _obs()
+    d = policy.decide(cfg, obs, History())
+    text = report.metrics_text(obs, d, {("ollama", "kill-restart", "hung"): 2}, 0.01)
+    lines = text.splitlines()
+    assert 'localaid_up{service="ollama"} 1' in lines
+    assert 'localaid_up{service="open-webui"} 0' in lines
+    assert 'localaid_restarts_total{service="ollama",kind="kill-restart",cause="hung"} 2' in lines
+    assert 'localaid_probe_latency_seconds{service="ollama"} 0.0042' in lines
+    assert any(ln.startswith('localaid_gpu_memory_total_bytes{gpu="0",uuid="GPU-1"') for ln in lines)
+    for ln in lines:  # every sample line is "name{labels} value" or "name value"
+        if not ln.startswith("#"):
+            float(ln.rsplit(" ", 1)[1])
+
+
+def test_metrics_textfile_only_into_existing_directory(tmp_path):
+    report.write_metrics(str(tmp_path / "missing" / "x.prom"), "a 1\n")
+    assert not (tmp_path / "missing").exists()
+    report.write_metrics(str(tmp_path / "x.prom"), "a 1\n")
+    assert (tmp_path / "x.prom").read_text() == "a 1\n"
+
+
+def test_metrics_server_serves_last_text_on_loopback():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    srv = report.MetricsServer(f"127.0.0.1:{port}")
+    try:
+        srv.text = "localaid_healthy 1\n"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        assert body == "localaid_healthy 1\n"
+    finally:
+        srv.close()
