@@ -1,0 +1,167 @@
+#!/usr/bin/python3
+"""Idle footprint of localaid.service: memory, CPU, tasks and log volume while nothing happens.
+
+Boots the cached Debian root file system in systemd-nspawn (tests/integration/harness.py),
+installs the .deb with apt, gives it a healthy stand-in Ollama (a tiny HTTP server answering
+/, /api/version, /api/tags and /api/ps, installed as /usr/local/bin/ollama with its unit) and
+Open WebUI disabled, waits for localaid to settle, then samples its main process for a window.
+
+    sudo bench/idle_footprint.py                      # builds the .deb and rootfs if needed
+    sudo bench/idle_footprint.py --deb out/localaid_0.1.0_all.deb --seconds 60 --suite trixie
+
+Prints a Markdown table (``--json`` for a machine-readable line). Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests/integration"))
+
+from harness import Container, ContainerError, wait_for  # noqa: E402
+
+STANDIN = r'''#!/usr/bin/python3
+"""Stand-in for ollama: `ollama serve` answers the probes localaid makes; `ollama --version`."""
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+if sys.argv[1:2] in (["--version"], ["-v"]):
+    print("ollama version is 0.0.0-standin"); sys.exit(0)
+host, _, port = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rpartition(":")
+BODIES = {"/": (b"Ollama is running", "text/plain"),
+          "/api/version": (json.dumps({"version": "0.0.0-standin"}).encode(), "application/json"),
+          "/api/tags": (json.dumps({"models": []}).encode(), "application/json"),
+          "/api/ps": (json.dumps({"models": []}).encode(), "application/json")}
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body, ctype = BODIES.get(self.path.split("?")[0], (b"404 page not found", "text/plain"))
+        self.send_response(200 if self.path.split("?")[0] in BODIES else 404)
+        self.send_header("Content-Type", ctype); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    do_HEAD = do_GET
+    def log_message(self, *a): pass
+ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), H).serve_forever()
+'''
+
+UNIT = """\
+[Unit]
+Description=stand-in ollama
+After=network.target
+[Service]
+ExecStart=/usr/local/bin/ollama serve
+Environment=OLLAMA_HOST=127.0.0.1:{port}
+Restart=always
+[Install]
+WantedBy=multi-user.target
+"""
+
+CONFIG = """\
+ollama:
+  install_script: /nonexistent/install.sh
+  port: {port}
+webui:
+  enabled: false
+"""
+
+
+def free_port() -> int:
+    # Containers share the host network: pick a port nobody uses right now.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name: str, *args: str) -> Path:
+    r = subprocess.run([str(REPO / "tools" / name), *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"tools/{name} failed:\n{r.stderr[-3000:]}")
+    return Path(r.stdout.split()[-1])
+
+
+def proc_sample(c: Container, pid: str) -> dict:
+    status = dict(line.split(":", 1) for line in c.read(f"/proc/{pid}/status").splitlines() if ":" in line)
+    stat = c.read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+    fds = c.run(["ls", f"/proc/{pid}/fd"]).stdout.split()
+    kb = lambda k: int(status[k].split()[0])  # noqa: E731
+    return {"rss_kb": kb("VmRSS"), "hwm_kb": kb("VmHWM"), "anon_kb": kb("RssAnon"),
+            "threads": int(status["Threads"]), "fds": len(fds),
+            "cpu_ticks": int(stat[11]) + int(stat[12])}  # utime + stime
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--deb", type=Path, help="localaid .deb (default: tools/build-deb)")
+    ap.add_argument("--rootfs", type=Path, help="root file system (default: tools/build-rootfs)")
+    ap.add_argument("--suite", default="bookworm", choices=["bookworm", "trixie"])
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds to settle after active")
+    ap.add_argument("--seconds", type=float, default=30.0, help="measurement window")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+
+    deb = (a.deb or tool("build-deb", "--no-lintian")).resolve()
+    rootfs = a.rootfs or tool("build-rootfs", "--suite", a.suite)
+    port = free_port()
+
+    with Container(rootfs, binds=[(deb, f"/mnt/{deb.name}", True)], name="bench-idle") as c:
+        c.write("/usr/local/bin/ollama", STANDIN, mode=0o755)
+        c.write("/etc/systemd/system/ollama.service", UNIT.format(port=port))
+        c.systemctl("daemon-reload")
+        c.systemctl("enable", "--now", "ollama.service")
+        c.write("/etc/localaid/localaid.yaml", CONFIG.format(port=port))
+        t0 = time.monotonic()
+        c.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold", f"/mnt/{deb.name}"],
+              timeout=600)
+        apt_s = time.monotonic() - t0
+        try:
+            c.wait_for_unit("localaid.service", "active", timeout=60)
+        except ContainerError as e:
+            print(e, file=sys.stderr)
+            return 1
+        time.sleep(a.warmup)
+        pid = c.unit_property("localaid", "MainPID")
+        nrestarts0 = c.unit_property("localaid", "NRestarts")
+        lines0 = len(c.journal("localaid", output="cat").splitlines())
+        s0, t_start = proc_sample(c, pid), time.monotonic()
+        time.sleep(a.seconds)
+        s1, elapsed = proc_sample(c, pid), time.monotonic() - t_start
+        lines1 = len(c.journal("localaid", output="cat").splitlines())
+        if c.unit_property("localaid", "MainPID") != pid or c.unit_property("localaid", "NRestarts") != nrestarts0:
+            print("localaid restarted during the measurement", file=sys.stderr)
+            return 1
+        clk = int(c.run(["getconf", "CLK_TCK"]).stdout)
+        result = {
+            "suite": a.suite,
+            "python": c.run(["python3", "-c", "import platform; print(platform.python_version())"]).stdout.strip(),
+            "window_s": round(elapsed, 1),
+            "cpu_percent": round(100.0 * (s1["cpu_ticks"] - s0["cpu_ticks"]) / clk / elapsed, 2),
+            "rss_mb": round(s1["rss_kb"] / 1024, 1),
+            "peak_rss_mb": round(s1["hwm_kb"] / 1024, 1),
+            "anon_mb": round(s1["anon_kb"] / 1024, 1),
+            "rss_growth_kb": s1["rss_kb"] - s0["rss_kb"],
+            "threads": s1["threads"],
+            "fds": s1["fds"],
+            "journal_lines_per_min": round((lines1 - lines0) * 60.0 / elapsed, 1),
+            "tasks": c.unit_property("localaid", "TasksCurrent"),
+            "status": c.unit_property("localaid", "StatusText"),
+            "apt_install_s": round(apt_s, 1),
+        }
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"localaid idle footprint ({result['suite']}, Python {result['python']}, "
+              f"{result['window_s']} s window after {a.warmup:.0f} s warm-up)\n")
+        print("| metric | value |\n| --- | --- |")
+        for k, v in result.items():
+            if k not in ("suite", "python", "window_s"):
+                print(f"| {k} | {v} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
