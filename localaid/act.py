@@ -45,10 +45,7 @@ class Actor:
     def _do(self, a: Action) -> str:
         try:
             if a.kind == "kill-restart":
-                try:
-                    self.systemd.kill(a.target, "all", 9)
-                except SystemdError as e:  # already dead is fine: the restart below matters
-                    log.warning(f"kill of {a.target} failed, restarting anyway", error=e)
+                self._kill(a.target)
                 self.systemd.restart(a.target)
             elif a.kind == "restart":
                 self.systemd.restart(a.target)
@@ -66,6 +63,21 @@ class Actor:
             return "ok"
         except (SystemdError, KeyError) as e:
             return f"failed: {e}"
+
+    def _kill(self, unit: str) -> None:
+        """SIGKILL the whole unit; if systemd cannot signal every process of the cgroup (seen on
+        cgroup v1 hosts: EIO for "auxiliary processes"), at least the main one. The restart that
+        follows stops whatever is left."""
+        try:
+            self.systemd.kill(unit, "all", 9)
+            return
+        except SystemdError as e:
+            first = e
+        try:
+            self.systemd.kill(unit, "main", 9)
+        except SystemdError as e:
+            if "No main process" not in str(e):  # else the first call did kill it
+                log.warning(f"kill of {unit} failed, restarting anyway", error=first)
 
     def _preload(self, a: Action, config) -> str:
         url = config.ollama.url + "/api/generate"

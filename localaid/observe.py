@@ -148,7 +148,9 @@ def maintenance() -> frozenset[str]:
             with open(os.path.join(paths.MAINTENANCE_DIR, name)) as f:
                 pid = int(f.read().split()[0])
             os.kill(pid, 0)
-            live.add(name)
+        except PermissionError:
+            pass  # alive, just not ours to signal (we hold no CAP_KILL)
         except (OSError, ValueError, IndexError):
             continue
+        live.add(name)
     return frozenset(live)

@@ -94,7 +94,8 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
     unit = so.unit
     if unit.n_restarts > h.seen_n_restarts and h.state != "unknown":
         crashes = unit.n_restarts - h.seen_n_restarts
-        notes.append(f"{name}: systemd restarted it after it exited ({unit.result}), {crashes} time(s)")
+        how = f" ({unit.result})" if unit.result not in ("", "success") else ""
+        notes.append(f"{name}: exited and was restarted by systemd{how}, {crashes} time(s)")
         restarts = restarts + (now,) * crashes
         h = replace(h, restarts=restarts)
     h = replace(h, seen_n_restarts=unit.n_restarts)
@@ -125,9 +126,9 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
     grace = _grace(config, name)
     if probe is not None and probe.ok:
         if name == WEBUI and so.ready is not None and not so.ready.ok and uptime < grace:
-            become("starting", f"migrating/starting for {fmt_seconds(uptime)}", failures=0, failing_since=None)
+            become("starting", f"migrating/starting for {fmt_seconds(uptime)}", failures=0)
             return actions, h, notes
-        if h.state in ("failing", "restarting", "degraded") and h.failing_since is not None:
+        if h.failing_since is not None:
             notes.append(f"{name}: healthy again after {fmt_seconds(now - h.failing_since)}")
         if len(restarts) >= hc.restart_limit:
             become("degraded", f"answering, but {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}",
@@ -142,8 +143,7 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
         return actions, h, notes
     answered_since_start = h.last_ok is not None and h.last_ok >= unit.active_enter_mono
     if uptime < grace and not answered_since_start:
-        become("starting", f"started {fmt_seconds(uptime)} ago, grace {fmt_seconds(grace)}", failures=0,
-               failing_since=None)
+        become("starting", f"started {fmt_seconds(uptime)} ago, grace {fmt_seconds(grace)}", failures=0)
         return actions, h, notes
     failures = h.failures + 1
     since = h.failing_since if h.failing_since is not None else now

@@ -111,7 +111,7 @@ def test_watchdog_restarts_a_hung_daemon(container):
     watchdog = _seconds(c.unit_property("localaid", "WatchdogUSec"))
     assert 0 < watchdog <= 30
     t0 = time.monotonic()
-    c.systemctl("kill", "-s", "SIGSTOP", "localaid")
+    c.systemctl("kill", "--kill-who=main", "-s", "SIGSTOP", "localaid")
     wait_for(lambda: int(c.unit_property("localaid", "NRestarts")) > before, timeout=watchdog + 10, interval=0.5)
     took = time.monotonic() - t0
     assert took <= watchdog + 5, took
@@ -130,7 +130,7 @@ def test_stop_and_kill_leave_supervised_services_running(container):
     c.systemctl("start", "localaid")
     c.wait_for_unit("localaid.service", "active", timeout=20)
     restarts = int(c.unit_property("localaid", "NRestarts"))
-    c.systemctl("kill", "-s", "SIGKILL", "localaid")
+    c.systemctl("kill", "--kill-who=main", "-s", "SIGKILL", "localaid")
     wait_for(lambda: c.is_active("localaid") == "active" and
              int(c.unit_property("localaid", "NRestarts")) > restarts, timeout=20)
     wait_for(lambda: status_doc(c)["services"][0]["state"] == "ok", timeout=20)

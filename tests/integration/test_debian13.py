@@ -59,7 +59,7 @@ def test_daemon_active_and_supervising(trixie):
 def test_hung_service_restarted_on_debian13(trixie):
     c = trixie
     pid = c.unit_property("ollama", "MainPID")
-    c.systemctl("kill", "-s", "SIGSTOP", "ollama")
+    c.systemctl("kill", "--kill-who=main", "-s", "SIGSTOP", "ollama")
     wait_for(lambda: c.unit_property("ollama", "MainPID") not in ("0", pid), timeout=20)
     wait_for(lambda: json.loads(c.read("/run/localaid/status.json"))["services"][0]["state"] == "ok", timeout=20)
     assert "kill-restart ollama.service: ok cause=hung" in c.journal("localaid")

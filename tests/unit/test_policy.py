@@ -197,7 +197,7 @@ def test_crash_left_to_systemd_but_counted():
     ])
     assert service_actions(ds[1]) == []
     assert ds[1].history.services[OLLAMA].state == "restarting"
-    assert any("systemd restarted it" in n for n in ds[1].notes)
+    assert any("restarted by systemd (signal)" in n for n in ds[1].notes)
 
 
 def test_crash_loop_marks_degraded_without_our_restarts():
