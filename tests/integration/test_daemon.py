@@ -154,7 +154,8 @@ def test_bad_config_refuses_to_start_with_the_reason_in_the_journal(container):
     try:
         c.write("/etc/localaid/localaid.yaml", "health:\n  intervall: 2s\n")
         c.systemctl("restart", "localaid", check=False)
-        wait_for(lambda: c.is_active("localaid") in ("failed", "activating"), timeout=20)
+        wait_for(lambda: c.is_active("localaid") == "failed", timeout=20)
+        assert c.unit_property("localaid", "ExecMainStatus") == "78"
         journal = c.journal("localaid")
         assert "/etc/localaid/localaid.yaml:2: health.intervall: unknown key" in journal
         assert "did you mean" in journal and "interval" in journal
