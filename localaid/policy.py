@@ -78,7 +78,8 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
 
     def become(state: str, reason: str, **kw):
         nonlocal h
-        if state != h.state and h.state != "unknown" and state in ("ok", "degraded", "stopped", "failing"):
+        if state != h.state and h.state != "unknown" and state in ("ok", "degraded", "stopped", "failing",
+                                                                   "restarting"):
             notes.append(f"{name}: {h.state} -> {state}" + (f" ({reason})" if reason else ""))
         h = replace(h, state=state, reason=reason, **kw)
 

@@ -35,7 +35,7 @@ def container_options():
         c.write("/etc/systemd/system/ollama.service", STANDIN_UNIT)
         c.systemctl("daemon-reload")
         c.systemctl("start", "ollama.service")
-    return {"config": CONFIG, "setup": setup}
+    return {"config": CONFIG, "setup": setup, "private_network": True}
 
 
 def _seconds(text: str) -> float:

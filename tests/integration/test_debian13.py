@@ -37,7 +37,7 @@ def trixie(deb):
         c.systemctl("daemon-reload")
         c.systemctl("start", "ollama.service")
 
-    c = boot(rootfs, deb, install=True, config=CONFIG, setup=setup, name="debian13")
+    c = boot(rootfs, deb, install=True, config=CONFIG, setup=setup, name="debian13", private_network=True)
     yield c
     c.stop()
 

@@ -51,7 +51,7 @@ def start_standins(c):
 
 @pytest.fixture(scope="module")
 def container_options():
-    return {"config": CONFIG, "setup": start_standins}
+    return {"config": CONFIG, "setup": start_standins, "private_network": True}
 
 
 def doc(c):

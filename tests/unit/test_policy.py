@@ -362,3 +362,9 @@ def test_jitter_is_deterministic_and_bounded(n):
 
 def test_jitter_spreads_services_apart():
     assert len({round(policy.jitter(k, 1), 4) for k in ("ollama", "open-webui", "a", "b")}) >= 3
+
+
+def test_crash_noticed_in_the_journal_when_systemd_starts_restarting():
+    ds = run(cfg(), [observe(100.0),
+                     observe(101.0, ollama=(unit("ollama.service", state="activating", sub="auto-restart"), None))])
+    assert "ollama: ok -> restarting (systemd restarting it after a crash)" in ds[1].notes
