@@ -142,7 +142,8 @@ class ServiceHistory:
     failures: int = 0  # consecutive failed liveness probes
     failing_since: float | None = None
     last_ok: float | None = None
-    restarts: tuple[float, ...] = ()  # our restarts inside the budget window
+    restarts: tuple[float, ...] = ()  # restarts inside the budget window: ours and systemd's
+    crashes: tuple[float, ...] = ()  # the ones systemd did after the service exited
     backoff: float = 0.0  # current backoff step (0 = next restart may happen at once)
     next_attempt: float = 0.0  # no restart before this time
     last_action: str | None = None

@@ -74,7 +74,7 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
     actions: list[Action] = []
     window_start = now - hc.restart_window
     restarts = tuple(t for t in h.restarts if t > window_start)
-    h = replace(h, restarts=restarts)
+    h = replace(h, restarts=restarts, crashes=tuple(t for t in h.crashes if t > window_start))
 
     def become(state: str, reason: str, **kw):
         nonlocal h
@@ -98,7 +98,7 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
         how = f" ({unit.result})" if unit.result not in ("", "success") else ""
         notes.append(f"{name}: exited and was restarted by systemd{how}, {crashes} time(s)")
         restarts = restarts + (now,) * crashes
-        h = replace(h, restarts=restarts)
+        h = replace(h, restarts=restarts, crashes=h.crashes + (now,) * crashes)
     h = replace(h, seen_n_restarts=unit.n_restarts)
 
     if not unit.exists:
@@ -132,8 +132,9 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
         if h.failing_since is not None:
             notes.append(f"{name}: healthy again after {fmt_seconds(now - h.failing_since)}")
         if len(restarts) >= hc.restart_limit:
-            become("degraded", f"answering, but {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}",
-                   failures=0, last_ok=now, failing_since=None)
+            loop = " (crash loop)" if len(h.crashes) >= 2 else ""
+            become("degraded", f"answering, but {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}"
+                               f"{loop}", failures=0, last_ok=now, failing_since=None)
             return actions, h, notes
         quiet = not restarts
         become("ok", "", failures=0, failing_since=None, last_ok=now, backoff=0.0 if quiet else h.backoff,

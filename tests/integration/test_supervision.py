@@ -1,15 +1,21 @@
-"""Fault injection under real systemd: hangs, crashes, crash loops, a taken port, admin stops.
+"""Fault injection under real systemd: hangs, crashes, crash loops, HTTP 500s, slow answers, load,
+a taken port, admin stops.
 
-The supervised services here are stand-ins (python's http.server answering the probe paths):
-what is under test is localaid's detection and repair, which only sees units and HTTP answers.
+Ollama is the fake from tests/fakes/ollama (its fault switches in /run/fake-ollama/faults.json);
+Open WebUI is a stand-in (python's http.server answering /health and /ready): what is under test
+is localaid's detection and repair, which only sees units and HTTP answers.
 """
 
 import json
 import time
 
+from pathlib import Path
+
 import pytest
 
 from harness import wait_for
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
 
 CONFIG = """\
 ollama:
@@ -25,7 +31,7 @@ health:
     initial: 2s
     max: 20s
   restart_limit:
-    count: 3
+    count: 10
     window: 2m
 """
 
@@ -41,9 +47,20 @@ RestartSec=1
 {extra}"""
 
 
+OLLAMA_UNIT = """\
+[Unit]
+Description=fake Ollama (tests/fakes/ollama), with install.sh's restart settings
+[Service]
+ExecStart=/usr/bin/python3 /opt/fakes/ollama/ollama serve
+Environment=OLLAMA_MODELS=/var/lib/fake-ollama/models
+Restart=always
+RestartSec=3
+"""
+
+
 def start_standins(c):
-    c.sh("mkdir -p /srv/webui /srv/ollama && echo ok > /srv/webui/health && echo ok > /srv/webui/ready")
-    c.write("/etc/systemd/system/ollama.service", standin(11434, "/srv/ollama"))
+    c.sh("mkdir -p /srv/webui /run/fake-ollama && echo ok > /srv/webui/health && echo ok > /srv/webui/ready")
+    c.write("/etc/systemd/system/ollama.service", OLLAMA_UNIT)
     c.write("/etc/systemd/system/open-webui.service", standin(3000, "/srv/webui"))
     c.systemctl("daemon-reload")
     c.systemctl("start", "ollama.service", "open-webui.service")
@@ -51,7 +68,8 @@ def start_standins(c):
 
 @pytest.fixture(scope="module")
 def container_options():
-    return {"config": CONFIG, "setup": start_standins, "private_network": True}
+    return {"config": CONFIG, "setup": start_standins, "private_network": True,
+            "binds": [(str(FAKES / "ollama"), "/opt/fakes/ollama", True)]}
 
 
 def doc(c):
@@ -64,6 +82,14 @@ def state(c, name):
 
 def healthy(c):
     return wait_for(lambda: doc(c)["healthy"], timeout=30, interval=0.2)
+
+
+def service_ok(c, name):
+    return wait_for(lambda: state(c, name)["state"] == "ok", timeout=40, interval=0.2)
+
+
+def ollama_ok(c):
+    return service_ok(c, "ollama")
 
 
 def journal_since(c, cursor_time):
@@ -129,9 +155,112 @@ def test_localaid_kill9_keeps_restart_budget(container):
     assert state(c, "ollama")["restarts"] == restarts_before
 
 
+def set_faults(c, **faults):
+    c.write("/run/fake-ollama/faults.json", json.dumps(faults))
+
+
+def actions_since(c, t0):
+    return [ln for ln in journal_since(c, t0).splitlines() if "kill-restart" in ln or ln.startswith("start ")]
+
+
+def test_http_500_detected_and_repaired(container):
+    c = container
+    ollama_ok(c)
+    t0 = time.time()
+    set_faults(c, http500=True)
+    try:
+        wait_for(lambda: "kill-restart ollama.service: ok cause=unhealthy" in journal_since(c, t0), timeout=15)
+    finally:
+        set_faults(c)  # the restart "fixed" it
+    wait_for(lambda: state(c, "ollama")["state"] == "ok", timeout=20)
+    assert 'last: HTTP 500"' in journal_since(c, t0)
+
+
+def test_slow_answers_within_the_timeout_are_never_restarted(container):
+    c = container
+    ollama_ok(c)
+    t0 = time.time()
+    set_faults(c, slow=0.6)  # timeout is 1 s
+    try:
+        time.sleep(15)
+        assert state(c, "ollama")["state"] == "ok"
+    finally:
+        set_faults(c)
+    assert actions_since(c, t0) == []
+
+
+def test_very_slow_answers_count_as_hung(container):
+    c = container
+    ollama_ok(c)
+    t0 = time.time()
+    set_faults(c, slow=5)
+    try:
+        wait_for(lambda: "kill-restart ollama.service: ok cause=hung" in journal_since(c, t0), timeout=20)
+    finally:
+        set_faults(c)
+    wait_for(lambda: state(c, "ollama")["state"] == "ok", timeout=20)
+
+
+def test_busy_loading_models_under_load_is_never_restarted(container):
+    """Concurrent clients keep the fake busy loading models (2 s each) for 40 s: no restart."""
+    c = container
+    ollama_ok(c)
+    t0 = time.time()
+    set_faults(c, slow_load=2)
+    load = r"""
+import json, threading, time, urllib.request
+stop = time.time() + 40
+done = [0]
+def client():
+    while time.time() < stop:
+        req = urllib.request.Request("http://127.0.0.1:11434/api/generate", method="POST",
+              data=json.dumps({"model": "tiny:latest", "keep_alive": 0}).encode())
+        try:
+            urllib.request.urlopen(req, timeout=10).read()
+        except Exception:
+            pass
+        done[0] += 1
+threads = [threading.Thread(target=client) for _ in range(16)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(done[0])
+"""
+    try:
+        n = int(c.run(["python3", "-c", load], timeout=120).stdout.strip())
+    finally:
+        set_faults(c)
+    assert n >= 16
+    assert actions_since(c, t0) == []
+    assert state(c, "ollama")["state"] == "ok"
+
+
+def test_crash_loop_budget_holds_and_status_says_degraded(container):
+    c = container
+    ollama_ok(c)
+    c.write("/etc/localaid/conf.d/50-budget.yaml", "health:\n  restart_limit:\n    count: 3\n    window: 2m\n")
+    c.systemctl("reload", "localaid")
+    t0 = time.time()
+    set_faults(c, crash=True)
+    try:
+        # Each crash is restarted by systemd 3 s later; two of them in the window make it a loop.
+        st = wait_for(lambda: (s := state(c, "ollama"))["state"] == "degraded" and "crash loop" in s["reason"]
+                      and s, timeout=40, interval=0.5)
+        assert "ollama degraded (crash loop" in c.unit_property("localaid", "StatusText")
+        # localaid adds no restarts of its own to a crash loop: systemd's Restart= is doing them.
+        assert actions_since(c, t0) == []
+    finally:
+        set_faults(c)
+    # Back up, but the window still holds the crashes: answering, and reported as such.
+    st = wait_for(lambda: (s := state(c, "ollama"))["reason"].startswith("answering, but") and s, timeout=30)
+    assert st["state"] == "degraded"
+    c.run(["rm", "/etc/localaid/conf.d/50-budget.yaml"])
+    c.systemctl("reload", "localaid")
+    ollama_ok(c)
+
+
 def test_port_taken_crash_loop_is_reported_degraded(container):
     c = container
-    healthy(c)
+    service_ok(c, "open-webui")
     c.systemctl("stop", "open-webui.service")
     # Something else grabs port 3000; open-webui can no longer bind and dies on every start.
     c.run(["systemd-run", "--unit=squatter", "/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1",

@@ -368,3 +368,15 @@ def test_crash_noticed_in_the_journal_when_systemd_starts_restarting():
     ds = run(cfg(), [observe(100.0),
                      observe(101.0, ollama=(unit("ollama.service", state="activating", sub="auto-restart"), None))])
     assert "ollama: ok -> restarting (systemd restarting it after a crash)" in ds[1].notes
+
+
+def test_crash_loop_still_named_while_momentarily_up():
+    c = cfg(restart_limit=3)
+    obs = [observe(100.0)]
+    for i in range(1, 4):
+        obs.append(observe(100.0 + 4 * i, ollama=(unit("ollama.service", state="activating", sub="auto-restart",
+                                                       n=i, result="exit-code"), None)))
+    obs.append(observe(113.0, ollama=(unit("ollama.service", n=3, enter=112.5), OK)))
+    d = run(c, obs)[-1]
+    assert d.history.services[OLLAMA].state == "degraded"
+    assert d.history.services[OLLAMA].reason == "answering, but 3 restarts in 10 min (crash loop)"
