@@ -52,7 +52,7 @@ __all__ = [
 
 DEFAULT_PATH = "/etc/localaid/localaid.yaml"
 DEFAULT_CONF_D = "/etc/localaid/conf.d"
-DEFAULT_WEBUI_VERSION = "0.6.5"
+DEFAULT_WEBUI_VERSION = "0.12.4"
 # Application-caused Xids (the Kubernetes device plugin's skip list): not a sign of a sick GPU.
 DEFAULT_IGNORE_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 
@@ -186,6 +186,7 @@ class WebUIConfig:
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
+    no_index: bool = False
     keep_venvs: int = 2
     keep_backups: int = 5
     admin: AdminConfig = field(default_factory=AdminConfig)
@@ -1007,6 +1008,7 @@ _SCHEMA = _Section(Config, {
         "extra_index_urls": _Field(_list_of(_url(("https", "http"), "an http(s):// URL"), "URLs")),
         "find_links": _Field(_list_of(_url(("https", "http"), "an http(s):// URL or an absolute path",
                                            paths=True), "URLs or paths")),
+        "no_index": _Field(_bool),
         "keep_venvs": _Field(_integer(1, 10)),
         "keep_backups": _Field(_integer(1, 100)),
         "admin": _Section(AdminConfig, {

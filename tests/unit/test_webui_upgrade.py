@@ -1,0 +1,412 @@
+"""The install/upgrade state machine of localaid.provision.webui on a temporary file-system root.
+
+The Host double stands in for what needs root and systemd (users, chown, units, the installer
+process, HTTP to the service); every file localaid writes is real, under tmp_path. A "kill -9"
+is an exception raised right after the journal records a step (or inside a systemd call); the
+next provision run must then finish the upgrade or roll it back.
+"""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from localaid import paths
+from localaid.config import Config, HealthConfig, WebUIConfig
+from localaid.model import UnitState
+from localaid.provision import webui
+
+DATA = "/var/lib/open-webui"
+ORIGINAL_DB = b"SQLite format 3\x00 original rows"
+
+
+class Killed(BaseException):
+    """kill -9: nothing after it runs (BaseException: no `except Exception` catches it)."""
+
+
+class FakeHost(webui.Host):
+    def __init__(self, layout: webui.Layout):
+        super().__init__()
+        self.layout = layout
+        self.free = 10**12
+        self.python = (3, 11, 2)
+        self.fail_install: set[str] = set()
+        self.unhealthy: set[str] = set()
+        self.migration = {"0.12.5": b"SQLite format 3\x00 migrated by 0.12.5"}
+        self.active = False
+        self.serving: str | None = None
+        self.enabled = False
+        self.clock = 0.0
+        self.calls: list[tuple] = []
+        self.kill_in: str | None = None
+        self.pip_conf_lines: list[str] = []
+
+    def _maybe_kill(self, what: str) -> None:
+        if self.kill_in == what:
+            self.kill_in = None
+            raise Killed(what)
+
+    def ensure_user(self, name, home):
+        self.calls.append(("useradd", name, home))
+
+    def ids(self, name):
+        return os.getuid(), os.getgid()
+
+    def chown(self, path, user):
+        pass
+
+    def free_bytes(self, path):
+        return self.free
+
+    def run(self, argv, env=None, timeout=600, on_line=None, cwd=None):
+        self.calls.append(("run", tuple(argv)))
+        if argv[1:3] == ["-m", "venv"]:
+            os.makedirs(os.path.join(argv[3], "bin"), exist_ok=True)
+            open(os.path.join(argv[3], "bin", "python"), "w").close()
+            return 0, []
+        if argv[1:4] == ["-m", "pip", "config"]:
+            return 0, self.pip_conf_lines
+        if "install" in argv and argv[-1] == "uv":  # localaid's tools venv gets uv
+            uv = os.path.join(os.path.dirname(argv[0]), "uv")
+            open(uv, "w").close()
+            return 0, []
+        if "install" in argv:
+            self._maybe_kill("install")
+            spec = argv[-1]
+            version = spec.split("==")[1]
+            python = argv[argv.index("--python") + 1] if "--python" in argv else argv[0]
+            venv = os.path.dirname(os.path.dirname(python))
+            if version in self.fail_install:
+                return 1, [f"ERROR: No matching distribution found for {spec}"]
+            os.makedirs(os.path.join(venv, "lib", "python3.11", "site-packages",
+                                     f"open_webui-{version}.dist-info"))
+            for line in ("Collecting open-webui", "Installing collected packages: a, b, open-webui",
+                         "Successfully installed a-1 b-1 open-webui-" + version):
+                on_line and on_line(line)
+            return 0, ["Successfully installed"]
+        raise AssertionError(f"unexpected command {argv}")
+
+    def python_version(self, python):
+        return self.python
+
+    def which(self, name):
+        return None
+
+    def daemon_reload(self):
+        self.calls.append(("daemon-reload",))
+
+    def enable(self, unit):
+        self.enabled = True
+
+    def disable(self, unit):
+        self.enabled = False
+
+    def unit_state(self, unit):
+        return UnitState(unit, "loaded", "active" if self.active else "inactive",
+                         "running" if self.active else "dead")
+
+    def start(self, unit):
+        self._maybe_kill("start")
+        self.active = True
+        self.serving = webui.current_version(self.layout)
+        self.calls.append(("start", self.serving))
+        db = self.layout.p(DATA) + "/webui.db"
+        if self.serving in self.migration and os.path.exists(db):
+            with open(db, "wb") as f:  # one-way migration on start
+                f.write(self.migration[self.serving])
+
+    def restart(self, unit):
+        self.stop(unit)
+        self.start(unit)
+
+    def stop(self, unit, timeout=90):
+        self._maybe_kill("stop")
+        self.active = False
+        self.calls.append(("stop", self.serving))
+
+    def get(self, url, timeout=2.0):
+        if not self.active:
+            return None, None
+        if url.endswith("/health"):
+            return 200, {"status": True}
+        if url.endswith("/ready"):
+            return (503, None) if self.serving in self.unhealthy else (200, {"status": True})
+        if url.endswith("/api/version"):
+            return 200, {"version": self.serving}
+        return 404, None
+
+    def sleep(self, seconds):
+        self.clock += seconds
+
+    def monotonic(self):
+        return self.clock
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "PROGRESS_DIR", str(tmp_path / "run/localaid/progress"))
+    layout = webui.Layout(root=str(tmp_path), state_dir="/var/lib/localaid", run_dir="/run/localaid")
+    host = FakeHost(layout)
+    return layout, host
+
+
+def config(version="0.12.4", **kw) -> Config:
+    w = dataclasses.replace(WebUIConfig(), version=version, installer="pip", **kw)
+    return dataclasses.replace(Config(), webui=w, health=dataclasses.replace(HealthConfig(), webui_start_grace=30))
+
+
+def provision(layout, host, cfg) -> int:
+    return webui.provision_main(None, cfg, webui.Ctx(cfg, layout, host))
+
+
+def upgrade(layout, host, cfg, version) -> int:
+    args = type("Args", (), {"target_version": version})()
+    return webui.upgrade_main(args, cfg, webui.Ctx(cfg, layout, host))
+
+
+def db_path(layout) -> str:
+    return layout.p(DATA) + "/webui.db"
+
+
+def job(tmp_path) -> dict:
+    return json.loads((tmp_path / "run/localaid/progress/webui-setup.json").read_text())
+
+
+def installed(layout, host, tmp_path, version="0.12.4"):
+    assert provision(layout, host, config(version)) == 0
+    with open(db_path(layout), "wb") as f:
+        f.write(ORIGINAL_DB)
+
+
+# ------------------------------------------------------------------------------ first install
+def test_first_install(env, tmp_path):
+    layout, host = env
+    assert provision(layout, host, config()) == 0
+    assert webui.current_version(layout) == "0.12.4" and webui.is_complete(layout, "0.12.4")
+    assert host.active and host.serving == "0.12.4" and host.enabled
+    assert ("useradd", "open-webui", DATA) in host.calls
+    assert oct(os.stat(layout.env_file).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(layout.secret).st_mode & 0o777) == "0o600"
+    pw = layout.p("/etc/localaid/webui-admin-password")
+    assert oct(os.stat(pw).st_mode & 0o777) == "0o600"
+    assert f"WEBUI_ADMIN_PASSWORD={open(pw).read().strip()}" in open(layout.env_file).read()
+    assert oct(os.stat(layout.p(DATA)).st_mode & 0o777) == "0o700"
+    assert not os.path.exists(layout.journal) and not os.path.exists(layout.maintenance)
+    marker = json.load(open(os.path.join(layout.venv("0.12.4"), webui.COMPLETE_MARKER)))
+    assert marker["installer"] == "pip" and marker["packages"] == 3
+    assert job(tmp_path)["state"] == "done"
+
+
+def test_second_run_does_nothing_and_keeps_secrets(env):
+    layout, host = env
+    assert provision(layout, host, config()) == 0
+    key, env_text = open(layout.secret).read(), open(layout.env_file).read()
+    host.calls.clear()
+    assert provision(layout, host, config()) == 0
+    assert [c for c in host.calls if c[0] in ("run", "start", "stop")] == []
+    assert open(layout.secret).read() == key and open(layout.env_file).read() == env_text
+
+
+def test_config_change_restarts_service(env):
+    layout, host = env
+    assert provision(layout, host, config()) == 0
+    host.calls.clear()
+    assert provision(layout, host, config(port=3999)) == 0
+    assert ("stop", "0.12.4") in host.calls and ("start", "0.12.4") in host.calls
+    assert "PORT=3999" in open(layout.env_file).read()
+
+
+def test_interrupted_build_is_redone(env):
+    layout, host = env
+    host.kill_in = "install"
+    with pytest.raises(Killed):
+        provision(layout, host, config())
+    assert os.path.isdir(layout.venv("0.12.4")) and not webui.is_complete(layout, "0.12.4")
+    assert provision(layout, host, config()) == 0
+    assert webui.is_complete(layout, "0.12.4") and host.serving == "0.12.4"
+
+
+def test_wrong_python_changes_nothing(env, tmp_path):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    host.python = (3, 13, 5)
+    assert provision(layout, host, config()) == 0  # the installed version needs no interpreter
+    assert upgrade(layout, host, config(), "0.12.5") == 1
+    assert "Python 3.13.5" in job(tmp_path)["text"] and "webui.python" in job(tmp_path)["text"]
+    assert host.serving == "0.12.4" and host.active and webui.current_version(layout) == "0.12.4"
+    assert not os.path.exists(layout.venv("0.12.5")) and not os.path.exists(layout.journal)
+
+
+def test_preflight_refuses_without_space(env, tmp_path):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    host.free = 100 * 2**20
+    assert upgrade(layout, host, config(), "0.12.5") == 1
+    assert "not enough disk space" in job(tmp_path)["text"]
+    assert host.serving == "0.12.4" and host.active and open(db_path(layout), "rb").read() == ORIGINAL_DB
+
+
+# ----------------------------------------------------------------------------------- upgrade
+def test_upgrade_success_backs_up_and_keeps_old(env, tmp_path):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    assert upgrade(layout, host, config(), "0.12.5") == 0
+    assert host.serving == "0.12.5" and webui.current_version(layout) == "0.12.5"
+    assert webui.is_complete(layout, "0.12.4")
+    backups = [f for f in os.listdir(layout.backups) if f.endswith(".db")]
+    assert len(backups) == 1 and backups[0].startswith("webui-0.12.4-")
+    assert open(os.path.join(layout.backups, backups[0]), "rb").read() == ORIGINAL_DB
+    assert open(db_path(layout), "rb").read() == host.migration["0.12.5"]
+    # the configured pin did not change: provision keeps the explicitly upgraded version
+    host.calls.clear()
+    assert provision(layout, host, config()) == 0 and host.serving == "0.12.5"
+    assert not [c for c in host.calls if c[0] == "run"]
+    # a new pin in the configuration wins
+    assert provision(layout, host, config("0.12.6")) == 0 and host.serving == "0.12.6"
+
+
+def test_failed_start_rolls_back_db_byte_for_byte(env, tmp_path):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    host.unhealthy.add("0.12.5")
+    assert upgrade(layout, host, config(), "0.12.5") == 1
+    assert host.serving == "0.12.4" and host.active and webui.current_version(layout) == "0.12.4"
+    assert open(db_path(layout), "rb").read() == ORIGINAL_DB
+    assert "rolled back to 0.12.4" in job(tmp_path)["text"]
+    assert not os.path.exists(layout.journal) and not os.path.exists(layout.maintenance)
+
+
+def test_failed_install_leaves_old_serving(env, tmp_path):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    host.fail_install.add("0.12.5")
+    assert upgrade(layout, host, config(), "0.12.5") == 1
+    assert "No matching distribution" in job(tmp_path)["text"] and "0.12.4 keeps serving" in job(tmp_path)["text"]
+    assert ("stop", "0.12.4") not in host.calls[-3:]
+    assert host.serving == "0.12.4" and not os.path.exists(layout.venv("0.12.5"))
+
+
+@pytest.mark.parametrize("step", ["stop", "backup", "switch", "start"])
+@pytest.mark.parametrize("healthy", [True, False])
+def test_kill_after_each_step_is_resumed(env, tmp_path, monkeypatch, step, healthy):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    if not healthy:
+        host.unhealthy.add("0.12.5")
+    real_advance = webui._advance
+
+    def advance(ctx, j, to_step, **extra):
+        j = real_advance(ctx, j, to_step, **extra)
+        if to_step == step:
+            raise Killed(step)
+        return j
+    monkeypatch.setattr(webui, "_advance", advance)
+    with pytest.raises(Killed):
+        upgrade(layout, host, config(), "0.12.5")
+    monkeypatch.setattr(webui, "_advance", real_advance)
+    assert webui.read_journal(layout)["step"] == step
+    assert os.path.exists(layout.maintenance)  # left by the killed process (its PID is gone)
+    rc = provision(layout, host, config())
+    assert not os.path.exists(layout.journal) and not os.path.exists(layout.maintenance)
+    assert host.active
+    if healthy:
+        assert rc == 0 and host.serving == "0.12.5" and webui.current_version(layout) == "0.12.5"
+    else:
+        assert rc == 1 and host.serving == "0.12.4" and webui.current_version(layout) == "0.12.4"
+        assert open(db_path(layout), "rb").read() == ORIGINAL_DB
+
+
+@pytest.mark.parametrize("where", ["stop", "start"])
+def test_kill_during_rollback_is_resumed(env, tmp_path, where):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    host.unhealthy.add("0.12.5")
+    real_rollback = webui._rollback
+
+    def rollback(ctx, j):
+        host.kill_in = where  # the next systemd call of that kind dies
+        return real_rollback(ctx, j)
+    webui._rollback = rollback
+    try:
+        with pytest.raises(Killed):
+            upgrade(layout, host, config(), "0.12.5")
+    finally:
+        webui._rollback = real_rollback
+    assert webui.read_journal(layout)["step"] == "rollback"
+    assert provision(layout, host, config()) == 1
+    assert host.serving == "0.12.4" and host.active and open(db_path(layout), "rb").read() == ORIGINAL_DB
+    assert not os.path.exists(layout.journal)
+
+
+def test_wal_left_by_a_crash_is_backed_up_and_restored(env, tmp_path):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    with open(db_path(layout) + "-wal", "wb") as f:
+        f.write(b"committed pages")
+    host.unhealthy.add("0.12.5")
+    assert upgrade(layout, host, config(), "0.12.5") == 1
+    assert open(db_path(layout) + "-wal", "rb").read() == b"committed pages"
+    assert open(db_path(layout), "rb").read() == ORIGINAL_DB
+
+
+# ------------------------------------------------------------------------------------ pruning
+def test_prune_keeps_current_and_newest(env, tmp_path):
+    layout, host = env
+    installed(layout, host, tmp_path)
+    cfg = config(keep_venvs=2, keep_backups=2)
+    for i, v in enumerate(("0.12.5", "0.12.6", "0.12.7")):
+        os.utime(os.path.join(layout.venv(webui.current_version(layout)), webui.COMPLETE_MARKER), (i, i))
+        assert upgrade(layout, host, cfg, v) == 0
+        for name in os.listdir(layout.backups):  # distinct, ordered backup names
+            os.rename(os.path.join(layout.backups, name),
+                      os.path.join(layout.backups, name.replace("webui-", f"webui-{i}-", 1))) \
+                if name.count("-") < 4 else None
+    venvs = sorted(os.listdir(layout.venvs))
+    assert venvs == ["0.12.6", "0.12.7"]
+    assert len([f for f in os.listdir(layout.backups) if f.endswith(".db")]) == 2
+    # an unfinished venv that is not current is removed
+    os.makedirs(layout.venv("9.9.9"))
+    webui.prune(webui.Ctx(cfg, layout, host))
+    assert not os.path.exists(layout.venv("9.9.9"))
+
+
+def test_disabled_stops_only_what_localaid_enabled(env, tmp_path):
+    layout, host = env
+    assert provision(layout, host, config(enabled=False)) == 0
+    assert ("stop", None) not in host.calls  # never enabled by localaid: left alone
+    installed(layout, host, tmp_path)
+    assert provision(layout, host, config(enabled=False)) == 0
+    assert not host.active and not host.enabled and not os.path.exists(layout.enabled_marker)
+    assert os.path.exists(db_path(layout)) and webui.is_complete(layout, "0.12.4")
+
+
+def test_doctor_reports_interrupted_upgrade(env, tmp_path):
+    from localaid.doctor import Check
+    layout, host = env
+    installed(layout, host, tmp_path)
+    webui.write_journal(layout, {"to": "0.12.5", "from": "0.12.4", "step": "switch"})
+    checks = webui.doctor_checks(config(port=1), layout)
+    assert all(isinstance(c, Check) for c in checks)
+    by_name = {c.name: c for c in checks}
+    assert by_name["open-webui upgrade"].ok is False and "switch" in by_name["open-webui upgrade"].message
+    assert by_name["open-webui venv"].ok is True
+    assert by_name["open-webui environment file"].ok is True
+    assert by_name["open-webui http"].ok is False
+
+
+def test_uv_path_bootstraps_uv_and_translates_pip_configuration(env, tmp_path):
+    layout, host = env
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    host.pip_conf_lines = ["global.no-index='true'", f"global.find-links='{wheels}'"]
+    cfg = dataclasses.replace(config(), webui=dataclasses.replace(config().webui, installer="auto"))
+    assert provision(layout, host, cfg) == 0
+    runs = [c[1] for c in host.calls if c[0] == "run"]
+    uv = os.path.join(layout.tools, "bin", "uv")
+    assert any(r[-1] == "uv" and r[0] == os.path.join(layout.tools, "bin", "python") for r in runs)
+    install = next(r for r in runs if r[0] == uv)
+    assert install[1:5] == ("pip", "install", "--python", os.path.join(layout.venv("0.12.4"), "bin", "python"))
+    assert install[5:] == ("--no-index", "--find-links", str(wheels), "open-webui==0.12.4")
+    marker = json.load(open(os.path.join(layout.venv("0.12.4"), webui.COMPLETE_MARKER)))
+    assert marker["installer"] == "uv" and host.serving == "0.12.4"
