@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,20 @@ sys.path.insert(0, str(FAKES))
 import server as fake_site  # noqa: E402
 
 MODELS_DIR = "/srv/ollama-models"
+
+
+def free_port() -> int:
+    # The container shares the host's network: a port of its own keeps it clear of other tests.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = free_port()
 CONFIG = """\
 ollama:
   install_script: {url}
+  port: {port}
   version: "0.9.0"
   install_timeout: 30s
   models_dir: {models}
@@ -63,7 +75,7 @@ def trust_ca(site):
 
 @pytest.fixture(scope="module")
 def container_options(site):
-    return {"config": CONFIG.format(url=site.script_url, models=MODELS_DIR), "setup": trust_ca(site)}
+    return {"config": CONFIG.format(url=site.script_url, models=MODELS_DIR, port=PORT), "setup": trust_ca(site)}
 
 
 def setup_state(c) -> dict:
@@ -78,7 +90,7 @@ def run_setup(c) -> tuple[int, dict]:
 
 
 def api(c, path="/") -> str:
-    return c.run(["curl", "-s", "--max-time", "5", f"http://127.0.0.1:11434{path}"], check=False).stdout
+    return c.run(["curl", "-s", "--max-time", "5", f"http://127.0.0.1:{PORT}{path}"], check=False).stdout
 
 
 def binary_version(c) -> str:
@@ -94,7 +106,7 @@ def test_installing_the_deb_provisions_ollama(container, site):
     # too joins that run (or makes one when the daemon has not got to it yet).
     rc, state = run_setup(c)
     assert rc == 0 and state["state"] == "done", state
-    assert "Ollama 0.9.0 installed and running at http://127.0.0.1:11434" in state["text"], state
+    assert f"Ollama 0.9.0 installed and running at http://127.0.0.1:{PORT}" in state["text"], state
     assert c.run(["systemctl", "is-enabled", "ollama.service"], check=False).stdout.strip() == "enabled"
     assert c.is_active("ollama.service") == "active"
     assert api(c) == "Ollama is running"
@@ -104,7 +116,7 @@ def test_installing_the_deb_provisions_ollama(container, site):
     unit = c.read("/etc/systemd/system/ollama.service")
     assert "ExecStart=/usr/local/bin/ollama serve" in unit and "OLLAMA_HOST" not in unit
     dropin = c.read("/etc/systemd/system/ollama.service.d/50-localaid.conf")
-    for line in ('Environment="OLLAMA_HOST=127.0.0.1:11434"', f'Environment="OLLAMA_MODELS={MODELS_DIR}"',
+    for line in (f'Environment="OLLAMA_HOST=127.0.0.1:{PORT}"', f'Environment="OLLAMA_MODELS={MODELS_DIR}"',
                  'Environment="OLLAMA_KEEP_ALIVE=-1"', 'Environment="OLLAMA_NUM_PARALLEL=2"',
                  'Environment="OLLAMA_FLASH_ATTENTION=1"', "After=localaid-devices.service"):
         assert line in dropin
@@ -138,10 +150,35 @@ def test_ollama_service_is_hardened(container):
     assert m, out[-2000:]
     assert float(m.group(1)) <= 2.0, out
     # The hardened service still writes its models: a pull through the API lands on disk.
-    r = container.run(["curl", "-s", "--max-time", "30", "http://127.0.0.1:11434/api/pull",
+    r = container.run(["curl", "-s", "--max-time", "30", f"http://127.0.0.1:{PORT}/api/pull",
                        "-d", '{"model": "smollm:135m", "stream": false}'])
     assert '"success"' in r.stdout
     assert container.exists(f"{MODELS_DIR}/manifests/registry.ollama.ai/library/smollm/135m")
+
+
+def test_models_pull_and_doctor_commands(container):
+    c = container
+    r = c.run(["localaid", "pull", "llama3.2:1b"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "llama3.2:1b: pulling manifest" in r.stdout and "llama3.2:1b: 50% " in r.stdout
+    assert re.search(r"pulled llama3.2:1b \([0-9.]+ [GM]B\) in", r.stdout)
+    r = c.run(["localaid", "pull", "no-such-model"], check=False)
+    assert r.returncode == 1 and "file does not exist" in r.stderr
+    r = c.run(["curl", "-s", f"http://127.0.0.1:{PORT}/api/generate", "-d", '{"model": "tinyllama"}'])
+    assert '"done_reason": "load"' in r.stdout
+    doc = json.loads(c.run(["localaid", "models", "--json"]).stdout)
+    where = {m["name"]: m["where"] for m in doc["models"]}
+    assert where["tinyllama:latest"] == "CPU" and where["llama3.2:1b"] == "-"  # no GPU in the container
+    table = c.run(["localaid", "models"]).stdout.splitlines()
+    assert table[0].split()[:2] == ["NAME", "SIZE"] and table[1].startswith("tinyllama:latest")
+    doctor = c.run(["localaid", "doctor"], check=False).stdout
+    for line in ("[ok  ] ollama install: Ollama 0.9.0 at /usr/local/bin/ollama",
+                 "[ok  ] ollama unit: ollama.service enabled",
+                 "[ok  ] ollama drop-in: /etc/systemd/system/ollama.service.d/50-localaid.conf matches",
+                 f"[ok  ] ollama models dir: {MODELS_DIR} owned by ollama",
+                 "[ok  ] ollama models: all 2 configured models present"):
+        assert line in doctor, doctor
+    assert f"[ok  ] ollama api: Ollama 0.9.0 answers at http://127.0.0.1:{PORT}" in doctor
 
 
 # ------------------------------------------------------------------------------------------ faults
@@ -164,7 +201,7 @@ def supervisor_stopped(container):
     """localaid.service would retry a failed job with backoff: keep it out of the fault tests."""
     container.systemctl("stop", "localaid.service")
     yield
-    container.systemctl("start", "localaid.service")
+    container.systemctl("start", "localaid.service", check=False)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -217,3 +254,52 @@ def test_upgrade_switches_version(container, site):
     r = c.run(["localaid", "upgrade", "ollama", "--version", "0.9.1"], check=False)
     assert r.returncode == 0 and "already 0.9.1" in r.stdout
     assert site.requests == []
+
+
+# ----------------------------------------------------------------------------------------- at boot
+EARLY_UNIT = """\
+[Unit]
+Description=test: localaid provision ollama while the system is still starting
+After=network-online.target
+Wants=network-online.target
+Before=multi-user.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStartPre=/bin/sh -c 'cp /opt/early/ca.crt /usr/local/share/ca-certificates/localaid-test-ca.crt && update-ca-certificates'
+ExecStartPre=/bin/sh -c 'systemctl is-system-running > /run/early-system-state || true'
+Environment=PYTHONPATH=/opt/localaid-src
+ExecStart=/usr/bin/python3 -m localaid --config /opt/early/localaid.yaml provision ollama
+"""
+
+
+def test_provision_during_boot_still_enables_ollama(make_container, site, tmp_path):
+    """Ollama's script enables its unit only when `systemctl is-system-running` says running or
+    degraded. Run localaid's provisioning from a unit that multi-user.target waits for (so the
+    system really is "starting"), with localaid's code from this tree, and check that localaid
+    enabled and started ollama.service itself."""
+    early = tmp_path / "early"
+    (early / "target.d").mkdir(parents=True)
+    (early / "ca.crt").write_text(site.ca_pem)
+    port = free_port()
+    (early / "localaid.yaml").write_text(f"ollama:\n  install_script: {site.script_url}\n  port: {port}\n")
+    (early / "localaid-early-provision.service").write_text(EARLY_UNIT)
+    (early / "target.d" / "early.conf").write_text("[Unit]\nWants=localaid-early-provision.service\n")
+    src = Path(__file__).resolve().parents[2] / "localaid"
+    site.mode.update(script="ok", archive="ok")
+    c = make_container(binds=[
+        (early, "/opt/early", True),
+        (src, "/opt/localaid-src/localaid", True),
+        (early / "localaid-early-provision.service", "/etc/systemd/system/localaid-early-provision.service", True),
+        (early / "target.d", "/etc/systemd/system/multi-user.target.d", True),
+    ])
+    assert c.read("/run/early-system-state").strip() == "starting"
+    assert c.is_active("localaid-early-provision.service") == "active", c.journal("localaid-early-provision")
+    journal = c.journal("localaid-early-provision.service")
+    assert "installer: WARNING: systemd is not running" in journal  # the script did not enable it
+    assert "enabled ollama.service" in journal  # localaid did
+    assert c.run(["systemctl", "is-enabled", "ollama.service"], check=False).stdout.strip() == "enabled"
+    assert c.is_active("ollama.service") == "active"
+    r = c.run(["curl", "-s", "--max-time", "5", f"http://127.0.0.1:{port}/"], check=False)
+    assert r.stdout == "Ollama is running"

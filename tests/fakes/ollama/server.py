@@ -1,0 +1,206 @@
+"""HTTPS stand-in for ollama.com's download site: the install script and release archives.
+
+    site = FakeOllamaSite(workdir).start()      # https://127.0.0.1:<ephemeral port>
+    site.script_url                              # .../install.sh (the fake installer, see install.sh.in)
+    site.ca_pem                                  # the test CA, to install in a trust store
+    site.mode["script"] = "404"                  # ok | 404 | html | truncated | slow | fail
+    site.mode["archive"] = "broken"              # ok | broken (HEAD answers, GET is cut short)
+    site.requests                                # [(method, path)], to prove a run downloaded nothing
+
+Certificates are made with the `openssl` command: a test CA and a server certificate for
+127.0.0.1/localhost signed by it, so clients verify TLS for real. Archives: release.py.
+
+Run standalone (for benchmarks or by hand):  python3 server.py DIR  → prints the script URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import release  # noqa: E402
+
+VERSIONS = ("0.9.0", "0.9.1")
+
+
+def make_ca(directory: str | Path) -> dict[str, Path]:
+    """Create (once) ca.crt/ca.key and server.crt/server.key for 127.0.0.1 in `directory`."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    files = {k: d / f"{k.replace('_', '.')}" for k in ("ca_crt", "ca_key", "server_crt", "server_key")}
+    if all(p.exists() for p in files.values()):
+        return files
+
+    def openssl(*args):
+        r = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl {' '.join(args)} failed: {r.stderr}")
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=localaid test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", str(files["ca_key"]), "-out", str(files["ca_crt"]))
+    csr, ext = d / "server.csr", d / "server.ext"
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", str(files["server_key"]), "-out", str(csr))
+    ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                   "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(files["ca_crt"]), "-CAkey", str(files["ca_key"]),
+            "-CAcreateserial", "-days", "30", "-extfile", str(ext), "-out", str(files["server_crt"]))
+    return files
+
+
+HTML = b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>\n"
+
+
+class FakeOllamaSite:
+    def __init__(self, workdir: str | Path, versions=VERSIONS, latest: str | None = None, slow_seconds: float = 30):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.certs = make_ca(self.dir / "tls")
+        self.versions = tuple(versions)
+        self.latest = latest or self.versions[-1]
+        self.slow_seconds = slow_seconds
+        self.archives = {v: release.build_archive(v) for v in self.versions}
+        self.mode = {"script": "ok", "archive": "ok"}
+        self.requests: list[tuple[str, str]] = []
+        self._httpd = None
+        self._thread = None
+        self._stop = threading.Event()
+
+    # ---- what it serves
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self._httpd.server_address[1]}"
+
+    @property
+    def script_url(self) -> str:
+        return self.url + "/install.sh"
+
+    @property
+    def ca_pem(self) -> str:
+        return self.certs["ca_crt"].read_text()
+
+    def script(self, fail: bool = False) -> bytes:
+        text = (HERE / "install.sh.in").read_text().replace("@BASE_URL@", self.url)
+        if fail:  # exits non-zero after the old libraries are gone, as a failed upgrade would
+            text = text.replace('download_and_extract "', 'error "simulated installer failure (fault switch)"\n'
+                                'download_and_extract "', 1)
+        return text.encode()
+
+    @property
+    def script_sha256(self) -> str:
+        return hashlib.sha256(self.script()).hexdigest()
+
+    def downloads(self) -> list[tuple[str, str]]:
+        return list(self.requests)
+
+    # ---- lifecycle
+    def start(self) -> "FakeOllamaSite":
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt, *args):
+                pass
+
+            def _reply(self, status, body=b"", ctype="application/octet-stream", length=None):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                self.end_headers()
+                if self.command != "HEAD":
+                    try:
+                        self.wfile.write(body)
+                    except OSError:
+                        pass
+
+            def do_HEAD(self):
+                self.do_GET()
+
+            def do_GET(self):
+                site.requests.append((self.command, self.path))
+                parts = urlsplit(self.path)
+                if parts.path == "/install.sh":
+                    return self._script()
+                name = parts.path.rsplit("/", 1)[-1]
+                if parts.path.startswith("/download/") and name in ("ollama-linux-amd64.tar.zst",
+                                                                     "ollama-linux-arm64.tar.zst"):
+                    version = (parse_qs(parts.query).get("version") or [site.latest])[0]
+                    data = site.archives.get(version.lstrip("v"))
+                    if data is None:
+                        return self._reply(404, b"Not Found\n", "text/plain")
+                    if site.mode["archive"] == "broken" and self.command == "GET":
+                        self._reply(200, data[: len(data) // 2], length=len(data))
+                        self.close_connection = True
+                        return
+                    return self._reply(200, data)
+                self._reply(404, b"Not Found\n", "text/plain")
+
+            def _script(self):
+                mode = site.mode["script"]
+                if mode == "404":
+                    return self._reply(404, b"Not Found\n", "text/plain")
+                if mode == "html":
+                    return self._reply(200, HTML, "text/html; charset=utf-8")
+                if mode == "slow":
+                    site._stop.wait(site.slow_seconds)
+                    return self._reply(200, site.script(), "text/x-sh")
+                body = site.script(fail=(mode == "fail"))
+                if mode == "truncated":  # the connection drops half-way: the client sees too few bytes
+                    self._reply(200, body[: len(body) // 2], "text/x-sh", length=len(body))
+                    self.close_connection = True
+                    return
+                self._reply(200, body, "text/x-sh")
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(self.certs["server_crt"]), str(self.certs["server_key"]))
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self):
+                sock, addr = super().get_request()
+                return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+            def handle_error(self, request, client_address):
+                pass  # clients that hang up (timeouts, truncation tests) are expected
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+if __name__ == "__main__":
+    site = FakeOllamaSite(sys.argv[1] if len(sys.argv) > 1 else "/tmp/fake-ollama-site").start()
+    print(site.script_url, flush=True)
+    print(f"CA: {site.certs['ca_crt']}", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        site.stop()
