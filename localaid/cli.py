@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.set_defaults(func=cmd_config_check)
 
     add("doctor", cmd_doctor, "check the machine and advise",
-        "Run checks with advice: configuration, daemon, systemd, GPU device nodes (opened as each\n"
-        "service user), Ollama install and drop-in, Open WebUI venv and service, model fit in VRAM.\n"
+        "Run checks with advice: configuration, daemon, systemd, Ollama install and drop-in, Open\n"
+        "WebUI venv, service and admin safety.\n"
         "Exit status 1 when something needs fixing, 0 otherwise (warnings included).")
 
     sp = add("pull", _area("localaid.models", "pull_main"), "download a model into Ollama, with progress",
@@ -228,18 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "short-lived units (localaid-*.service); run by hand only to debug.")
     psub = pv.add_subparsers(dest="step", metavar="STEP", required=True)
     for step, module, fn, text in (
-        ("devices", "localaid.provision.devices", "devices_main", "ensure /dev/nvidia* nodes and access"),
         ("ollama", "localaid.provision.ollama", "provision_main", "install/configure Ollama, pull models"),
         ("webui", "localaid.provision.webui", "provision_main", "install/configure Open WebUI"),
     ):
         psub.add_parser(step, help=text, description=text).set_defaults(func=_area(module, fn))
-
-    gp = sub.add_parser("gpu", help="(run by localaid's units) GPU recovery", formatter_class=fmt,
-                        description="GPU recovery ladder: stop ollama, reload nvidia_uvm, recreate device\n"
-                                    "nodes, start ollama. Started by the daemon as localaid-gpu-recover.service.")
-    gsub = gp.add_subparsers(dest="gpu_command", metavar="SUBCOMMAND", required=True)
-    gsub.add_parser("recover", help="run the recovery ladder once").set_defaults(
-        func=_area("localaid.provision.devices", "gpu_recover_main"))
     return p
 
 

@@ -19,7 +19,6 @@ UNITS = {OLLAMA: "ollama.service", WEBUI: "open-webui.service"}
 
 # Short-lived units that do privileged work for the supervisor (see units/).
 JOB_UNITS = {
-    "devices": "localaid-devices.service",
     "ollama-setup": "localaid-ollama-setup.service",
     "webui-setup": "localaid-webui-setup.service",
 }

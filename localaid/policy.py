@@ -27,8 +27,7 @@ from localaid.model import (
 
 JOB_RETRY_INITIAL = 30.0
 JOB_RETRY_MAX = 3600.0
-JOB_LABELS = {"devices": "GPU devices", "ollama-setup": "ollama setup", "webui-setup": "open-webui setup",
-              "gpu-recover": "GPU recovery"}
+JOB_LABELS = {"ollama-setup": "ollama setup", "webui-setup": "open-webui setup"}
 
 
 def _freeze(d: dict) -> MappingProxyType:
@@ -188,10 +187,7 @@ def _repair(config, name, unit_name, h, now, kind, cause, evidence, become) -> l
 
 # ----------------------------------------------------------------------------------- jobs
 def _wanted_jobs(config) -> tuple[str, ...]:
-    jobs = []
-    if config.gpu.devices.mode != "off":
-        jobs.append("devices")
-    jobs.append("ollama-setup")
+    jobs = ["ollama-setup"]
     jobs.append("webui-setup")  # also when disabled: it then stops and disables open-webui.service
     return tuple(jobs)
 
