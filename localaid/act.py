@@ -50,19 +50,27 @@ class Actor:
             elif a.kind == "restart":
                 self.systemd.restart(a.target)
             elif a.kind == "start":
-                self.systemd.reset_failed(a.target)
+                self._reset_failed(a.target)
                 self.systemd.start(a.target)
             elif a.kind == "stop":
                 self.systemd.stop(a.target)
             elif a.kind == "start-job":
                 unit = JOB_UNITS[a.target]
-                self.systemd.reset_failed(unit)
+                self._reset_failed(unit)
                 self.systemd.start(unit)
             else:
                 return f"failed: unknown action kind {a.kind!r}"
             return "ok"
         except (SystemdError, KeyError) as e:
             return f"failed: {e}"
+
+    def _reset_failed(self, unit: str) -> None:
+        """Clear a failed state (and the start rate limit) before a start. A unit systemd has not
+        loaded yet ("not loaded") has nothing to clear: that is fine."""
+        try:
+            self.systemd.reset_failed(unit)
+        except SystemdError:
+            pass
 
     def _kill(self, unit: str) -> None:
         """SIGKILL the whole unit; if systemd cannot signal every process of the cgroup (seen on

@@ -64,8 +64,11 @@ def _enabled_services(config) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------- services
+SETUP_JOB = {OLLAMA: "ollama-setup", WEBUI: "webui-setup"}
+
+
 def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: float, obs: Observation,
-             depends_ok: bool, dependency: str | None):
+             depends_ok: bool, dependency: str | None, setting_up: bool = False):
     """One service: returns (actions, new history, notes)."""
     hc = config.health
     unit_name = UNITS[name]
@@ -100,11 +103,14 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
         h = replace(h, restarts=restarts, crashes=h.crashes + (now,) * crashes)
     h = replace(h, seen_n_restarts=unit.n_restarts)
 
+    state, sub = unit.active_state, unit.sub_state
+    if setting_up and (not unit.exists or state in ("inactive", "failed")):
+        become("installing", "set-up in progress")
+        return actions, h, notes
     if not unit.exists:
         become("missing", "not installed yet" if unit.load_state == "not-found" else unit.load_state)
         return actions, h, notes
 
-    state, sub = unit.active_state, unit.sub_state
     if state == "inactive" and not unit.job:
         become("stopped", "stopped by admin; localaid leaves it until it is started again",
                failures=0, failing_since=None)
@@ -294,13 +300,19 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     now = obs.now
     actions: list[Action] = []
     notes: list[str] = []
+    # Jobs first: a service whose set-up job is (re)starting now is "installing", not stopped.
+    job_actions, jobs, job_notes = _jobs(config, obs, hist, now)
     services = dict(hist.services)
     statuses = []
     for name in _enabled_services(config):
         dep = OLLAMA if name == WEBUI else None
         dep_ok = dep is None or services.get(dep, ServiceHistory()).state in ("ok", "starting", "unknown")
+        job = jobs.get(SETUP_JOB[name])
+        jo = obs.jobs.get(SETUP_JOB[name])
+        setting_up = (job is not None and job.state == "started") or \
+            (jo is not None and jo.unit is not None and (jo.unit.job or jo.unit.active_state == "activating"))
         a, h, n = _service(config, name, obs.services.get(name), services.get(name, ServiceHistory()),
-                           now, obs, dep_ok, dep)
+                           now, obs, dep_ok, dep, setting_up)
         services[name] = h
         actions += a
         notes += n
@@ -315,7 +327,6 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     notes += gpu_notes
     hist = replace(hist, gpu=gpu_hist)
 
-    job_actions, jobs, job_notes = _jobs(config, obs, hist, now)
     actions += job_actions
     notes += job_notes
     hist = replace(hist, jobs=jobs)

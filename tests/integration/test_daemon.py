@@ -69,6 +69,15 @@ def test_installed_enabled_active_with_status_line(container):
     assert [s["name"] for s in doc["services"]] == ["ollama"]
 
 
+def test_starts_the_ollama_setup_job_and_reports_its_failure(container):
+    """The daemon itself starts localaid-ollama-setup.service; here the script path is missing."""
+    c = container
+    line = wait_for(lambda: (t := c.unit_property("localaid", "StatusText")) and "ollama setup failed" in t and t,
+                    timeout=60)
+    assert "/nonexistent/install.sh" in line and "retry in" in line
+    assert c.unit_property("localaid-ollama-setup.service", "Result") == "exit-code"
+
+
 def test_supervises_a_running_service(container):
     c = container
     doc = wait_for(lambda: (d := status_doc(c))["services"][0]["state"] == "ok" and d, timeout=20)

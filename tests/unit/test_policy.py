@@ -48,6 +48,10 @@ def observe(now, ollama=None, webui=None, models=None, maintenance=(), generatio
                        in_flight=frozenset(in_flight))
 
 
+# Two healthy cycles: the set-up jobs are started, then seen finished.
+SETTLED = [observe(98.0), observe(99.0)]
+
+
 def run(c, observations, hist=None):
     hist = hist or History()
     decisions = []
@@ -215,7 +219,7 @@ def test_crash_loop_marks_degraded_without_our_restarts():
 def test_failed_unit_is_reset_and_started_with_backoff():
     c = cfg(backoff_initial=10.0)
     failed = unit("open-webui.service", state="failed", sub="failed", result="start-limit-hit")
-    ds = run(c, [observe(100.0 + i, webui=(failed, REFUSED)) for i in range(5)])
+    ds = run(c, SETTLED + [observe(100.0 + i, webui=(failed, REFUSED)) for i in range(5)])[2:]
     assert service_actions(ds[0]) == [("start", "open-webui.service", "failed")]
     assert all(service_actions(d) == [] for d in ds[1:])  # backoff holds
 
@@ -241,7 +245,7 @@ def test_started_again_after_admin_stop_is_supervised_again():
 def test_missing_unit_is_reported_not_repaired():
     c = cfg()
     missing = unit("ollama.service", state="inactive", sub="dead", load="not-found")
-    d = run(c, [observe(100.0, ollama=(missing, REFUSED))])[0]
+    d = run(c, SETTLED + [observe(100.0, ollama=(missing, REFUSED))])[-1]
     assert service_actions(d) == []
     assert "ollama missing (not installed yet)" in d.status_line
 
@@ -373,3 +377,16 @@ def test_crash_loop_still_named_while_momentarily_up():
     d = run(c, obs)[-1]
     assert d.history.services[OLLAMA].state == "degraded"
     assert d.history.services[OLLAMA].reason == "answering, but 3 restarts in 10 min (crash loop)"
+
+
+def test_service_being_set_up_is_installing_not_stopped_by_admin():
+    c = cfg()
+    inactive = unit("open-webui.service", state="inactive", sub="dead")
+    running = jobs_idle()
+    running["webui-setup"] = JobObs("webui-setup", unit("localaid-webui-setup.service", state="activating",
+                                                         sub="start"), "installing open-webui 0.12.4", None)
+    done = jobs_idle()
+    ds = run(c, [observe(100.0, webui=(inactive, REFUSED)), observe(101.0, webui=(inactive, REFUSED), jobs=running),
+                 observe(102.0, webui=(inactive, REFUSED), jobs=done)])
+    assert [d.history.services[WEBUI].state for d in ds] == ["installing", "installing", "stopped"]
+    assert "open-webui setup: installing open-webui 0.12.4" in ds[1].status_line
