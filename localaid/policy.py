@@ -89,7 +89,7 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
         return h
 
     if name in obs.maintenance:
-        become("maintenance", "upgrade in progress", failures=0, failing_since=None)
+        become("maintenance", "set-up or upgrade at work", failures=0, failing_since=None)
         return actions, h, notes
     if so is None or so.unit is None:
         become("unknown", so.unit_error if so and so.unit_error else "systemd not reachable")

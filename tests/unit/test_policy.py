@@ -265,7 +265,7 @@ def test_maintenance_means_hands_off():
     ds = run(c, [observe(100.0 + i, ollama=(unit("ollama.service"), HUNG), maintenance={OLLAMA})
                  for i in range(10)])
     assert all(service_actions(d) == [] for d in ds)
-    assert "upgrade in progress" in ds[-1].status_line
+    assert "set-up or upgrade at work" in ds[-1].status_line
 
 
 # ------------------------------------------------------------------------------ dependencies
