@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests/integration"))
 
-from harness import Container, ContainerError, wait_for  # noqa: E402
+from harness import Container, ContainerError  # noqa: E402
 
 STANDIN = r'''#!/usr/bin/python3
 """Stand-in for ollama: `ollama serve` answers the probes localaid makes; `ollama --version`."""

@@ -86,7 +86,7 @@ def cmd_status(args) -> int:
 
 def _daemon_state() -> str:
     try:
-        from localaid.adapters.systemd import Systemd, SystemdError
+        from localaid.adapters.systemd import Systemd
         return Systemd(timeout=3).state("localaid.service").active_state or "unknown"
     except Exception as e:  # no systemd here: say so rather than fail
         return f"unknown ({e})"

@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 from localaid import policy_gpu
 from localaid.model import (
-    JOB_UNITS, OLLAMA, UNITS, WEBUI, Action, Decision, History, JobHistory, Observation,
+    OLLAMA, UNITS, WEBUI, Action, Decision, History, JobHistory, Observation,
     ServiceHistory, ServiceObs, ServiceStatus,
 )
 

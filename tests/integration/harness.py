@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import threading
@@ -33,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
-__all__ = ["Container", "ContainerError", "wait_for", "reap_stale", "WORK_BASE"]
+__all__ = ["Container", "ContainerError", "wait_for", "reap_stale", "free_port", "standin_unit", "WORK_BASE"]
 
 WORK_BASE = Path(os.environ.get("LOCALAID_IT_WORKDIR", "/var/tmp/localaid-it"))
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -505,3 +504,21 @@ class Container:
     def apt_install(self, *packages: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return self.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold", *packages],
                         timeout=timeout)
+
+
+def free_port() -> int:
+    """A port free on this machine now: containers share the host's network unless private."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def standin_unit(port: int, docroot: str = "/usr/share/doc", description: str = "stand-in service",
+                 extra: str = "") -> str:
+    """A unit serving files over HTTP on 127.0.0.1:port: a supervised service for tests whose
+    subject is localaid's supervision, not the service."""
+    return (f"[Unit]\nDescription={description} on {port}\n[Service]\n"
+            f"ExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1 {port} --directory {docroot}\n"
+            f"Restart=always\n{extra}")
+

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from harness import wait_for
+from harness import standin_unit, wait_for
 
 CONFIG = """\
 # core daemon tests: no Open WebUI, no GPU device job, an install script that is not there
@@ -19,14 +19,7 @@ gpu:
 """
 
 # A stand-in for a supervised service: the daemon must neither stop it nor care what it is.
-STANDIN_UNIT = """\
-[Unit]
-Description=stand-in ollama (HTTP on 11434)
-[Service]
-ExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1 11434 --directory /usr/share/doc
-Restart=always
-RestartSec=3
-"""
+STANDIN_UNIT = standin_unit(11434, description="stand-in ollama", extra="RestartSec=3\n")
 
 
 @pytest.fixture(scope="module")

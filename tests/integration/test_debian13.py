@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, boot
-from harness import wait_for
+from harness import standin_unit, wait_for
 
 CONFIG = """\
 ollama:
@@ -16,13 +16,7 @@ webui:
   enabled: false
 """
 
-STANDIN_UNIT = """\
-[Unit]
-Description=stand-in ollama (HTTP on 11434)
-[Service]
-ExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1 11434 --directory /usr/share/doc
-Restart=always
-"""
+STANDIN_UNIT = standin_unit(11434, description="stand-in ollama")
 
 
 @pytest.fixture(scope="module")

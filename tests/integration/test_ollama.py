@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import wait_for
+from harness import free_port, wait_for
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes" / "ollama"
 sys.path.insert(0, str(FAKES))
@@ -25,13 +24,6 @@ sys.path.insert(0, str(FAKES))
 import server as fake_site  # noqa: E402
 
 MODELS_DIR = "/srv/ollama-models"
-
-
-def free_port() -> int:
-    # The container shares the host's network: a port of its own keeps it clear of other tests.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 PORT = free_port()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_for
+from harness import standin_unit, wait_for
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 
@@ -36,17 +36,6 @@ health:
 """
 
 
-def standin(port: int, docroot: str, extra: str = "") -> str:
-    return f"""\
-[Unit]
-Description=stand-in service on {port}
-[Service]
-ExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1 {port} --directory {docroot}
-Restart=always
-RestartSec=1
-{extra}"""
-
-
 OLLAMA_UNIT = """\
 [Unit]
 Description=fake Ollama (tests/fakes/ollama), with install.sh's restart settings
@@ -61,7 +50,7 @@ RestartSec=3
 def start_standins(c):
     c.sh("mkdir -p /srv/webui /run/fake-ollama && echo ok > /srv/webui/health && echo ok > /srv/webui/ready")
     c.write("/etc/systemd/system/ollama.service", OLLAMA_UNIT)
-    c.write("/etc/systemd/system/open-webui.service", standin(3000, "/srv/webui"))
+    c.write("/etc/systemd/system/open-webui.service", standin_unit(3000, "/srv/webui", extra="RestartSec=1\n"))
     c.systemctl("daemon-reload")
     c.systemctl("start", "ollama.service", "open-webui.service")
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,16 +23,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, boot
-from harness import wait_for
+from harness import free_port, wait_for
 
 BUILD = REPO / "tests/fakes/open_webui/build-wheelhouse"
 BASE = "/var/lib/localaid/webui"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 PORT = free_port()
