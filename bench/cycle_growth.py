@@ -66,7 +66,8 @@ def main() -> int:
               timeout=600)
         wait_for(lambda: "open-webui ok" in c.unit_property("localaid", "StatusText"), timeout=60)
         c.systemctl("stop", "localaid")
-        out = c.run(["python3", "-c", DRIVER, str(args.cycles)], timeout=7200).stdout.split()
+        # The last line is the driver's; the ones before are the supervisor's own journal lines.
+        out = c.run(["python3", "-c", DRIVER, str(args.cycles)], timeout=7200).stdout.splitlines()[-1].split()
     rss500, rss_n, med, p99 = (float(x) for x in out[:4])
     print(f"supervision cycles back to back, Debian 12 container, stand-ins healthy "
           f"(ollama {out[4]}, open-webui {out[5]})")

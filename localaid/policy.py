@@ -104,7 +104,9 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
     h = replace(h, seen_n_restarts=unit.n_restarts)
 
     state, sub = unit.active_state, unit.sub_state
-    if setting_up and (not unit.exists or state in ("inactive", "failed")):
+    # Only a service never seen answering is "being installed"; one that served before and is
+    # now stopped was stopped by someone, whatever set-up job runs meanwhile.
+    if setting_up and h.last_ok is None and (not unit.exists or state in ("inactive", "failed")):
         become("installing", "set-up in progress")
         return actions, h, notes
     if not unit.exists:

@@ -390,3 +390,13 @@ def test_service_being_set_up_is_installing_not_stopped_by_admin():
                  observe(102.0, webui=(inactive, REFUSED), jobs=done)])
     assert [d.history.services[WEBUI].state for d in ds] == ["installing", "installing", "stopped"]
     assert "open-webui setup: installing open-webui 0.12.4" in ds[1].status_line
+
+
+def test_stopped_service_that_served_before_is_stopped_even_while_its_setup_job_runs():
+    c = cfg()
+    inactive = unit("open-webui.service", state="inactive", sub="dead")
+    running = jobs_idle()
+    running["webui-setup"] = JobObs("webui-setup", unit("localaid-webui-setup.service", state="activating",
+                                                         sub="start"), "installing open-webui 0.12.4", None)
+    ds = run(c, [observe(100.0), observe(101.0, webui=(inactive, REFUSED), jobs=running)])
+    assert ds[1].history.services[WEBUI].state == "stopped"
