@@ -228,10 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
                                     "short-lived units (localaid-*.service); run by hand only to debug.")
     psub = pv.add_subparsers(dest="step", metavar="STEP", required=True)
     for step, module, fn, text in (
+        ("devices", "localaid.provision.devices", "devices_main", "ensure /dev/nvidia* nodes and access"),
         ("ollama", "localaid.provision.ollama", "provision_main", "install/configure Ollama, pull models"),
         ("webui", "localaid.provision.webui", "provision_main", "install/configure Open WebUI"),
     ):
         psub.add_parser(step, help=text, description=text).set_defaults(func=_area(module, fn))
+
+    gp = sub.add_parser("gpu", help="(run by localaid's units) GPU recovery", formatter_class=fmt,
+                        description="GPU recovery ladder: stop ollama, reload nvidia_uvm, recreate device\n"
+                                    "nodes, start ollama. Started by the daemon as localaid-gpu-recover.service.")
+    gsub = gp.add_subparsers(dest="gpu_command", metavar="SUBCOMMAND", required=True)
+    gsub.add_parser("recover", help="run the recovery ladder once").set_defaults(
+        func=_area("localaid.provision.devices", "gpu_recover_main"))
+    rs = gsub.add_parser("resumed", help="(system-sleep hook) check the GPU at once after a resume")
+    rs.add_argument("kind", nargs="?", default="suspend", help="suspend, hibernate, hybrid-sleep, ...")
+    rs.set_defaults(func=_area("localaid.provision.devices", "resumed_main"))
     return p
 
 

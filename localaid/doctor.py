@@ -18,7 +18,7 @@ class Check:
 
 
 # Modules whose doctor_checks(config) run after the core checks, in this order.
-AREAS = ("localaid.provision.ollama", "localaid.provision.webui")
+AREAS = ("localaid.provision.devices", "localaid.provision.ollama", "localaid.provision.webui")
 
 
 def core_checks(config) -> list[Check]:

@@ -19,6 +19,8 @@ UNITS = {OLLAMA: "ollama.service", WEBUI: "open-webui.service"}
 
 # Short-lived units that do privileged work for the supervisor (see units/).
 JOB_UNITS = {
+    "devices": "localaid-devices.service",
+    "gpu-recover": "localaid-gpu-recover.service",
     "ollama-setup": "localaid-ollama-setup.service",
     "webui-setup": "localaid-webui-setup.service",
 }
@@ -82,7 +84,7 @@ class GpuDevice:
     memory_used: int
     temperature: int | None = None
     utilization: int | None = None  # percent
-    compute_pids: tuple[int, ...] = ()
+    compute_pids: tuple[int, ...] | None = ()  # None: NVML cannot list them
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class GpuObs:
     xids: tuple[XidEvent, ...] = ()  # events since the previous observation
     ollama_pids: tuple[int, ...] = ()  # PIDs in ollama.service's cgroup (for compute-process checks)
     nodes_changed_at: float | None = None  # last time device nodes appeared or were fixed
+    resumed_at: float | None = None  # last resume from sleep (the system-sleep hook)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from localaid.model import (
 
 JOB_RETRY_INITIAL = 30.0
 JOB_RETRY_MAX = 3600.0
-JOB_LABELS = {"ollama-setup": "ollama setup", "webui-setup": "open-webui setup"}
+JOB_LABELS = {"devices": "GPU devices", "ollama-setup": "ollama setup", "webui-setup": "open-webui setup",
+              "gpu-recover": "GPU recovery"}
 
 
 def _freeze(d: dict) -> MappingProxyType:
@@ -195,7 +196,10 @@ def _repair(config, name, unit_name, h, now, kind, cause, evidence, become) -> l
 
 # ----------------------------------------------------------------------------------- jobs
 def _wanted_jobs(config) -> tuple[str, ...]:
-    jobs = ["ollama-setup"]
+    jobs = []
+    if config.gpu.devices.mode != "off":
+        jobs.append("devices")
+    jobs.append("ollama-setup")
     jobs.append("webui-setup")  # also when disabled: it then stops and disables open-webui.service
     return tuple(jobs)
 
@@ -333,6 +337,9 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     notes += job_notes
     hist = replace(hist, jobs=jobs)
 
+    if any(a.service == OLLAMA and a.kind in ("restart", "kill-restart", "start", "start-job") for a in actions):
+        # A fresh Ollama has nothing loaded: preload as soon as it answers, not model_load_grace later.
+        hist = replace(hist, warm_attempts=_freeze({}))
     warm_actions, attempts = _warm(config, obs, hist, services[OLLAMA].state, now)
     actions += warm_actions
     hist = replace(hist, warm_attempts=attempts)

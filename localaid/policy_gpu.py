@@ -2,13 +2,19 @@
 
     decide_gpu(config, observation, gpu_history, now) -> (actions, gpu_history, status fragment, notes)
 
-Heals what leaves Ollama on the CPU:
+Heals what leaves Ollama on the CPU or the GPU unusable:
 - boot race: Ollama discovers GPUs once, at start. If the device nodes appeared or were fixed
   (localaid-devices.service records when) after Ollama started, restart it once.
-- CPU fallback: a loaded model not fully in VRAM while the GPU has room for it: restart Ollama
-  (the supervisor then preloads the configured models), at most FALLBACK_RESTARTS times per
+- CPU fallback: a loaded model not fully in VRAM while the GPU has room for it, or no process of
+  ollama.service among the GPU's compute processes while a model is loaded: restart Ollama (the
+  supervisor then preloads the configured models), at most FALLBACK_RESTARTS times per
   FALLBACK_WINDOW, after which it is reported and left alone.
-A lost GPU is reported as needing a reboot; it never causes a restart loop.
+- GPU lost, a critical Xid, or a GPU left unusable by suspend/resume: the recovery ladder, the
+  job "gpu-recover" (localaid-gpu-recover.service: stop ollama, reload nvidia_uvm, recreate the
+  device nodes, start ollama), then a check that the models are back on the GPU. At most
+  LADDER_LIMIT ladders per boot; a ladder that fails, or a GPU still lost after it, ends in
+  "reboot required" and no further attempt.
+Nothing here restarts an Ollama the admin stopped (unit inactive) or one under maintenance.
 """
 
 from __future__ import annotations
@@ -19,7 +25,22 @@ from localaid.model import OLLAMA, UNITS, Action, Observation
 
 FALLBACK_RESTARTS = 2
 FALLBACK_WINDOW = 3600.0
+LADDER_LIMIT = 2  # recovery ladders per boot (the history lives as long as the daemon; the job also counts)
+LADDER_JOB = "gpu-recover"
+LADDER_START_SLACK = 15.0  # a requested ladder job not seen running or finished by then: it did not start
+RESUME_WINDOW = 120.0  # after a resume, an unusable GPU or a CPU fallback goes straight to the ladder
+PID_MISS_AFTER = 30.0  # a loaded model whose runner is not a GPU compute process for this long
+CRITICAL_XIDS = frozenset({48, 63, 64, 79, 94, 95, 119, 120})
 GIB = 2**30
+
+
+# ---------------------------------------------------------------------------- status text
+def gpu_label(gpu) -> str:
+    names: dict[str, int] = {}
+    for d in gpu.devices:
+        key = f"{d.name.removeprefix('NVIDIA ').removeprefix('GeForce ')} {round(d.memory_total / GIB)} GB"
+        names[key] = names.get(key, 0) + 1
+    return ", ".join(k if n == 1 else f"{n}× {k}" for k, n in names.items())
 
 
 def _fragment(gpu) -> str:
@@ -31,13 +52,16 @@ def _fragment(gpu) -> str:
         return "GPU lost: reboot required"
     if gpu.state == "error":
         return f"GPU error ({gpu.error})"
-    names = {}
-    for d in gpu.devices:
-        key = f"{d.name.removeprefix('NVIDIA ').removeprefix('GeForce ')} {round(d.memory_total / GIB)} GB"
-        names[key] = names.get(key, 0) + 1
-    return "gpu " + ", ".join(k if n == 1 else f"{n}× {k}" for k, n in names.items())
+    return "gpu " + gpu_label(gpu)
 
 
+def _reboot_fragment(h) -> str:
+    xid = h.get("xid")
+    what = "GPU lost" if h.get("lost_seen") else "GPU failed"
+    return f"{what}{f' (XID {xid})' if xid else ''}: reboot required"
+
+
+# ---------------------------------------------------------------------------- helpers
 def _ollama_running(obs: Observation):
     so = obs.services.get(OLLAMA)
     if so is None or so.unit is None or OLLAMA in obs.maintenance:
@@ -48,20 +72,180 @@ def _ollama_running(obs: Observation):
     return so
 
 
+def _off_gpu(gpu, models):
+    """(model, evidence) of the first loaded model that runs (partly) on the CPU although the
+    GPU has room for it; None when there is none."""
+    free = sum(d.memory_total - d.memory_used for d in gpu.devices)
+    for m in models or ():
+        if m.size_vram >= m.size or free + m.size_vram < m.size:
+            continue  # on the GPU, or a partial offload the GPU cannot avoid
+        return m, (f"{m.name}: {m.size_vram / GIB:.1f} of {m.size / GIB:.1f} GiB in VRAM, "
+                   f"{free / GIB:.1f} GiB free on the GPU")
+    return None
+
+
+def _runner_missing(gpu, so) -> str | None:
+    """Evidence when a model is loaded on the GPU by Ollama's account, but no PID of
+    ollama.service is a GPU compute process (a lost CUDA context). None when fine or unknown."""
+    models = [m for m in so.models or () if m.size_vram > 0]
+    pids = set(gpu.ollama_pids)
+    if not models or not pids or not gpu.devices:
+        return None
+    listed: set[int] = set()
+    for d in gpu.devices:
+        if d.compute_pids is None:
+            return None  # NVML cannot list processes here: no evidence either way
+        listed.update(d.compute_pids)
+    if pids & listed:
+        return None
+    return (f"{models[0].name} loaded, but none of ollama.service's {len(pids)} processes is a GPU "
+            f"compute process ({len(listed)} listed)")
+
+
+def _job_running(jo) -> bool:
+    return jo is not None and jo.unit is not None and (
+        jo.unit.job or jo.unit.active_state in ("activating", "deactivating"))
+
+
+# ---------------------------------------------------------------------------- main
 def decide_gpu(config, obs: Observation, gh, now: float):
     gpu = obs.gpu
     h = dict(gh)
     actions: list[Action] = []
     notes: list[str] = []
     fragment = _fragment(gpu)
-    if gpu.state != h.get("state"):
-        if h.get("state") is not None:
-            notes.append(f"GPU: {h.get('state')} -> {gpu.state}" + (f" ({gpu.error})" if gpu.error else ""))
-        h["state"] = gpu.state
-    so = _ollama_running(obs)
     unit_name = UNITS[OLLAMA]
+    if gpu.state == "off":
+        return (), MappingProxyType(h), fragment, ()
 
-    # Boot race: nodes fixed after Ollama started.
+    # ---- state changes
+    previous = h.get("state")
+    if gpu.state != previous:
+        if previous is not None:
+            notes.append(f"GPU: {previous} -> {gpu.state}" + (f" ({gpu.error})" if gpu.error else ""))
+        if h.get("reboot_required") and previous in ("lost", "error", "none") and gpu.state == "ok" \
+                and h.get("ladder") is None:
+            notes.append("GPU usable again (driver reloaded?): recovery attempts allowed again")
+            h["reboot_required"] = None
+            h["lost_seen"] = False
+        h["state"] = gpu.state
+    if gpu.state == "lost":
+        h["lost_seen"] = True
+
+    # ---- what asks for the recovery ladder
+    trigger: tuple[str, str] | None = None
+    for ev in gpu.xids:
+        where = f" on {ev.uuid}" if ev.uuid else ""
+        if ev.xid in config.gpu.ignore_xids:
+            notes.append(f"GPU: application Xid {ev.xid}{where} ignored (gpu.ignore_xids)")
+        elif ev.xid in CRITICAL_XIDS:
+            notes.append(f"GPU: critical Xid {ev.xid}{where}")
+            h["xid"] = ev.xid
+            trigger = trigger or ("xid", f"XID {ev.xid}{where}")
+        else:
+            notes.append(f"GPU: Xid {ev.xid}{where} reported; not one that needs a reset")
+    if gpu.state == "lost":
+        trigger = trigger or ("gpu-lost", "NVML: GPU is lost (fell off the bus)")
+
+    resumed = getattr(gpu, "resumed_at", None)
+    if resumed is not None and resumed != h.get("resume_seen"):
+        h["resume_seen"] = resumed
+        h["resume_until"] = now + RESUME_WINDOW
+        notes.append("resumed from sleep: checking the GPU now")
+    after_resume = now < h.get("resume_until", float("-inf"))
+    so = _ollama_running(obs)
+    if after_resume and trigger is None:
+        if gpu.state == "error":
+            trigger = ("resume", f"after resume: {gpu.error}")
+        elif so is not None and gpu.state == "ok":
+            off = _off_gpu(gpu, so.models)
+            missing = _runner_missing(gpu, so)
+            if off or missing:
+                trigger = ("resume", "after resume: " + (off[1] if off else missing))
+
+    # ---- the ladder
+    ladder = h.get("ladder")
+    jo = obs.jobs.get(LADDER_JOB)
+    if ladder is not None:
+        ladder = dict(ladder)
+        phase = ladder["phase"]
+        if phase in ("requested", "running"):
+            if _job_running(jo):
+                ladder["phase"] = "running"
+                text = jo.text or "running"
+                fragment = f"GPU recovery ({ladder['what']}): {text}"
+            elif jo is None or jo.unit is None or not jo.unit.exists:
+                h["reboot_required"] = now
+                notes.append("GPU recovery unavailable: localaid-gpu-recover.service is not installed")
+                ladder = None
+            elif phase == "requested" and now - ladder["started"] < LADDER_START_SLACK and \
+                    jo.progress_state != "failed" and jo.unit.active_state != "failed" and \
+                    jo.progress_state != "done":
+                fragment = f"GPU recovery ({ladder['what']}): starting"
+            else:
+                ok = jo.unit.active_state != "failed" and jo.progress_state == "done"
+                if ok and gpu.state != "lost":
+                    ladder.update(phase="verify", verify_since=now)
+                    notes.append(f"GPU recovery ({ladder['what']}) done: checking the models are back on the GPU")
+                else:
+                    why = jo.text or f"unit {jo.unit.active_state}"
+                    if ok:
+                        why = "GPU still lost after the driver reload"
+                    notes.append(f"GPU recovery ({ladder['what']}) failed: {why}; reboot required")
+                    h["reboot_required"] = now
+                    ladder = None
+        if ladder is not None and ladder["phase"] == "verify":
+            if gpu.state == "lost":
+                notes.append(f"GPU lost again after recovery ({ladder['what']}): reboot required")
+                h["reboot_required"] = now
+                ladder = None
+            elif gpu.state == "ok" and so is not None and so.models and not _off_gpu(gpu, so.models):
+                took = now - ladder["started"]
+                notes.append(f"GPU recovered ({ladder['what']}) in {took:.0f} s: models back on the GPU")
+                h["recovered_at"] = now
+                ladder = None
+            elif gpu.state == "ok" and so is not None and so.models is not None and not so.models \
+                    and not any(m.keep_warm for m in config.ollama.models):
+                notes.append(f"GPU recovered ({ladder['what']}): GPU usable, no model to check")
+                h["recovered_at"] = now
+                ladder = None
+            elif now - ladder["verify_since"] > config.health.model_load_grace:
+                notes.append(f"after GPU recovery ({ladder['what']}) the models are still not on the GPU: "
+                             "reboot required")
+                h["reboot_required"] = now
+                ladder = None
+            else:
+                fragment = f"GPU recovery ({ladder['what']}): waiting for the models to load on the GPU"
+    h["ladder"] = None if ladder is None else MappingProxyType(ladder)
+
+    attempts = tuple(h.get("ladder_attempts", ()))
+    if trigger is None and h.get("pending") is not None:
+        trigger = tuple(h["pending"])
+    h["pending"] = None
+    if trigger is not None and ladder is None and not h.get("reboot_required"):
+        cause, evidence = trigger
+        what = f"XID {h['xid']}" if cause == "xid" else {"gpu-lost": "GPU lost", "resume": "after resume"}[cause]
+        if OLLAMA in obs.maintenance and not _job_running(jo):
+            h["pending"] = trigger  # an Xid comes once: remember it until the upgrade is over
+            fragment = f"GPU recovery ({what}) waits: ollama under maintenance"
+        elif _job_running(jo):  # a ladder we did not start (or from before a restart of localaid)
+            h["ladder"] = MappingProxyType({"phase": "running", "started": now, "what": what, "cause": cause})
+            fragment = f"GPU recovery ({what}): {jo.text or 'running'}"
+        elif len(attempts) >= LADDER_LIMIT:
+            notes.append(f"GPU: {evidence}; {len(attempts)} recoveries already tried this boot: reboot required")
+            h["reboot_required"] = now
+        else:
+            attempts += (now,)
+            actions.append(Action("start-job", LADDER_JOB, cause, evidence, service=OLLAMA))
+            h["ladder"] = MappingProxyType({"phase": "requested", "started": now, "what": what, "cause": cause})
+            fragment = f"GPU recovery ({what}): starting"
+    h["ladder_attempts"] = attempts
+    if h.get("reboot_required"):
+        return tuple(actions), MappingProxyType(h), _reboot_fragment(h), tuple(notes)
+    if h.get("ladder") is not None:
+        return tuple(actions), MappingProxyType(h), fragment, tuple(notes)
+
+    # ---- boot race: nodes fixed after Ollama started
     fixed = gpu.nodes_changed_at
     if so is not None and fixed is not None and so.unit.active_enter_mono < fixed \
             and h.get("boot_race_for") != fixed and gpu.state == "ok":
@@ -70,23 +254,29 @@ def decide_gpu(config, obs: Observation, gh, now: float):
                               "GPU device nodes were fixed after ollama started; it only looks for GPUs at start",
                               service=OLLAMA))
 
-    # CPU fallback: a model not (fully) in VRAM although the GPU has room for it.
+    # ---- CPU fallback
     recent = tuple(t for t in h.get("fallback_restarts", ()) if now - t < FALLBACK_WINDOW)
+    missing = _runner_missing(gpu, so) if so is not None and gpu.state == "ok" else None
+    if missing is None:
+        h["pid_miss_since"] = None
+    elif h.get("pid_miss_since") is None:
+        h["pid_miss_since"] = now
     if so is not None and gpu.state == "ok" and so.models and not actions:
-        free = sum(d.memory_total - d.memory_used for d in gpu.devices)
         uptime = now - so.unit.active_enter_mono
-        for m in so.models:
-            if m.size_vram >= m.size or free + m.size_vram < m.size:
-                continue  # on the GPU, or a partial offload the GPU cannot avoid
-            evidence = (f"{m.name}: {m.size_vram / GIB:.1f} of {m.size / GIB:.1f} GiB in VRAM, "
-                        f"{free / GIB:.1f} GiB free on the GPU")
+        off = _off_gpu(gpu, so.models)
+        evidence = None
+        if off is not None:
+            m, evidence = off
             if uptime < config.health.model_load_grace and m.size_vram > 0:
-                break  # still loading layers onto the GPU
+                evidence = None  # still loading layers onto the GPU
+        elif missing is not None and now - h["pid_miss_since"] >= PID_MISS_AFTER:
+            evidence = missing
+        if evidence is not None:
             if len(recent) >= FALLBACK_RESTARTS:
                 fragment += f" (ollama on CPU: {evidence}; {len(recent)} restarts did not help)"
-                break
-            recent += (now,)
-            actions.append(Action("restart", unit_name, "cpu-fallback", evidence, service=OLLAMA))
-            break
+            else:
+                recent += (now,)
+                h["pid_miss_since"] = None
+                actions.append(Action("restart", unit_name, "cpu-fallback", evidence, service=OLLAMA))
     h["fallback_restarts"] = recent
     return tuple(actions), MappingProxyType(h), fragment, tuple(notes)

@@ -1,40 +1,73 @@
 """The GPU through NVML (nvidia-ml-py, imported as pynvml), or a clear "no GPU" when there is none.
 
 observe() never raises and is quick: a handful of NVML calls per device. A missing driver
-library, an unloaded driver or no device all mean state "none" (run on the CPU); a GPU that fell
-off the bus (NVML_ERROR_GPU_IS_LOST) means state "lost".
+library (NVMLError_LibraryNotFound), an unloaded driver or no device all mean state "none" (run
+on the CPU); a GPU that fell off the bus (NVML_ERROR_GPU_IS_LOST) means state "lost".
+
+Xid errors arrive through an NVML event set that a daemon thread waits on with a short timeout
+(nvmlEventSetWait_v2); events are queued and handed out by the next observe(), so the
+supervisor's loop never waits for the GPU.
+
+Besides NVML, observe() reads two small files other parts of localaid write in /run/localaid:
+devices.json (when the device nodes were last created or fixed: boot-race detection) and
+resume.json (when the machine last resumed from sleep), and the PIDs of ollama.service's
+cgroup, so the policy can tell whether Ollama's runner is among the GPU's compute processes.
 """
 
 from __future__ import annotations
 
+import collections
+import ctypes
+import dataclasses
 import os
 import sys
 import threading
+import time
 
 from localaid import fsutil, paths
-from localaid.model import GpuDevice, GpuObs
+from localaid.model import GpuDevice, GpuObs, XidEvent
 
 DEVICES_STATE = os.path.join(paths.RUN_DIR, "devices.json")  # written by `localaid provision devices`
+RESUME_STATE = os.path.join(paths.RUN_DIR, "resume.json")  # written by the system-sleep hook
+
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_GPU_IS_LOST = 15
+EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError
+EVENT_WAIT_MS = 500  # how long the event thread blocks in NVML at a time
+EVENT_RETRY = 2.0  # pause after an NVML error in the event thread
+MAX_QUEUED_XIDS = 100
 
 
-def _import_pynvml():
+def import_pynvml():
+    """pynvml from the system, else the copy the .deb carries in /usr/lib/localaid/vendor."""
     try:
         import pynvml
     except ImportError:
         if paths.VENDOR_DIR not in sys.path:
-            sys.path.append(paths.VENDOR_DIR)  # the .deb carries nvidia-ml-py here
+            sys.path.append(paths.VENDOR_DIR)
         import pynvml
     return pynvml
 
 
 class Gpu:
-    def __init__(self, config=None):
-        self._lock = threading.Lock()
+    def __init__(self, config=None, clock=time.monotonic, events: bool = True):
+        self.clock = clock
+        self._lock = threading.Lock()  # NVML init/shutdown and the device queries of observe()
         self._nvml = None
         self._initialised = False
+        self._events_wanted = events and (config is None or getattr(config.gpu, "watch", True))
+        self._xids: collections.deque[XidEvent] = collections.deque(maxlen=MAX_QUEUED_XIDS)
+        self._xid_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.event_error: str | None = None  # last error of the event thread, for diagnostics
 
+    # ---- NVML session ---------------------------------------------------------------------
     def _init(self):
-        nv = self._nvml or _import_pynvml()
+        nv = self._nvml or import_pynvml()
         self._nvml = nv
         if not self._initialised:
             nv.nvmlInit()
@@ -49,48 +82,123 @@ class Gpu:
                 pass
             self._initialised = False
 
-    def observe(self, ollama_cgroup: str = "") -> GpuObs:
+    def close(self) -> None:
+        self._stop.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout=EVENT_WAIT_MS / 1000 + 1)
         with self._lock:
-            obs = self._observe()
-        marker = fsutil.read_json(DEVICES_STATE)
-        changed = marker.get("changed_mono") if isinstance(marker, dict) else None
-        from dataclasses import replace
-        return replace(obs, ollama_pids=cgroup_pids(ollama_cgroup),
-                       nodes_changed_at=float(changed) if isinstance(changed, (int, float)) else None)
+            self._shutdown()
+
+    # ---- observation ----------------------------------------------------------------------
+    def observe(self, ollama_cgroup: str = "") -> GpuObs:
+        try:
+            with self._lock:
+                obs = self._observe()
+        except Exception as e:  # never raise into the loop
+            obs = GpuObs(state="error", error=f"GPU watch: {type(e).__name__}: {e}")
+        if obs.state in ("ok", "lost") and self._events_wanted:
+            self._start_events()
+        extra = {"xids": self._drain(), "ollama_pids": cgroup_pids(ollama_cgroup),
+                 "nodes_changed_at": _marker_time(DEVICES_STATE, "changed_mono")}
+        resumed = _marker_time(RESUME_STATE, "mono")
+        if resumed is not None and "resumed_at" in _GPUOBS_FIELDS:
+            extra["resumed_at"] = resumed
+        return dataclasses.replace(obs, **extra)
 
     def _observe(self) -> GpuObs:
         try:
             nv = self._init()
         except ImportError as e:
             return GpuObs(state="none", error=f"nvidia-ml-py not importable: {e}")
-        except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-            return GpuObs(state="none", error=_nvml_text(e))
-        try:
-            driver = _text(nv.nvmlSystemGetDriverVersion())
-        except Exception:
-            driver = None
+        except Exception as e:
+            return GpuObs(state="none", error=_none_reason(e))
+        driver = _optional(lambda: _text(nv.nvmlSystemGetDriverVersion()))
         devices = []
         try:
             for i in range(nv.nvmlDeviceGetCount()):
                 h = nv.nvmlDeviceGetHandleByIndex(i)
                 mem = nv.nvmlDeviceGetMemoryInfo(h)
+                procs = _optional(nv.nvmlDeviceGetComputeRunningProcesses, h)
                 devices.append(GpuDevice(
-                    index=i, name=_text(nv.nvmlDeviceGetName(h)), uuid=_optional(nv.nvmlDeviceGetUUID, h) or "",
+                    index=i, name=_text(nv.nvmlDeviceGetName(h)), uuid=_optional(lambda: _text(nv.nvmlDeviceGetUUID(h))) or "",
                     memory_total=int(mem.total), memory_used=int(mem.used),
                     temperature=_optional(nv.nvmlDeviceGetTemperature, h, 0),
-                    utilization=_optional(lambda x: nv.nvmlDeviceGetUtilizationRates(x).gpu, h),
-                    compute_pids=tuple(p.pid for p in _optional(nv.nvmlDeviceGetComputeRunningProcesses, h) or ()),
+                    utilization=_optional(lambda: int(nv.nvmlDeviceGetUtilizationRates(h).gpu)),
+                    # None: NVML could not list them (not the same as "no process").
+                    compute_pids=None if procs is None else tuple(int(p.pid) for p in procs),
                 ))
         except Exception as e:
-            lost = getattr(nv, "NVML_ERROR_GPU_IS_LOST", 15)
-            if getattr(e, "value", None) == lost:
-                self._shutdown()
+            self._shutdown()  # initialise again next time: the driver may be reloading
+            if getattr(e, "value", None) == NVML_ERROR_GPU_IS_LOST:
                 return GpuObs(state="lost", error="GPU is lost (fell off the bus)", driver=driver)
-            self._shutdown()  # re-initialise next time: the driver may be reloading
             return GpuObs(state="error", error=_nvml_text(e), driver=driver)
         if not devices:
             return GpuObs(state="none", error="no NVIDIA GPU found", driver=driver)
         return GpuObs(state="ok", devices=tuple(devices), driver=driver)
+
+    # ---- Xid events -----------------------------------------------------------------------
+    def _drain(self) -> tuple[XidEvent, ...]:
+        with self._xid_lock:
+            out = tuple(self._xids)
+            self._xids.clear()
+        return out
+
+    def _start_events(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._event_loop, name="nvml-events", daemon=True)
+            self._thread.start()
+
+    def _event_loop(self) -> None:
+        """Wait for Xid events with a short timeout, queue them; re-register after any error."""
+        nv = self._nvml
+        event_set, uuids, inited = None, {}, False
+        while not self._stop.is_set():
+            try:
+                if event_set is None:
+                    nv.nvmlInit()  # a reference of our own: observe() may shut its one down
+                    inited = True
+                    event_set, uuids = self._register(nv)
+                data = nv.nvmlEventSetWait_v2(event_set, EVENT_WAIT_MS)
+            except Exception as e:
+                if getattr(e, "value", None) == NVML_ERROR_TIMEOUT:
+                    continue
+                self.event_error = _nvml_text(e)
+                event_set, inited = self._release(nv, event_set, inited)
+                self._stop.wait(EVENT_RETRY)
+                continue
+            if int(data.eventType) & EVENT_XID:
+                key = ctypes.cast(data.device, ctypes.c_void_p).value
+                event = XidEvent(int(data.eventData), uuids.get(key, ""), self.clock())
+                with self._xid_lock:
+                    self._xids.append(event)
+        self._release(nv, event_set, inited)
+
+    @staticmethod
+    def _register(nv):
+        event_set = nv.nvmlEventSetCreate()
+        uuids = {}
+        try:
+            for i in range(nv.nvmlDeviceGetCount()):
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                uuids[ctypes.cast(h, ctypes.c_void_p).value] = _text(nv.nvmlDeviceGetUUID(h))
+                nv.nvmlDeviceRegisterEvents(h, EVENT_XID, event_set)
+        except Exception:
+            _optional(nv.nvmlEventSetFree, event_set)
+            raise
+        return event_set, uuids
+
+    @staticmethod
+    def _release(nv, event_set, inited):
+        if event_set is not None:
+            _optional(nv.nvmlEventSetFree, event_set)
+        if inited:
+            _optional(nv.nvmlShutdown)
+        return None, False
+
+
+_GPUOBS_FIELDS = frozenset(f.name for f in dataclasses.fields(GpuObs))
 
 
 def _optional(fn, *args):
@@ -101,21 +209,46 @@ def _optional(fn, *args):
 
 
 def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def _nvml_text(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def cgroup_pids(control_group: str) -> tuple[int, ...]:
-    """PIDs in a unit's cgroup (cgroup v2, or the name=systemd hierarchy of v1)."""
+def _none_reason(e: Exception) -> str:
+    code = getattr(e, "value", None)
+    if code == NVML_ERROR_LIBRARY_NOT_FOUND:
+        return "no NVIDIA GPU found (libnvidia-ml.so.1 not found: no NVIDIA driver installed)"
+    if code == NVML_ERROR_DRIVER_NOT_LOADED:
+        return "no NVIDIA GPU found (NVIDIA driver not loaded)"
+    return f"no NVIDIA GPU found ({_nvml_text(e)})"
+
+
+def _marker_time(path: str, key: str) -> float | None:
+    doc = fsutil.read_json(path)
+    value = doc.get(key) if isinstance(doc, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+CGROUP_BASES = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd")
+
+
+def cgroup_pids(control_group: str, bases: tuple[str, ...] = CGROUP_BASES) -> tuple[int, ...]:
+    """PIDs in a unit's cgroup (cgroup v2, or the name=systemd hierarchy of v1), subgroups included."""
     if not control_group:
         return ()
-    for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"):
-        try:
-            with open(f"{base}{control_group}/cgroup.procs") as f:
-                return tuple(int(x) for x in f.read().split())
-        except (OSError, ValueError):
+    for base in bases:
+        top = f"{base}{control_group}"
+        if not os.path.isfile(os.path.join(top, "cgroup.procs")):
             continue
+        pids: list[int] = []
+        for directory, _dirs, files in os.walk(top):
+            if "cgroup.procs" in files:
+                try:
+                    with open(os.path.join(directory, "cgroup.procs")) as f:
+                        pids += [int(x) for x in f.read().split()]
+                except (OSError, ValueError):
+                    continue
+        return tuple(pids)
     return ()

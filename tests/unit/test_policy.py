@@ -302,9 +302,9 @@ def test_jobs_started_once_per_configuration_generation():
     c = cfg()
     ds = run(c, [observe(100.0), observe(101.0), observe(102.0, generation=2)])
     jobs = [sorted(a.target for a in d.actions if a.kind == "start-job") for d in ds]
-    assert jobs[0] == ["ollama-setup", "webui-setup"]
+    assert jobs[0] == ["devices", "ollama-setup", "webui-setup"]
     assert jobs[1] == []
-    assert jobs[2] == ["ollama-setup", "webui-setup"]
+    assert jobs[2] == ["devices", "ollama-setup", "webui-setup"]
 
 
 def test_failed_job_retried_with_backoff_and_reported():

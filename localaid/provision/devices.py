@@ -1,0 +1,666 @@
+"""NVIDIA device nodes and who may open them; the GPU recovery ladder; the resume hook.
+
+    localaid provision devices   (localaid-devices.service, root oneshot; also started by the
+                                  udev rule when the driver (re)loads, and by ollama.service)
+    localaid gpu recover         (localaid-gpu-recover.service: the recovery ladder)
+    localaid gpu resumed KIND    (the system-sleep hook, after a resume)
+
+The nodes: /dev/nvidiactl, /dev/nvidia<minor> per GPU, /dev/nvidia-modeset (when nvidia_modeset
+is loaded), /dev/nvidia-uvm and /dev/nvidia-uvm-tools, /dev/nvidia-caps/nvidia-cap<minor>. The
+driver itself creates none of them: nvidia-modprobe does (it is setuid root and run by CUDA), or
+udev rules of the driver packages. Missing nodes are made the same way: `nvidia-modprobe` when it
+is installed (it loads nvidia_uvm too), then mknod with the majors the kernel lists in
+/proc/devices and the owner/mode the driver's parameters ask for (/proc/driver/nvidia/params).
+
+Access, by gpu.devices.mode (service users: ollama, and open-webui when webui.gpu):
+  ensure  create what is missing; a service user that cannot open a node gets access through
+          the node's group (added to it) or, when the group is root's or has no access,
+          through gpu.devices.group (node re-grouped, g+rw). Nobody loses access.
+  group   strict: every node root:<group> 0660, service users in the group.
+  world   every node 0666 (the driver's default, the seed's `chmod 666 /dev/nvidia*`).
+  off     nothing is touched.
+The udev rule shipped in the package runs this again after every driver load, so the result
+survives reboots and driver reloads. Every change is logged with mode/owner before and after,
+and /run/localaid/devices.json records when nodes last changed: an Ollama started before that
+saw no GPU (it looks once, at start) and the supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import glob
+import grp
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import time
+
+from localaid import fsutil, log, paths, progress
+from localaid.model import OLLAMA, UNITS
+
+PROC = os.environ.get("LOCALAID_PROC", "/proc")
+DEV = os.environ.get("LOCALAID_DEV", "/dev")
+MARKER = os.path.join(paths.RUN_DIR, "devices.json")
+RESUME_MARKER = os.path.join(paths.RUN_DIR, "resume.json")
+RECOVER_STATE = os.path.join(paths.RUN_DIR, "gpu-recover.json")
+JOB, LADDER_JOB = "devices", "gpu-recover"
+DEVICES_UNIT = "localaid-devices.service"
+LADDER_LIMIT = 2  # ladders per boot, also enforced here in case the daemon restarted
+OLLAMA_USER, WEBUI_USER = "ollama", "open-webui"
+MIB, GIB = 2**20, 2**30
+CARD_SIZES_GB = (4, 6, 8, 12, 16, 20, 24, 32, 48, 80, 96)  # common cards
+
+
+class DevicesError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------- the kernel's view
+@dataclasses.dataclass(frozen=True)
+class Node:
+    path: str
+    major: int
+    minor: int
+    access: bool = True  # service users must be able to open it (caps are root's business)
+    mode: int | None = None  # creation mode from the driver (caps), else the driver's params
+
+
+@dataclasses.dataclass(frozen=True)
+class Driver:
+    loaded: bool
+    modules: frozenset[str]
+    majors: dict
+    gpu_minors: tuple[int, ...]
+    params: dict  # DeviceFileUID/GID/Mode from /proc/driver/nvidia/params
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def char_majors(proc: str = PROC) -> dict[str, int]:
+    """Character device majors by name from /proc/devices."""
+    out, section = {}, None
+    for line in _read(os.path.join(proc, "devices")).splitlines():
+        if line.endswith(":"):
+            section = line
+            continue
+        parts = line.split()
+        if section == "Character devices:" and len(parts) == 2 and parts[0].isdigit():
+            out[parts[1]] = int(parts[0])
+    return out
+
+
+def driver_state(proc: str = PROC) -> Driver:
+    modules = frozenset(line.split()[0] for line in _read(os.path.join(proc, "modules")).splitlines() if line)
+    majors = char_majors(proc)
+    frontend = majors.get("nvidia-frontend", majors.get("nvidia"))
+    minors = set()
+    for info in glob.glob(os.path.join(proc, "driver/nvidia/gpus/*/information")):
+        m = re.search(r"^Device Minor:\s*(\d+)", _read(info), re.M)
+        if m:
+            minors.add(int(m.group(1)))
+    loaded = frontend is not None or "nvidia" in modules or "nvidia_current" in modules
+    if loaded and not minors:
+        minors.add(0)  # /proc/driver/nvidia not readable here: assume one GPU
+    params = {}
+    for line in _read(os.path.join(proc, "driver/nvidia/params")).splitlines():
+        k, _, v = line.partition(":")
+        if k.strip() in ("DeviceFileUID", "DeviceFileGID", "DeviceFileMode") and v.strip().isdigit():
+            params[k.strip()] = int(v.strip())
+    return Driver(loaded, modules, majors, tuple(sorted(minors)), params)
+
+
+def _module_loaded(drv: Driver, part: str) -> bool:
+    """nvidia_<part>, or Debian's renamed nvidia_current_<part>, in /proc/modules."""
+    return any(m in (f"nvidia_{part}", f"nvidia_current_{part}") for m in drv.modules)
+
+
+def uvm_loaded(drv: Driver) -> bool:
+    return "nvidia-uvm" in drv.majors or _module_loaded(drv, "uvm")
+
+
+def expected_nodes(drv: Driver, proc: str = PROC, dev: str = DEV) -> list[Node]:
+    if not drv.loaded:
+        return []
+    nodes = []
+    frontend = drv.majors.get("nvidia-frontend", drv.majors.get("nvidia", 195))
+    nodes.append(Node(os.path.join(dev, "nvidiactl"), frontend, 255))
+    nodes += [Node(os.path.join(dev, f"nvidia{m}"), frontend, m) for m in drv.gpu_minors]
+    if _module_loaded(drv, "modeset"):
+        nodes.append(Node(os.path.join(dev, "nvidia-modeset"), frontend, 254))
+    uvm = drv.majors.get("nvidia-uvm")
+    if uvm is not None:
+        nodes += [Node(os.path.join(dev, "nvidia-uvm"), uvm, 0), Node(os.path.join(dev, "nvidia-uvm-tools"), uvm, 1)]
+    caps = drv.majors.get("nvidia-caps")
+    if caps is not None:
+        for f in sorted(glob.glob(os.path.join(proc, "driver/nvidia/capabilities/**/*"), recursive=True)):
+            text = _read(f)
+            minor = re.search(r"^DeviceFileMinor:\s*(\d+)", text, re.M)
+            mode = re.search(r"^DeviceFileMode:\s*(\d+)", text, re.M)
+            if minor:
+                nodes.append(Node(os.path.join(dev, "nvidia-caps", f"nvidia-cap{minor.group(1)}"), caps,
+                                  int(minor.group(1)), access=False, mode=int(mode.group(1)) if mode else 0o400))
+    return nodes
+
+
+# ---------------------------------------------------------------------------- node attributes
+def describe(st: os.stat_result | None) -> str:
+    if st is None:
+        return "missing"
+    return f"{stat.filemode(st.st_mode)} {_user_name(st.st_uid)}:{_group_name(st.st_gid)}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def user_ids(name: str) -> tuple[int, int, tuple[int, ...]] | None:
+    """(uid, gid, all groups) of a user as a new process of that user would have them."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return pw.pw_uid, pw.pw_gid, tuple(sorted(set(os.getgrouplist(name, pw.pw_gid))))
+
+
+def may_open(st: os.stat_result, uid: int, gids) -> bool:
+    """Whether the permission bits let uid/gids open the node read-write (what open() checks)."""
+    if uid == 0:
+        return True
+    mode = st.st_mode
+    if st.st_uid == uid:
+        bits = (mode >> 6) & 0o7
+    elif st.st_gid in gids:
+        bits = (mode >> 3) & 0o7
+    else:
+        bits = mode & 0o7
+    return bits & 0o6 == 0o6
+
+
+def service_users(config) -> list[str]:
+    users = [OLLAMA_USER]
+    if config.webui.enabled and config.webui.gpu:
+        users.append(WEBUI_USER)
+    return users
+
+
+# ---------------------------------------------------------------------------- making it right
+@dataclasses.dataclass
+class Report:
+    changes: list[str] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+    state: str = "ok"  # ok | no-driver | off
+
+
+def _run(argv: list[str], timeout: float = 60) -> tuple[int, str]:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return 127, f"{argv[0]}: not found"
+    except subprocess.TimeoutExpired:
+        return 124, f"{argv[0]}: timed out after {timeout:g} s"
+    return r.returncode, (r.stdout + r.stderr).strip()
+
+
+def _create_missing(drv: Driver, rep: Report, proc: str, dev: str) -> Driver:
+    """nvidia-modprobe first (as CUDA would), then mknod for whatever is still missing."""
+    nodes = expected_nodes(drv, proc, dev)
+    missing = [n for n in nodes if _stat(n.path) is None]
+    need_uvm = not uvm_loaded(drv)
+    tool = shutil.which("nvidia-modprobe")
+    if (missing or need_uvm) and tool:
+        argv = [tool, "-u"] + [a for m in drv.gpu_minors for a in ("-c", str(m))]
+        if _module_loaded(drv, "modeset"):
+            argv.append("-m")
+        rc, out = _run(argv)
+        (log.info if rc == 0 else log.warning)("ran " + " ".join(argv), exit=rc, output=out[-300:] or None)
+    elif need_uvm:
+        rc, out = _run(["modprobe", "nvidia-uvm"])
+        (log.info if rc == 0 else log.warning)("ran modprobe nvidia-uvm", exit=rc, output=out[-300:] or None)
+    drv = driver_state(proc)
+    uid = drv.params.get("DeviceFileUID", 0)
+    gid = drv.params.get("DeviceFileGID", 0)
+    for n in expected_nodes(drv, proc, dev):
+        if _stat(n.path) is not None:
+            if n.path in [m.path for m in missing]:
+                text = f"{n.path} created by nvidia-modprobe: {describe(_stat(n.path))}"
+                log.notice(f"device node {text}")
+                rep.changes.append(text)
+            continue
+        mode = n.mode if n.mode is not None else drv.params.get("DeviceFileMode", 0o666)
+        os.makedirs(os.path.dirname(n.path), exist_ok=True)
+        try:
+            os.mknod(n.path, stat.S_IFCHR | mode, os.makedev(n.major, n.minor))
+            os.chown(n.path, uid, gid)
+            os.chmod(n.path, mode)  # mknod is subject to the umask
+        except OSError as e:
+            rep.problems.append(f"cannot create {n.path} (char {n.major}:{n.minor}): {e.strerror}")
+            continue
+        text = f"{n.path} created (char {n.major}:{n.minor}): {describe(_stat(n.path))}"
+        log.notice(f"device node {text}")
+        rep.changes.append(text)
+    return drv
+
+
+def _ensure_group(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        pass
+    rc, out = _run(["groupadd", "--system", name])
+    if rc != 0:
+        raise DevicesError(f"cannot create group {name}: {out}")
+    log.notice(f"created system group {name} for GPU access")
+    return grp.getgrnam(name).gr_gid
+
+
+def _add_to_group(user: str, group: str, rep: Report) -> None:
+    ids = user_ids(user)
+    gid = grp.getgrnam(group).gr_gid
+    if ids is None or gid in ids[2]:
+        return
+    rc, out = _run(["usermod", "-a", "-G", group, user])
+    if rc != 0:
+        rep.problems.append(f"cannot add {user} to group {group}: {out}")
+        return
+    text = f"user {user} added to group {group} (GPU device access)"
+    log.notice(text, mode="ensure/group")
+    rep.changes.append(text)
+
+
+def _set(node: str, rep: Report, mode_name: str, gid: int | None = None, perm: int | None = None,
+         uid: int | None = None) -> None:
+    before = _stat(node)
+    if before is None:
+        return
+    try:
+        if (gid is not None and before.st_gid != gid) or (uid is not None and before.st_uid != uid):
+            os.chown(node, -1 if uid is None else uid, -1 if gid is None else gid)
+        if perm is not None and stat.S_IMODE(before.st_mode) != perm:
+            os.chmod(node, perm)
+    except OSError as e:
+        rep.problems.append(f"cannot change {node}: {e.strerror}")
+        return
+    after = _stat(node)
+    if describe(before) != describe(after):
+        text = f"{node}: {describe(before)} -> {describe(after)}"
+        log.notice(f"device node {text}", mode=mode_name)
+        rep.changes.append(text)
+
+
+def fix_access(config, nodes: list[Node], rep: Report) -> None:
+    mode = config.gpu.devices.mode
+    group = config.gpu.devices.group
+    users = [u for u in service_users(config) if user_ids(u) is not None]
+    present = [n.path for n in nodes if n.access and _stat(n.path) is not None]
+    if mode == "world":
+        log.warning("gpu.devices.mode is world: every local user may use the GPU (mode 0666)")
+        for p in present:
+            _set(p, rep, mode, perm=stat.S_IMODE(_stat(p).st_mode) | 0o666)
+        return
+    if mode == "group":
+        gid = _ensure_group(group)
+        for u in users:
+            _add_to_group(u, group, rep)
+        for p in present:
+            _set(p, rep, mode, uid=0, gid=gid, perm=0o660)
+        return
+    # ensure: only add access, for the service users that lack it.
+    for p in present:
+        for u in users:
+            st = _stat(p)
+            uid, _gid, gids = user_ids(u)
+            if may_open(st, uid, gids):
+                continue
+            node_group = _group_name(st.st_gid)
+            if st.st_gid != 0 and stat.S_IMODE(st.st_mode) & 0o060 == 0o060:
+                _add_to_group(u, node_group, rep)
+                continue
+            gid = _ensure_group(group)
+            _set(p, rep, mode, gid=gid, perm=stat.S_IMODE(st.st_mode) | 0o060)
+            _add_to_group(u, group, rep)
+
+
+def ensure(config, proc: str = PROC, dev: str = DEV) -> Report:
+    """Make the nodes exist and be usable per gpu.devices.mode; record the result. Root only."""
+    rep = Report()
+    if config.gpu.devices.mode == "off":
+        rep.state = "off"
+        return rep
+    drv = driver_state(proc)
+    if not drv.loaded:
+        rep.state = "no-driver"
+        write_marker(config, rep, [])
+        return rep
+    drv = _create_missing(drv, rep, proc, dev)
+    nodes = expected_nodes(drv, proc, dev)
+    fix_access(config, nodes, rep)
+    write_marker(config, rep, nodes)
+    return rep
+
+
+def write_marker(config, rep: Report, nodes: list[Node]) -> None:
+    previous = fsutil.read_json(MARKER)
+    previous = previous if isinstance(previous, dict) else {}
+    now_mono = time.monotonic()
+    doc = {
+        "checked_mono": now_mono,
+        "checked": time.time(),
+        "changed_mono": now_mono if rep.changes else previous.get("changed_mono"),
+        "changed": time.time() if rep.changes else previous.get("changed"),
+        "mode": config.gpu.devices.mode,
+        "state": rep.state,
+        "changes": rep.changes or previous.get("changes", []),
+        "problems": rep.problems,
+        "nodes": {n.path: describe(_stat(n.path)) for n in nodes},
+    }
+    os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
+    fsutil.write_json(MARKER, doc)
+
+
+def devices_main(args, config) -> int:
+    """`localaid provision devices`: localaid-devices.service."""
+    mode = config.gpu.devices.mode
+    if mode == "off":
+        log.info("gpu.devices.mode is off: device nodes left alone")
+        return 0
+    progress.report(JOB, "running", "checking NVIDIA device nodes")
+    try:
+        rep = ensure(config)
+    except (OSError, DevicesError) as e:
+        progress.report(JOB, "failed", f"device nodes: {e}")
+        log.error("device nodes not fixed", error=e, mode=mode)
+        return 1
+    if rep.state == "no-driver":
+        text = "NVIDIA driver not loaded: no device nodes to check (running on CPU)"
+    elif rep.problems:
+        text = "device nodes: " + "; ".join(rep.problems)
+    elif rep.changes:
+        text = f"device nodes fixed ({len(rep.changes)} change{'s' if len(rep.changes) != 1 else ''}, mode {mode})"
+    else:
+        text = f"device nodes ok (mode {mode})"
+    for p in rep.problems:
+        log.error(p, mode=mode)
+    log.info(text)
+    progress.report(JOB, "failed" if rep.problems else "done", text)
+    return 1 if rep.problems else 0
+
+
+# ---------------------------------------------------------------------------- recovery ladder
+def _boot_id() -> str:
+    return _read("/proc/sys/kernel/random/boot_id").strip()
+
+
+def _wait_state(sd, unit: str, states: tuple[str, ...], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = sd.state(unit)
+        if st.active_state in states and not st.job:
+            return st.active_state
+        if time.monotonic() > deadline:
+            return st.active_state
+        time.sleep(0.2)
+
+
+def gpu_recover_main(args, config, systemd=None) -> int:
+    """`localaid gpu recover`: localaid-gpu-recover.service. Stop ollama, reload nvidia_uvm,
+    recreate the device nodes, start ollama. Exit 0 when the GPU answers NVML afterwards."""
+    from localaid.adapters.gpu import Gpu
+    from localaid.adapters.systemd import Systemd, SystemdError
+    sd = systemd or Systemd(timeout=30)
+    unit = UNITS[OLLAMA]
+    boot = _boot_id()
+    record = fsutil.read_json(RECOVER_STATE)
+    record = record if isinstance(record, dict) and record.get("boot_id") == boot else {"boot_id": boot,
+                                                                                          "attempts": 0}
+    if record["attempts"] >= LADDER_LIMIT:
+        text = f"GPU recovery already tried {record['attempts']} times since boot: reboot required"
+        progress.report(LADDER_JOB, "failed", text)
+        log.error(text)
+        return 1
+    record["attempts"] += 1
+    os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
+    fsutil.write_json(RECOVER_STATE, record)
+    steps = (4 if config.gpu.devices.mode != "off" else 3)
+    done = 0
+
+    def step(text: str) -> None:
+        nonlocal done
+        progress.report(LADDER_JOB, "running", text, done / (steps + 1))
+        log.notice(f"GPU recovery: {text}", attempt=record["attempts"])
+        done += 1
+
+    os.makedirs(paths.MAINTENANCE_DIR, mode=0o755, exist_ok=True)
+    hold = os.path.join(paths.MAINTENANCE_DIR, OLLAMA)
+    fsutil.atomic_write(hold, f"{os.getpid()}\n")
+    started = time.monotonic()
+    failure = None
+    try:
+        step("stopping ollama")
+        try:
+            sd.stop(unit)
+            _wait_state(sd, unit, ("inactive", "failed"), 90)
+        except SystemdError as e:
+            raise DevicesError(f"cannot stop {unit}: {e}")
+        step("reloading nvidia_uvm")
+        drv = driver_state()
+        if not drv.loaded:
+            raise DevicesError("NVIDIA driver not loaded")
+        # modprobe rather than rmmod: it resolves the alias to Debian's nvidia-current-uvm too.
+        if uvm_loaded(drv):
+            rc, out = _run(["modprobe", "-r", "nvidia-uvm"])
+            if rc != 0:  # still in use by another CUDA program: load anyway, it may be enough
+                log.warning("modprobe -r nvidia-uvm failed", exit=rc, output=out[-300:] or None)
+        rc, out = _run(["modprobe", "nvidia-uvm"])
+        if rc != 0:
+            raise DevicesError(f"modprobe nvidia-uvm failed: {out[-200:] or f'exit {rc}'}")
+        if config.gpu.devices.mode != "off":
+            step("recreating device nodes")
+            rep = ensure(config)
+            if rep.problems:
+                raise DevicesError("; ".join(rep.problems))
+        gpu = Gpu(config, events=False)
+        obs = gpu.observe()
+        gpu.close()
+        if obs.state == "lost":
+            raise DevicesError("GPU still lost after reloading nvidia_uvm: reboot required")
+        if obs.state != "ok":
+            raise DevicesError(f"GPU not usable after reloading nvidia_uvm: {obs.error or obs.state}")
+    except (DevicesError, OSError) as e:
+        failure = str(e)
+    finally:
+        try:
+            os.unlink(hold)
+        except FileNotFoundError:
+            pass
+    step("starting ollama")  # also after a failure: the CPU is better than nothing
+    try:
+        sd.start(unit)
+        state = _wait_state(sd, unit, ("active", "failed", "inactive"), 60)
+        if state != "active" and failure is None:
+            failure = f"{unit} is {state} after the restart"
+    except SystemdError as e:
+        failure = failure or f"cannot start {unit}: {e}"
+    took = time.monotonic() - started
+    if failure:
+        progress.report(LADDER_JOB, "failed", failure)
+        log.error(f"GPU recovery failed: {failure}", attempt=record["attempts"], took=f"{took:.1f}s")
+        return 1
+    text = f"GPU recovered in {took:.1f} s: nvidia_uvm reloaded, ollama restarted"
+    progress.report(LADDER_JOB, "done", text, 1.0)
+    log.notice(text, attempt=record["attempts"])
+    return 0
+
+
+# ---------------------------------------------------------------------------- resume hook
+def resumed_main(args, config, systemd=None) -> int:
+    """`localaid gpu resumed [KIND]`: run by the system-sleep hook after a resume. Records the
+    moment, re-checks the device nodes and wakes the supervisor for an immediate cycle."""
+    from localaid.adapters.systemd import Systemd, SystemdError
+    kind = getattr(args, "kind", None) or "suspend"
+    os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
+    fsutil.write_json(RESUME_MARKER, {"mono": time.monotonic(), "wall": time.time(), "kind": kind})
+    log.notice("resumed from sleep: checking the GPU", kind=kind)
+    sd = systemd or Systemd(timeout=5)
+    rc = 0
+    if config.gpu.devices.mode != "off":
+        try:
+            sd.start(DEVICES_UNIT)  # queued, not waited for
+        except SystemdError as e:
+            log.warning(f"cannot start {DEVICES_UNIT}", error=e)
+            rc = 1
+    try:
+        sd.kill("localaid.service", "main", int(signal.SIGUSR1))
+    except SystemdError as e:
+        log.info("localaid.service not signalled (not running?)", error=e)
+    return rc
+
+
+# ---------------------------------------------------------------------------- advice
+def vram_advice(model_size_bytes: int, gpu_total_bytes: int) -> tuple[bool, str]:
+    """Does a model of this size run fully on a GPU with this much memory? Rule of thumb: the
+    weights, plus KV cache and compute buffers of about half the weights at Ollama's default
+    context, plus ~1 GiB of CUDA context. An 8B model of 5.2 GB wants ~8.3 GiB: a 12 GB card."""
+    need = int(model_size_bytes * 1.5 + GIB)
+    fits = need <= gpu_total_bytes
+    size = f"{model_size_bytes / 1e9:.1f} GB"
+    card = f"{round(gpu_total_bytes / GIB)} GB"
+    if fits:
+        return True, f"{size} model fits this {card} GPU (needs ~{need / GIB:.1f} GiB with KV cache)"
+    largest = max(0, (gpu_total_bytes - GIB) / 1.5)
+    bigger = next((c for c in CARD_SIZES_GB if c * GIB >= need), None)
+    text = (f"{size} model needs ~{need / GIB:.1f} GiB of VRAM with KV cache; this {card} GPU would run part "
+            f"of it on the CPU (several times slower). Models up to {largest / 1e9:.1f} GB fit")
+    if bigger:
+        text += f", or use a {bigger} GB card"
+    return False, text
+
+
+def _open_as(path: str, uid: int, gid: int, groups) -> int:
+    """errno of open(path, O_RDWR) by a child running as uid/gid/groups; 0 on success."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+                code = 0
+            except OSError as e:
+                code = e.errno if 0 < e.errno < 99 else 98
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def access_matrix(config, dev_nodes: list[str]) -> dict[str, dict[str, int]]:
+    """{user: {node: errno}} by really opening each node as each service user."""
+    out = {}
+    for user in service_users(config):
+        ids = user_ids(user)
+        if ids is None:
+            continue
+        uid, gid, groups = ids
+        out[user] = {p: _open_as(p, uid, gid, groups) for p in dev_nodes}
+    return out
+
+
+def doctor_checks(config) -> list:
+    from localaid.doctor import Check
+    from localaid.adapters import http
+    from localaid.adapters.gpu import Gpu
+    checks = []
+    gpu = Gpu(config, events=False)
+    obs = gpu.observe()
+    gpu.close()
+    from localaid.policy_gpu import gpu_label
+    if obs.state == "ok":
+        checks.append(Check("gpu", True, f"{gpu_label(obs)} (driver {obs.driver or '?'})"))
+    elif obs.state == "none":
+        checks.append(Check("gpu", None, f"{obs.error or 'no NVIDIA GPU found'}: running on CPU",
+                            "install the NVIDIA driver (Debian: nvidia-driver from non-free) for GPU speed"))
+    else:
+        checks.append(Check("gpu", False, obs.error or obs.state,
+                            "GPU lost: reboot; if it recurs check power, cooling and `journalctl -k | grep Xid`"))
+
+    mode = config.gpu.devices.mode
+    drv = driver_state()
+    nodes = expected_nodes(drv)
+    fix = "systemctl start localaid-devices.service (or set gpu.devices.mode)"
+    if not drv.loaded:
+        if obs.state == "ok":
+            checks.append(Check("gpu devices", None, f"cannot read the driver's state in {PROC}"))
+    else:
+        missing = [n.path for n in nodes if _stat(n.path) is None]
+        if missing:
+            checks.append(Check("gpu devices", False, "missing: " + ", ".join(missing),
+                                fix if mode != "off" else "nvidia-modprobe -u -c0 (gpu.devices.mode is off)"))
+        else:
+            checks.append(Check("gpu devices", True, ", ".join(f"{os.path.basename(n.path)} {describe(_stat(n.path))}"
+                                                            for n in nodes if n.access)))
+        if mode == "world":
+            checks.append(Check("gpu devices mode", None, "gpu.devices.mode is world: every local user may use "
+                                "the GPU", "gpu.devices.mode: group (or ensure) limits it to the service users"))
+        present = [n.path for n in nodes if n.access and _stat(n.path) is not None]
+        for user, results in access_matrix(config, present).items():
+            denied = {p: e for p, e in results.items() if e not in (0, errno.ENXIO)}
+            nxio = [p for p, e in results.items() if e == errno.ENXIO]
+            if denied:
+                why = ", ".join(f"{os.path.basename(p)}: {os.strerror(e) if e < 98 else 'error'}"
+                                for p, e in denied.items())
+                checks.append(Check(f"gpu access {user}", False, f"{user} cannot open {why}", fix))
+            elif nxio:
+                checks.append(Check(f"gpu access {user}", None,
+                                    f"{user} may open the nodes, but no driver answers behind "
+                                    + ", ".join(os.path.basename(p) for p in nxio) + " (ENXIO)",
+                                    "the nodes' majors do not match the loaded driver: reload it or reboot"))
+            else:
+                checks.append(Check(f"gpu access {user}", True,
+                                    f"{user} opens all {len(results)} NVIDIA nodes read-write"))
+
+    if obs.state == "ok" and config.ollama.models:
+        probe, body = http.request(config.ollama.url + "/api/tags", 3.0)
+        sizes = {}
+        if probe.ok and isinstance(body, dict):
+            for m in body.get("models") or ():
+                if isinstance(m, dict) and isinstance(m.get("name"), str):
+                    sizes[m["name"]] = int(m.get("size") or 0)
+        total = max(d.memory_total for d in obs.devices)
+        for spec in config.ollama.models:
+            size = sizes.get(spec.name) or (sizes.get(f"{spec.name}:latest") if ":" not in spec.name else None)
+            if not size:
+                continue
+            fits, text = vram_advice(size, total)
+            checks.append(Check(f"vram {spec.name}", True if fits else None, text,
+                                "" if fits else "pick a smaller variant (fewer parameters or a lower quantisation)"))
+    return checks

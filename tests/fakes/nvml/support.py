@@ -1,0 +1,63 @@
+"""Test helpers for the fake NVML library: build it, find the real nvidia-ml-py, load both.
+
+    from tests.fakes.nvml import support
+    lib = support.build(tmp_dir)           # gcc → tmp_dir/libnvidia-ml.so.1
+    pynvml_dir = support.pynvml_dir(tmp)   # a directory holding nvidia-ml-py's pynvml.py
+    support.write_state(path, count=1, lost=False, xids=[79], ...)
+
+nvidia-ml-py is never copied into the repository: it comes from the system, from vendor/ (put
+there by tools/build-deb), from the wheel tools/build-deb caches, or is downloaded with pip
+(`pip download --no-deps nvidia-ml-py`, from the index pip is configured with).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+BUILD = HERE / "build"
+WHEEL_CACHE = "/var/cache/localaid-build"
+
+
+def build(outdir: str | os.PathLike) -> Path:
+    if shutil.which("gcc") is None:
+        raise RuntimeError("gcc is needed to build the fake NVML library (tools/setup-host installs it)")
+    out = subprocess.run([str(BUILD), str(outdir)], check=True, capture_output=True, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def pynvml_dir(tmp: str | os.PathLike) -> Path:
+    """A directory to put on sys.path for `import pynvml` (the real nvidia-ml-py)."""
+    spec = importlib.util.find_spec("pynvml")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent
+    if (REPO / "vendor" / "pynvml.py").is_file():
+        return REPO / "vendor"
+    wheels = sorted(glob.glob(os.path.join(WHEEL_CACHE, "nvidia_ml_py-*.whl")))
+    tmp = Path(tmp)
+    if not wheels:
+        dl = tmp / "wheel"
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--dest", str(dl), "nvidia-ml-py"], check=True)
+        wheels = sorted(glob.glob(str(dl / "nvidia_ml_py-*.whl")))
+    with zipfile.ZipFile(wheels[-1]) as z:
+        (tmp / "pynvml.py").write_bytes(z.read("pynvml.py"))
+    return tmp
+
+
+def write_state(path: str | os.PathLike, **state) -> None:
+    """Atomically (re)write the fake's state file (see fake_nvml.c for the keys)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)

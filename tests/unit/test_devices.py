@@ -1,0 +1,193 @@
+"""localaid/provision/devices.py: the kernel's view, node creation, permission logic, advice, hooks.
+
+Node creation uses real mknod (root only) in a temporary /dev; the permission *changes* for real
+users (usermod, chgrp) are covered in a container by tests/integration/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import io
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from localaid import log, paths
+from localaid.config import Config
+from localaid.provision import devices
+
+GIB = 2**30
+ROOT = os.geteuid() == 0
+
+
+def fake_proc(tmp_path, uvm=True, modeset=False, caps=False, mode=438, gpus=(0,)):
+    proc = tmp_path / "proc"
+    (proc / "driver/nvidia").mkdir(parents=True, exist_ok=True)
+    chars = ["  1 mem", "195 nvidia-frontend"] + (["511 nvidia-uvm"] if uvm else []) + (["236 nvidia-caps"] if caps else [])
+    (proc / "devices").write_text("Character devices:\n" + "\n".join(chars) + "\n\nBlock devices:\n195 notchar\n")
+    mods = ["nvidia 1 0 - Live 0x0"] + (["nvidia_uvm 1 0 - Live 0x0"] if uvm else []) + \
+        (["nvidia_modeset 1 0 - Live 0x0"] if modeset else [])
+    (proc / "modules").write_text("\n".join(mods) + "\n")
+    for i, m in enumerate(gpus):
+        d = proc / f"driver/nvidia/gpus/0000:0{i + 1}:00.0"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "information").write_text(f"Model: \t x\nDevice Minor: \t {m}\n")
+    (proc / "driver/nvidia/params").write_text(f"DeviceFileUID: 0\nDeviceFileGID: 0\nDeviceFileMode: {mode}\n")
+    if caps:
+        (proc / "driver/nvidia/capabilities/mig").mkdir(parents=True)
+        (proc / "driver/nvidia/capabilities/mig/config").write_text("DeviceFileMinor: 1\nDeviceFileMode: 256\n")
+    return str(proc)
+
+
+def test_majors_only_from_the_character_section(tmp_path):
+    proc = fake_proc(tmp_path, caps=True)
+    assert devices.char_majors(proc) == {"mem": 1, "nvidia-frontend": 195, "nvidia-uvm": 511, "nvidia-caps": 236}
+
+
+def test_expected_nodes(tmp_path):
+    proc = fake_proc(tmp_path, modeset=True, caps=True, gpus=(0, 1))
+    drv = devices.driver_state(proc)
+    assert drv.loaded and drv.gpu_minors == (0, 1) and drv.params["DeviceFileMode"] == 0o666
+    nodes = {n.path: (n.major, n.minor, n.access) for n in devices.expected_nodes(drv, proc, "/d")}
+    assert nodes == {"/d/nvidiactl": (195, 255, True), "/d/nvidia0": (195, 0, True), "/d/nvidia1": (195, 1, True),
+                     "/d/nvidia-modeset": (195, 254, True), "/d/nvidia-uvm": (511, 0, True),
+                     "/d/nvidia-uvm-tools": (511, 1, True), "/d/nvidia-caps/nvidia-cap1": (236, 1, False)}
+
+
+def test_no_driver_no_nodes(tmp_path):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "devices").write_text("Character devices:\n  1 mem\n")
+    (proc / "modules").write_text("ext4 1 0 - Live 0x0\n")
+    drv = devices.driver_state(str(proc))
+    assert not drv.loaded and devices.expected_nodes(drv, str(proc), "/d") == []
+
+
+def test_may_open_follows_owner_group_other_precedence():
+    def st(mode, uid=0, gid=44):
+        return SimpleNamespace(st_mode=stat.S_IFCHR | mode, st_uid=uid, st_gid=gid)
+    assert devices.may_open(st(0o660), 1000, (44,))
+    assert not devices.may_open(st(0o660), 1000, (1000,))
+    assert devices.may_open(st(0o666), 1000, (1000,))
+    assert not devices.may_open(st(0o606), 1000, (44,))  # group bits apply, not other's
+    assert not devices.may_open(st(0o640), 1000, (44,))  # read-only is not enough
+    assert devices.may_open(st(0o600, uid=1000), 1000, ())
+    assert devices.may_open(st(0o000), 0, ())
+
+
+@pytest.mark.skipif(not ROOT, reason="mknod needs root")
+def test_missing_nodes_are_made_with_the_drivers_mode_and_logged(tmp_path, monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(log, "stream", out)
+    proc = fake_proc(tmp_path, mode=0o660)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no nvidia-modprobe
+    rep = devices.Report()
+    devices._create_missing(devices.driver_state(proc), rep, proc, str(dev))
+    made = {p.name: p.lstat() for p in dev.iterdir()}
+    assert sorted(made) == ["nvidia-uvm", "nvidia-uvm-tools", "nvidia0", "nvidiactl"]
+    assert all(stat.S_ISCHR(s.st_mode) and stat.S_IMODE(s.st_mode) == 0o660 for s in made.values())
+    assert (os.major(made["nvidia-uvm-tools"].st_rdev), os.minor(made["nvidia-uvm-tools"].st_rdev)) == (511, 1)
+    assert (os.major(made["nvidiactl"].st_rdev), os.minor(made["nvidiactl"].st_rdev)) == (195, 255)
+    assert len(rep.changes) == 4 and not rep.problems
+    assert "device node " + str(dev / "nvidiactl") + " created (char 195:255): crw-rw---- root:root" \
+        in out.getvalue()
+    rep = devices.Report()
+    devices._create_missing(devices.driver_state(proc), rep, proc, str(dev))
+    assert rep.changes == []  # idempotent
+
+
+def test_fix_access_ensure_uses_the_nodes_group_or_the_configured_one(tmp_path, monkeypatch):
+    """ensure: which group a user is put in, and which nodes get g+rw, never fewer bits."""
+    a, b, c = (tmp_path / n for n in ("a", "b", "c"))
+    for p, mode in ((a, 0o660), (b, 0o600), (c, 0o666)):
+        p.write_text("")
+        os.chmod(p, mode)
+    os.chown(a, 0, 44)  # a: group 44 with rw → join it; b: root only → re-group to video, g+rw
+    users = {"ollama": (999, 999, (999,))}
+    added, regrouped = [], []
+    monkeypatch.setattr(devices, "service_users", lambda cfg: ["ollama"])
+    monkeypatch.setattr(devices, "user_ids", lambda u: users.get(u))
+    monkeypatch.setattr(devices, "_group_name", lambda gid: {44: "video", 0: "root"}.get(gid, str(gid)))
+    monkeypatch.setattr(devices, "_ensure_group", lambda name: 44)
+    monkeypatch.setattr(devices, "_add_to_group", lambda u, g, rep: added.append((u, g)))
+    real_set = devices._set
+    monkeypatch.setattr(devices, "_set", lambda node, rep, m, **kw: (regrouped.append((os.path.basename(node), kw)),
+                                                                     real_set(node, rep, m, **kw)))
+    nodes = [devices.Node(str(p), 195, i) for i, p in enumerate((a, b, c))]
+    devices.fix_access(Config(), nodes, devices.Report())
+    assert added == [("ollama", "video"), ("ollama", "video")]
+    assert regrouped == [("b", {"gid": 44, "perm": 0o660})]
+    assert stat.S_IMODE(b.stat().st_mode) == 0o660 and b.stat().st_gid == 44
+    assert stat.S_IMODE(c.stat().st_mode) == 0o666  # nothing taken away
+
+
+def test_vram_advice_seed_example():
+    fits, text = devices.vram_advice(int(5.2e9), 8 * GIB)
+    assert not fits
+    assert text == ("5.2 GB model needs ~8.3 GiB of VRAM with KV cache; this 8 GB GPU would run part of it on "
+                    "the CPU (several times slower). Models up to 5.0 GB fit, or use a 12 GB card")
+    fits, text = devices.vram_advice(int(5.2e9), 12 * GIB)
+    assert fits and text == "5.2 GB model fits this 12 GB GPU (needs ~8.3 GiB with KV cache)"
+    assert devices.vram_advice(int(40e9), 24 * GIB)[1].endswith("or use a 80 GB card")
+    assert "Models up to 0.0 GB fit" in devices.vram_advice(int(1e9), GIB // 2)[1]
+
+
+@pytest.mark.skipif(not ROOT, reason="setuid needs root")
+def test_open_as_reports_the_errno_of_the_user():
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))  # a path nobody may traverse
+    tmp_path.chmod(0o755)
+    f = tmp_path / "node"
+    f.write_text("")
+    f.chmod(0o600)
+    nobody = devices.user_ids("nobody")
+    assert devices._open_as(str(f), nobody[0], nobody[1], nobody[2]) == errno.EACCES
+    f.chmod(0o666)
+    assert devices._open_as(str(f), nobody[0], nobody[1], nobody[2]) == 0
+    assert devices._open_as(str(tmp_path / "missing"), *nobody) == errno.ENOENT
+    shutil.rmtree(tmp_path)
+
+
+class RecordingSystemd:
+    def __init__(self, fail=()):
+        self.calls = []
+        self.fail = fail
+
+    def start(self, name, mode="replace"):
+        self.calls.append(("start", name))
+
+    def kill(self, name, who="all", signal=9):
+        from localaid.adapters.systemd import SystemdError
+        self.calls.append(("kill", name, who, signal))
+        if "kill" in self.fail:
+            raise SystemdError("KillUnit: Unit localaid.service not loaded.")
+
+
+def test_resume_hook_records_starts_the_devices_job_and_wakes_the_daemon(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(devices, "RESUME_MARKER", str(tmp_path / "resume.json"))
+    sd = RecordingSystemd()
+    before = time.monotonic()
+    assert devices.resumed_main(SimpleNamespace(kind="hibernate"), Config(), systemd=sd) == 0
+    doc = json.loads((tmp_path / "resume.json").read_text())
+    assert doc["kind"] == "hibernate" and before <= doc["mono"] <= time.monotonic()
+    assert sd.calls == [("start", "localaid-devices.service"), ("kill", "localaid.service", "main", 10)]
+    # the daemon not running is not an error of the hook
+    assert devices.resumed_main(SimpleNamespace(kind=None), Config(), systemd=RecordingSystemd(("kill",))) == 0
+
+
+def test_debians_renamed_modules_count_as_loaded(tmp_path):
+    proc = fake_proc(tmp_path, uvm=False)
+    (tmp_path / "proc/modules").write_text("nvidia_current 1 0 - Live 0x0\nnvidia_current_uvm 1 0 - Live 0x0\n"
+                                           "nvidia_current_modeset 1 0 - Live 0x0\n")
+    drv = devices.driver_state(proc)
+    assert drv.loaded and devices.uvm_loaded(drv)
+    assert str(Path("/d/nvidia-modeset")) in [n.path for n in devices.expected_nodes(drv, proc, "/d")]
