@@ -46,6 +46,7 @@ class Actor:
         try:
             if a.kind == "kill-restart":
                 self._kill(a.target)
+                self._await_exit(a.target)
                 self.systemd.restart(a.target)
             elif a.kind == "restart":
                 self.systemd.restart(a.target)
@@ -86,6 +87,23 @@ class Actor:
         except SystemdError as e:
             if "No main process" not in str(e):  # else the first call did kill it
                 log.warning(f"kill of {unit} failed, restarting anyway", error=first)
+
+    def _await_exit(self, unit: str, limit: float = 1.0) -> str:
+        """Wait (at most `limit`) until systemd has seen the killed main process go, and return the
+        sub-state it went to. A RestartUnit that reaches systemd while it is still taking the unit
+        down races with the unit's own Restart=: measured, one hang repair in five then waited
+        the full RestartSec= (3 s for ollama.service) on top."""
+        deadline = self.clock() + limit
+        sub = ""
+        while True:
+            try:
+                sub = self.systemd.summaries([unit]).get(unit, ("", "", "", False))[2]
+            except SystemdError:
+                return sub
+            if sub not in ("running", "stop-sigterm", "final-sigterm", "stop-sigkill", "final-sigkill",
+                           "stop-post", "stop") or self.clock() >= deadline:
+                return sub
+            time.sleep(0.01)
 
     def _preload(self, a: Action, config) -> str:
         url = config.ollama.url + "/api/generate"
