@@ -15,7 +15,8 @@ is installed (it loads nvidia_uvm too), then mknod with the majors the kernel li
 Access, by gpu.devices.mode (service users: ollama, and open-webui when webui.gpu):
   ensure  create what is missing; a service user that cannot open a node gets access through
           the node's group (added to it) or, when the group is root's or has no access,
-          through gpu.devices.group (node re-grouped, g+rw). Nobody loses access.
+          through gpu.devices.group (node re-grouped, g+rw). Nobody loses access: a node whose
+          group grants access to users besides root is not re-grouped (a warning says so).
   group   strict: every node root:<group> 0660, service users in the group.
   world   every node 0666 (the driver's default, the seed's `chmod 666 /dev/nvidia*`).
   off     nothing is touched.
@@ -190,6 +191,16 @@ def user_ids(name: str) -> tuple[int, int, tuple[int, ...]] | None:
     return pw.pw_uid, pw.pw_gid, tuple(sorted(set(os.getgrouplist(name, pw.pw_gid))))
 
 
+def group_members(gid: int) -> list[str]:
+    """Users other than root who hold the group (as a supplementary or their primary group)."""
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        members = set()
+    members |= {pw.pw_name for pw in pwd.getpwall() if pw.pw_gid == gid}
+    return sorted(members - {"root"})
+
+
 def may_open(st: os.stat_result, uid: int, gids) -> bool:
     """Whether the permission bits let uid/gids open the node read-write (what open() checks)."""
     if uid == 0:
@@ -344,6 +355,14 @@ def fix_access(config, nodes: list[Node], rep: Report) -> None:
                 _add_to_group(u, node_group, rep)
                 continue
             gid = _ensure_group(group)
+            losers = group_members(st.st_gid) if st.st_gid != gid and st.st_mode & 0o070 else []
+            if losers:  # re-grouping would take the node from them: ensure never does that
+                text = (f"{p}: {u} cannot open it, and giving it to group {group} would take it from "
+                        f"{', '.join(losers)} (group {node_group}); left as it is — set gpu.devices.mode: "
+                        f"group to make every node root:{group} 0660")
+                log.warning(text, mode=mode)
+                rep.problems.append(text)
+                continue
             _set(p, rep, mode, gid=gid, perm=stat.S_IMODE(st.st_mode) | 0o060)
             _add_to_group(u, group, rep)
 

@@ -119,6 +119,7 @@ def test_fix_access_ensure_uses_the_nodes_group_or_the_configured_one(tmp_path, 
     monkeypatch.setattr(devices, "_group_name", lambda gid: {44: "video", 0: "root"}.get(gid, str(gid)))
     monkeypatch.setattr(devices, "_ensure_group", lambda name: 44)
     monkeypatch.setattr(devices, "_add_to_group", lambda u, g, rep: added.append((u, g)))
+    monkeypatch.setattr(devices, "group_members", lambda gid: [])
     real_set = devices._set
     monkeypatch.setattr(devices, "_set", lambda node, rep, m, **kw: (regrouped.append((os.path.basename(node), kw)),
                                                                      real_set(node, rep, m, **kw)))
@@ -128,6 +129,31 @@ def test_fix_access_ensure_uses_the_nodes_group_or_the_configured_one(tmp_path, 
     assert regrouped == [("b", {"gid": 44, "perm": 0o660})]
     assert stat.S_IMODE(b.stat().st_mode) == 0o660 and b.stat().st_gid == 44
     assert stat.S_IMODE(c.stat().st_mode) == 0o666  # nothing taken away
+
+
+def test_ensure_never_regroups_a_node_whose_group_others_use(tmp_path, monkeypatch):
+    """root:root 0660 with a non-root user in group root: moving the node to video would lock that
+    user out. ensure leaves it, says why and what to do, and the problem is reported."""
+    node = tmp_path / "nvidia0"
+    node.write_text("")
+    os.chmod(node, 0o660)  # owned by root:root in this test (we run as root)
+    out = io.StringIO()
+    monkeypatch.setattr(log, "stream", out)
+    monkeypatch.setattr(devices, "service_users", lambda cfg: ["ollama"])
+    monkeypatch.setattr(devices, "user_ids", lambda u: (999, 999, (999,)))
+    monkeypatch.setattr(devices, "_ensure_group", lambda name: 44)
+    monkeypatch.setattr(devices, "group_members", lambda gid: ["backup-op"] if gid == 0 else [])
+    monkeypatch.setattr(devices, "_add_to_group", lambda u, g, rep: pytest.fail("no group change"))
+    rep = devices.Report()
+    devices.fix_access(Config(), [devices.Node(str(node), 195, 0)], rep)
+    assert node.stat().st_gid == 0 and stat.S_IMODE(node.stat().st_mode) == 0o660
+    assert rep.changes == [] and "would take it from backup-op (group root)" in rep.problems[0]
+    assert "gpu.devices.mode: group" in out.getvalue()
+
+
+def test_group_members_counts_primary_groups():
+    assert "root" not in devices.group_members(0)
+    assert isinstance(devices.group_members(2**31), list)
 
 
 def test_vram_advice_seed_example():
