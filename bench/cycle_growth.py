@@ -12,14 +12,11 @@ with the cycle time.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests/integration"))
-
-from harness import Container, wait_for  # noqa: E402
+from common import deb_and_rootfs
+from harness import Container, wait_for
 
 CONFIG = "ollama:\n  install_script: /nonexistent/install.sh\n"
 STANDINS = {"ollama.service": 11434, "open-webui.service": 3000}
@@ -49,10 +46,7 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=10000)
     ap.add_argument("--deb", type=Path)
     args = ap.parse_args()
-    deb = args.deb or Path(subprocess.run([str(REPO / "tools/build-deb"), "--no-lintian"], check=True,
-                                          capture_output=True, text=True).stdout.split()[-1])
-    rootfs = subprocess.run([str(REPO / "tools/build-rootfs")], check=True, capture_output=True,
-                            text=True).stdout.split()[-1]
+    deb, rootfs = deb_and_rootfs(args.deb)
     with Container(rootfs, binds=[(str(deb), f"/mnt/{deb.name}", True)], name="bench-cycles",
                    private_network=True) as c:
         c.sh("mkdir -p /srv/s && echo ok > /srv/s/health && echo ok > /srv/s/ready")

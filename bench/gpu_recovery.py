@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests/integration"))
+from common import REPO, deb_and_rootfs
 sys.path.insert(0, str(REPO))
 
 import conftest  # noqa: E402
@@ -89,10 +87,7 @@ def main() -> int:
     ap.add_argument("--rootfs", type=Path)
     ap.add_argument("--only", nargs="*", default=None)
     args = ap.parse_args()
-    deb = args.deb or Path(subprocess.run([str(REPO / "tools/build-deb"), "--no-lintian"], check=True,
-                                          capture_output=True, text=True).stdout.split()[-1])
-    rootfs = args.rootfs or Path(subprocess.run([str(REPO / "tools/build-rootfs")], check=True,
-                                                capture_output=True, text=True).stdout.split()[-1])
+    deb, rootfs = deb_and_rootfs(args.deb, args.rootfs)
     LIB = support.build(tempfile.mkdtemp(prefix="bench-nvml."))
 
     def boot(install=True, **kw):

@@ -18,14 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests/integration"))
-
-from harness import Container, wait_for  # noqa: E402
+from common import deb_and_rootfs, install_with_standins, print_table
+from harness import Container
 
 # Restart settings as in the real units: install.sh writes RestartSec=3 for ollama.service;
 # localaid's open-webui.service restarts after 2 s.
@@ -125,19 +122,12 @@ def main() -> int:
     ap.add_argument("--deb", type=Path)
     ap.add_argument("--rootfs", type=Path)
     args = ap.parse_args()
-    deb = args.deb or Path(subprocess.run([str(REPO / "tools/build-deb"), "--no-lintian"], check=True,
-                                          capture_output=True, text=True).stdout.split()[-1])
-    rootfs = args.rootfs or Path(subprocess.run([str(REPO / "tools/build-rootfs")], check=True,
-                                                capture_output=True, text=True).stdout.split()[-1])
+    deb, rootfs = deb_and_rootfs(args.deb, args.rootfs)
     rows = []
     with Container(rootfs, binds=[(str(deb), f"/mnt/{deb.name}", True)], name="bench-recovery",
                    private_network=True) as c:
         setup(c)
-        c.write("/etc/localaid/localaid.yaml", CONFIG)
-        c.write("/root/driver.py", DRIVER)
-        c.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold", f"/mnt/{deb.name}"],
-              timeout=600)
-        wait_for(lambda: "open-webui ok" in c.unit_property("localaid", "StatusText"), timeout=60)
+        install_with_standins(c, deb, CONFIG, DRIVER)
         for name, (port, _, _) in STANDINS.items():
             path = "/" if name == "ollama" else "/health"
             for fault in ("hang", "crash"):
@@ -158,13 +148,8 @@ def main() -> int:
         c.systemctl("start", "localaid")
     header = ["fault (x%d)" % args.runs, "localaid detects (median / worst)", "localaid healthy again",
               "systemd alone healthy again", "anchors"]
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print("recovery, Debian 12 container, stand-in services, default probes (1 s interval, 1 s timeout, 3 failures);"
-          " faults spaced beyond the restart window")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+    print_table("recovery, Debian 12 container, stand-in services, default probes (1 s interval, 0.5 s timeout, "
+                "3 failures); faults spaced beyond the restart window", header, rows)
     return 0
 
 

@@ -216,7 +216,7 @@ class GpuConfig:
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
     interval: float = 1.0
-    timeout: float = 1.0
+    timeout: float = 0.5
     failures: int = 3
     ollama_start_grace: float = 30.0
     webui_start_grace: float = 180.0

@@ -187,3 +187,6 @@ class Decision:
     healthy: bool
     services: tuple[ServiceStatus, ...] = ()
     notes: tuple[str, ...] = field(default=())  # journal lines about state changes (not actions)
+    # Seconds until the next cycle: health.interval, or 0 while a service's probes are timing out
+    # (each such probe already waited health.timeout; the next one goes at once).
+    recheck: float | None = None

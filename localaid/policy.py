@@ -11,6 +11,8 @@ RestartUnit. SIGKILL because a hung process may ignore SIGTERM and keep us waiti
 TimeoutStopSec; RestartUnit (rather than leaving it to the unit's Restart=) because it starts at
 once instead of after RestartSec, while systemd still keeps the journal and accounting.
 A crash (process gone) is left to the unit's own Restart=: systemd is already doing that.
+While a service's probes time out, the next cycle runs at once (Decision.recheck): a hang is acted
+on about health.interval + health.failures × health.timeout after it began (≤ 2.5 s by default).
 """
 
 from __future__ import annotations
@@ -351,4 +353,20 @@ def decide(config, obs: Observation, hist: History) -> Decision:
             parts.append(gpu_fragment)
     parts += _job_fragments(obs, jobs, now)
     healthy = all(st.state == "ok" for st in statuses)
-    return Decision(tuple(actions), hist, " · ".join(parts), healthy, tuple(statuses), tuple(notes))
+    return Decision(tuple(actions), hist, " · ".join(parts), healthy, tuple(statuses), tuple(notes),
+                    recheck=_recheck(config, obs, hist))
+
+
+def _recheck(config, obs: Observation, hist: History) -> float:
+    """A service whose probes time out is re-probed at once, not an interval later: a hang is then
+    acted on about interval + failures × timeout after it began (HAProxy's `fastinter` idea).
+    Quick failures (refused, HTTP 500) keep the normal pace, so a short blip is not compressed
+    into `failures` probes."""
+    hc = config.health
+    for name, h in hist.services.items():
+        so = obs.services.get(name)
+        probe = so.probe if so else None
+        if (h.state == "failing" and 0 < h.failures < hc.failures and probe is not None and not probe.ok
+                and (probe.error or "").startswith("timeout")):
+            return 0.0
+    return hc.interval

@@ -85,7 +85,7 @@ class Supervisor:
                        generation=self.generation)
         self.notifier.send(ready=1)
 
-    def cycle(self) -> None:
+    def cycle(self) -> float:
         start = self.clock()
         ollama_unit = self._last_unit(OLLAMA)
         webui_h = self.history.services.get(WEBUI)
@@ -119,6 +119,7 @@ class Supervisor:
             self._last_status = decision.status_line
         self.notifier.watchdog()
         self.cycles += 1
+        return self.config.health.interval if decision.recheck is None else decision.recheck
 
     def _last_unit(self, name):
         obs = getattr(self, "_last_obs", None)
@@ -146,10 +147,10 @@ class Supervisor:
                     self.reload()
                 self._flags.discard("now")
                 start = self.clock()
-                self.cycle()
+                recheck = self.cycle()
                 if max_cycles is not None and self.cycles >= max_cycles:
                     break
-                self._sleep(self.config.health.interval - (self.clock() - start))
+                self._sleep(recheck - (self.clock() - start))
         finally:
             self.notifier.stopping()
             log.info("localaid stopping; supervised services keep running")

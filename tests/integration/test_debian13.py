@@ -57,3 +57,9 @@ def test_hung_service_restarted_on_debian13(trixie):
     wait_for(lambda: c.unit_property("ollama", "MainPID") not in ("0", pid), timeout=20)
     wait_for(lambda: json.loads(c.read("/run/localaid/status.json"))["services"][0]["state"] == "ok", timeout=20)
     assert "kill-restart ollama.service: ok cause=hung" in c.journal("localaid")
+
+
+def test_udev_rule_is_valid_for_udevadm(trixie):
+    """udevadm verify (systemd 254 and later) parses the shipped rule as udevd would."""
+    r = trixie.run(["udevadm", "verify", "/lib/udev/rules.d/70-localaid-nvidia.rules"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -114,6 +114,20 @@ def test_hung_service_restarted_after_n_consecutive_failures():
     assert "ollama restarting (hung" in ds[5].status_line and "1/5 in 10 min" in ds[5].status_line
 
 
+def test_timeouts_are_rechecked_at_once_other_failures_at_the_interval():
+    """While a service's probes time out (each already waited health.timeout) the next cycle goes
+    at once; a quick failure (HTTP 500, refused) keeps the interval; once acted on, back to it."""
+    c = cfg(failures=3)
+    ok = [observe(100.0 + i) for i in range(3)]
+    assert [d.recheck for d in run(c, ok)] == [1.0] * 3
+    hung = [observe(103.0 + i * 0.5, ollama=(unit("ollama.service"), HUNG)) for i in range(3)]
+    assert [d.recheck for d in run(c, ok + hung)][3:] == [0.0, 0.0, 1.0]  # third: restart queued
+    err = [observe(103.0 + i, ollama=(unit("ollama.service"), ERR500)) for i in range(3)]
+    assert [d.recheck for d in run(c, ok + err)][3:] == [1.0, 1.0, 1.0]
+    in_grace = [observe(100.0 + i, ollama=(unit("ollama.service", enter=100.0), HUNG)) for i in range(3)]
+    assert [d.recheck for d in run(c, in_grace)] == [1.0] * 3  # not counting: no hurry
+
+
 def test_one_success_resets_the_failure_count():
     c = cfg(failures=3)
     seq = [HUNG, HUNG, OK, HUNG, HUNG, OK]

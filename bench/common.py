@@ -1,0 +1,44 @@
+"""What the container benchmarks share: the .deb and root file system to test, and the table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests/integration"))
+
+
+def _tool(*argv: str) -> Path:
+    r = subprocess.run([str(REPO / "tools" / argv[0]), *argv[1:]], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"tools/{argv[0]} failed:\n{r.stderr[-3000:]}")
+    return Path(r.stdout.split()[-1])
+
+
+def deb_and_rootfs(deb: Path | None = None, rootfs: Path | None = None, suite: str = "bookworm") -> tuple[Path, Path]:
+    """The given paths, or a fresh tools/build-deb and the cached tools/build-rootfs."""
+    deb = (deb or _tool("build-deb", "--no-lintian")).resolve()
+    rootfs = rootfs or _tool("build-rootfs", "--suite", suite)
+    return deb, rootfs
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print(title)
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+
+
+def install_with_standins(c, deb: Path, config: str, driver: str) -> None:
+    """Install the .deb over stand-in services already running, with `config` and the in-container
+    driver script at /root/driver.py; return once localaid reports Open WebUI ok."""
+    from harness import wait_for
+    c.write("/etc/localaid/localaid.yaml", config)
+    c.write("/root/driver.py", driver)
+    c.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold", f"/mnt/{deb.name}"],
+          timeout=600)
+    wait_for(lambda: "open-webui ok" in c.unit_property("localaid", "StatusText"), timeout=60)
