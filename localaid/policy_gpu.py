@@ -5,11 +5,13 @@
 Heals what leaves Ollama on the CPU or the GPU unusable:
 - boot race: Ollama discovers GPUs once, at start. If the device nodes appeared or were fixed
   (localaid-devices.service records when) after Ollama started, restart it once.
-- CPU fallback: a loaded model not fully in VRAM while the GPU has room for it, or no process of
-  ollama.service among the GPU's compute processes while a model is loaded: restart Ollama (the
-  supervisor then preloads the configured models), at most FALLBACK_RESTARTS times per
-  FALLBACK_WINDOW, after which it is reported and left alone.
-- GPU lost, a critical Xid, or a GPU left unusable by suspend/resume: the recovery ladder, the
+- CPU fallback: a loaded model not fully in VRAM while the GPU has room for it (after Ollama's own
+  reserve), or no process of ollama.service among the GPU's compute processes while a model is
+  loaded: restart Ollama (the supervisor then preloads the configured models). After
+  FALLBACK_RESTARTS restarts within FALLBACK_WINDOW that did not help, no more restarts until
+  something changes: Ollama started anew by someone else, the GPU's state, or the configuration.
+- GPU lost, a critical Xid, or a GPU left unusable by suspend/resume (within RESUME_WINDOW of the
+  resume: an NVML error ERROR_CYCLES cycles in a row, or a CPU fallback): the recovery ladder, the
   job "gpu-recover" (localaid-gpu-recover.service: stop ollama, reload nvidia_uvm, recreate the
   device nodes, start ollama), then a check that the models are back on the GPU. At most
   LADDER_LIMIT ladders per boot; a ladder that fails, or a GPU still lost after it, ends in
@@ -21,15 +23,22 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from localaid.model import OLLAMA, UNITS, Action, Observation
+from localaid.model import EMPTY, OLLAMA, UNITS, Action, Observation
 
 FALLBACK_RESTARTS = 2
 FALLBACK_WINDOW = 3600.0
+RESTART_SLACK = 15.0  # a fallback restart not seen (ollama's start time older) by then: it did not happen
 LADDER_LIMIT = 2  # recovery ladders per boot (the history lives as long as the daemon; the job also counts)
 LADDER_JOB = "gpu-recover"
 LADDER_START_SLACK = 15.0  # a requested ladder job not seen running or finished by then: it did not start
 RESUME_WINDOW = 120.0  # after a resume, an unusable GPU or a CPU fallback goes straight to the ladder
 PID_MISS_AFTER = 30.0  # a loaded model whose runner is not a GPU compute process for this long
+ERROR_CYCLES = 3  # an NVML error (e.g. "did not answer in time") this many cycles in a row is an unusable GPU
+# VRAM Ollama keeps free on each GPU when it places a model: OLLAMA_GPU_OVERHEAD (ollama.gpu_overhead,
+# default 0) plus a fixed minimum of 457 MiB. Source: ollama/ollama ml/device.go DeviceInfo.MinimumMemory()
+# (earlier discover/gpu.go cudaMinimumMemory), envconfig.GpuOverhead; research/ollama-api.md does not say.
+OLLAMA_MIN_FREE = 457 * 2**20
+ROOM_MARGIN = 0.10  # and Ollama's size estimate may be this much short: only more room than that is "room"
 CRITICAL_XIDS = frozenset({48, 63, 64, 79, 94, 95, 119, 120})
 GIB = 2**30
 
@@ -56,9 +65,19 @@ def _fragment(gpu) -> str:
 
 
 def _reboot_fragment(h) -> str:
-    xid = h.get("xid")
-    what = "GPU lost" if h.get("lost_seen") else "GPU failed"
-    return f"{what}{f' (XID {xid})' if xid else ''}: reboot required"
+    """Names the failure of the recovery that gave up (not an older one)."""
+    why = h.get("reboot_for") or EMPTY
+    xid = why.get("xid")
+    if why.get("lost"):
+        return f"GPU lost ({f'XID {xid}' if xid else 'XID 79 or NVML GPU_IS_LOST'}): reboot required"
+    return f"GPU failed{f' (XID {xid})' if xid else ''}: reboot required"
+
+
+def _give_up(h, now, gpu, run) -> None:
+    """Reboot required: no more ladders. `run` is the ladder (or trigger) given up on."""
+    h["reboot_required"] = now
+    h["reboot_for"] = MappingProxyType({"lost": gpu.state == "lost" or run["cause"] == "gpu-lost",
+                                        "xid": run.get("xid")})
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -72,13 +91,20 @@ def _ollama_running(obs: Observation):
     return so
 
 
-def _off_gpu(gpu, models):
+def _reserve(config) -> int:
+    """VRAM Ollama leaves free on each GPU (see OLLAMA_MIN_FREE)."""
+    return OLLAMA_MIN_FREE + (config.ollama.gpu_overhead or 0)
+
+
+def _off_gpu(gpu, models, reserve):
     """(model, evidence) of the first loaded model that runs (partly) on the CPU although the
-    GPU has room for it; None when there is none."""
+    GPU has room for it: free VRAM beyond Ollama's `reserve` per GPU, plus the model's own
+    VRAM, exceeds its size by ROOM_MARGIN. None when there is none."""
     free = sum(d.memory_total - d.memory_used for d in gpu.devices)
+    room = sum(max(0, d.memory_total - d.memory_used - reserve) for d in gpu.devices)
     for m in models or ():
-        if m.size_vram >= m.size or free + m.size_vram < m.size:
-            continue  # on the GPU, or a partial offload the GPU cannot avoid
+        if m.size_vram >= m.size or room + m.size_vram < m.size * (1 + ROOM_MARGIN):
+            continue  # on the GPU, or a partial offload Ollama would choose anyway
         return m, (f"{m.name}: {m.size_vram / GIB:.1f} of {m.size / GIB:.1f} GiB in VRAM, "
                    f"{free / GIB:.1f} GiB free on the GPU")
     return None
@@ -86,7 +112,9 @@ def _off_gpu(gpu, models):
 
 def _runner_missing(gpu, so) -> str | None:
     """Evidence when a model is loaded on the GPU by Ollama's account, but no PID of
-    ollama.service is a GPU compute process (a lost CUDA context). None when fine or unknown."""
+    ollama.service is a GPU compute process (a lost CUDA context). None when fine or unknown:
+    an empty process list is unknown too (NVML often lists none in containers or without
+    permission), not proof that Ollama is off the GPU."""
     models = [m for m in so.models or () if m.size_vram > 0]
     pids = set(gpu.ollama_pids)
     if not models or not pids or not gpu.devices:
@@ -96,7 +124,7 @@ def _runner_missing(gpu, so) -> str | None:
         if d.compute_pids is None:
             return None  # NVML cannot list processes here: no evidence either way
         listed.update(d.compute_pids)
-    if pids & listed:
+    if not listed or pids & listed:
         return None
     return (f"{models[0].name} loaded, but none of ollama.service's {len(pids)} processes is a GPU "
             f"compute process ({len(listed)} listed)")
@@ -115,11 +143,13 @@ def decide_gpu(config, obs: Observation, gh, now: float):
     notes: list[str] = []
     fragment = _fragment(gpu)
     unit_name = UNITS[OLLAMA]
+    reserve = _reserve(config)
     if gpu.state == "off":
         return (), MappingProxyType(h), fragment, ()
 
     # ---- state changes
     previous = h.get("state")
+    gpu_changed = previous is not None and gpu.state != previous
     if gpu.state != previous:
         if previous is not None:
             notes.append(f"GPU: {previous} -> {gpu.state}" + (f" ({gpu.error})" if gpu.error else ""))
@@ -127,41 +157,52 @@ def decide_gpu(config, obs: Observation, gh, now: float):
                 and h.get("ladder") is None:
             notes.append("GPU usable again (driver reloaded?): recovery attempts allowed again")
             h["reboot_required"] = None
-            h["lost_seen"] = False
+            h["reboot_for"] = None
         h["state"] = gpu.state
-    if gpu.state == "lost":
-        h["lost_seen"] = True
+    h["error_cycles"] = h.get("error_cycles", 0) + 1 if gpu.state == "error" else 0
+    so = _ollama_running(obs)
 
-    # ---- what asks for the recovery ladder
-    trigger: tuple[str, str] | None = None
+    # ---- CPU-fallback restarts held back until something changes
+    held = h.get("fallback_held")
+    if held is not None:
+        restarted = so is not None and so.unit.active_enter_mono != held["enter"]  # not by us: we held back
+        why = ("the GPU's state changed" if gpu_changed else
+               "the configuration was reloaded" if obs.generation != held["generation"] else
+               "ollama was started anew" if restarted else None)
+        if why:
+            notes.append(f"GPU: {why}: restarting ollama for a CPU fallback is allowed again")
+            h["fallback_held"] = None
+            h["fallback_restarts"] = ()
+
+    # ---- what asks for the recovery ladder: (cause, evidence, xid)
+    trigger: tuple[str, str, int | None] | None = None
     for ev in gpu.xids:
         where = f" on {ev.uuid}" if ev.uuid else ""
         if ev.xid in config.gpu.ignore_xids:
             notes.append(f"GPU: application Xid {ev.xid}{where} ignored (gpu.ignore_xids)")
         elif ev.xid in CRITICAL_XIDS:
             notes.append(f"GPU: critical Xid {ev.xid}{where}")
-            h["xid"] = ev.xid
-            trigger = trigger or ("xid", f"XID {ev.xid}{where}")
+            trigger = trigger or ("xid", f"XID {ev.xid}{where}", ev.xid)
         else:
             notes.append(f"GPU: Xid {ev.xid}{where} reported; not one that needs a reset")
     if gpu.state == "lost":
-        trigger = trigger or ("gpu-lost", "NVML: GPU is lost (fell off the bus)")
+        trigger = trigger or ("gpu-lost", "NVML: GPU is lost (fell off the bus)", None)
 
-    resumed = getattr(gpu, "resumed_at", None)
+    resumed = gpu.resumed_at
     if resumed is not None and resumed != h.get("resume_seen"):
         h["resume_seen"] = resumed
-        h["resume_until"] = now + RESUME_WINDOW
-        notes.append("resumed from sleep: checking the GPU now")
+        if now - resumed < RESUME_WINDOW:  # not an old marker seen anew after a restart of localaid
+            h["resume_until"] = resumed + RESUME_WINDOW
+            notes.append("resumed from sleep: checking the GPU now")
     after_resume = now < h.get("resume_until", float("-inf"))
-    so = _ollama_running(obs)
     if after_resume and trigger is None:
-        if gpu.state == "error":
-            trigger = ("resume", f"after resume: {gpu.error}")
+        if gpu.state == "error" and h["error_cycles"] >= ERROR_CYCLES:
+            trigger = ("resume", f"after resume: {gpu.error} ({h['error_cycles']} checks in a row)", None)
         elif so is not None and gpu.state == "ok":
-            off = _off_gpu(gpu, so.models)
+            off = _off_gpu(gpu, so.models, reserve)
             missing = _runner_missing(gpu, so)
             if off or missing:
-                trigger = ("resume", "after resume: " + (off[1] if off else missing))
+                trigger = ("resume", "after resume: " + (off[1] if off else missing), None)
 
     # ---- the ladder
     ladder = h.get("ladder")
@@ -175,7 +216,7 @@ def decide_gpu(config, obs: Observation, gh, now: float):
                 text = jo.text or "running"
                 fragment = f"GPU recovery ({ladder['what']}): {text}"
             elif jo is None or jo.unit is None or not jo.unit.exists:
-                h["reboot_required"] = now
+                _give_up(h, now, gpu, ladder)
                 notes.append("GPU recovery unavailable: localaid-gpu-recover.service is not installed")
                 ladder = None
             elif phase == "requested" and now - ladder["started"] < LADDER_START_SLACK and \
@@ -192,14 +233,14 @@ def decide_gpu(config, obs: Observation, gh, now: float):
                     if ok:
                         why = "GPU still lost after the driver reload"
                     notes.append(f"GPU recovery ({ladder['what']}) failed: {why}; reboot required")
-                    h["reboot_required"] = now
+                    _give_up(h, now, gpu, ladder)
                     ladder = None
         if ladder is not None and ladder["phase"] == "verify":
             if gpu.state == "lost":
                 notes.append(f"GPU lost again after recovery ({ladder['what']}): reboot required")
-                h["reboot_required"] = now
+                _give_up(h, now, gpu, ladder)
                 ladder = None
-            elif gpu.state == "ok" and so is not None and so.models and not _off_gpu(gpu, so.models):
+            elif gpu.state == "ok" and so is not None and so.models and not _off_gpu(gpu, so.models, reserve):
                 took = now - ladder["started"]
                 notes.append(f"GPU recovered ({ladder['what']}) in {took:.0f} s: models back on the GPU")
                 h["recovered_at"] = now
@@ -212,7 +253,7 @@ def decide_gpu(config, obs: Observation, gh, now: float):
             elif now - ladder["verify_since"] > config.health.model_load_grace:
                 notes.append(f"after GPU recovery ({ladder['what']}) the models are still not on the GPU: "
                              "reboot required")
-                h["reboot_required"] = now
+                _give_up(h, now, gpu, ladder)
                 ladder = None
             else:
                 fragment = f"GPU recovery ({ladder['what']}): waiting for the models to load on the GPU"
@@ -223,21 +264,22 @@ def decide_gpu(config, obs: Observation, gh, now: float):
         trigger = tuple(h["pending"])
     h["pending"] = None
     if trigger is not None and ladder is None and not h.get("reboot_required"):
-        cause, evidence = trigger
-        what = f"XID {h['xid']}" if cause == "xid" else {"gpu-lost": "GPU lost", "resume": "after resume"}[cause]
+        cause, evidence, xid = trigger
+        what = f"XID {xid}" if cause == "xid" else {"gpu-lost": "GPU lost", "resume": "after resume"}[cause]
+        run = {"what": what, "cause": cause, "xid": xid}
         if OLLAMA in obs.maintenance and not _job_running(jo):
             h["pending"] = trigger  # an Xid comes once: remember it until the upgrade is over
             fragment = f"GPU recovery ({what}) waits: ollama under maintenance"
         elif _job_running(jo):  # a ladder we did not start (or from before a restart of localaid)
-            h["ladder"] = MappingProxyType({"phase": "running", "started": now, "what": what, "cause": cause})
+            h["ladder"] = MappingProxyType({"phase": "running", "started": now, **run})
             fragment = f"GPU recovery ({what}): {jo.text or 'running'}"
         elif len(attempts) >= LADDER_LIMIT:
             notes.append(f"GPU: {evidence}; {len(attempts)} recoveries already tried this boot: reboot required")
-            h["reboot_required"] = now
+            _give_up(h, now, gpu, run)
         else:
             attempts += (now,)
             actions.append(Action("start-job", LADDER_JOB, cause, evidence, service=OLLAMA))
-            h["ladder"] = MappingProxyType({"phase": "requested", "started": now, "what": what, "cause": cause})
+            h["ladder"] = MappingProxyType({"phase": "requested", "started": now, **run})
             fragment = f"GPU recovery ({what}): starting"
     h["ladder_attempts"] = attempts
     if h.get("reboot_required"):
@@ -261,9 +303,12 @@ def decide_gpu(config, obs: Observation, gh, now: float):
         h["pid_miss_since"] = None
     elif h.get("pid_miss_since") is None:
         h["pid_miss_since"] = now
-    if so is not None and gpu.state == "ok" and so.models and not actions:
+    # our last restart not seen yet (ollama's start time is older): wait for it, do not count it twice
+    restarting = so is not None and bool(recent) and so.unit.active_enter_mono < recent[-1] \
+        and now - recent[-1] < RESTART_SLACK
+    if so is not None and gpu.state == "ok" and so.models and not actions and not restarting:
         uptime = now - so.unit.active_enter_mono
-        off = _off_gpu(gpu, so.models)
+        off = _off_gpu(gpu, so.models, reserve)
         evidence = None
         if off is not None:
             m, evidence = off
@@ -272,8 +317,16 @@ def decide_gpu(config, obs: Observation, gh, now: float):
         elif missing is not None and now - h["pid_miss_since"] >= PID_MISS_AFTER:
             evidence = missing
         if evidence is not None:
-            if len(recent) >= FALLBACK_RESTARTS:
-                fragment += f" (ollama on CPU: {evidence}; {len(recent)} restarts did not help)"
+            held = h.get("fallback_held")
+            if held is None and len(recent) >= FALLBACK_RESTARTS:
+                held = MappingProxyType({"enter": so.unit.active_enter_mono, "generation": obs.generation,
+                                         "tries": len(recent)})
+                h["fallback_held"] = held
+                notes.append(f"GPU: ollama still on CPU after {len(recent)} restarts ({evidence}): not restarting "
+                             "it again until it is started anew, the GPU changes or the configuration is "
+                             "reloaded; check `localaid doctor`")
+            if held is not None:
+                fragment += f", model on CPU; not restarting again ({held['tries']} tries): check `localaid doctor`"
             else:
                 recent += (now,)
                 h["pid_miss_since"] = None
