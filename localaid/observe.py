@@ -44,6 +44,7 @@ class Observer:
                 ollama_cgroup: str = "", webui_starting: bool = False,
                 refresh: frozenset[str] = frozenset()) -> Observation:
         hc = config.health
+        started = self.clock()
         units = [UNITS[OLLAMA]] + ([UNITS[WEBUI]] if config.webui.enabled else [])
         jobs = list(JOB_UNITS.items())
         futs: dict[str, Future | None] = {
@@ -81,13 +82,22 @@ class Observer:
 
         ollama_probe, _ = probe("ollama")
         ps_probe, ps_body = probe("ps")
+        wp, _ = probe("webui")
+        rp, _ = probe("ready")
+        # A failed probe of a unit whose details are from an earlier cycle: fetch them now. A quick
+        # restart (by the admin, an upgrade) leaves the summary "active running" before and
+        # after, and the policy needs the new start time to grant the start-up grace.
+        failed = {UNITS[s] for s, p in ((OLLAMA, ollama_probe), (WEBUI, wp)) if p is not None and not p.ok}
+        stale = frozenset(u for u in failed if u in unit_states and self._details.get(u, (0, started))[1] < started)
+        if stale:
+            f = self._submit("details", self._refetch, stale)
+            if f is not None and not wait([f], timeout=0.25).not_done and f.exception() is None:
+                unit_states = {**unit_states, **f.result()}
         services = {
             OLLAMA: ServiceObs(OLLAMA, unit_states.get(UNITS[OLLAMA]), unit_err, ollama_probe,
                                models=http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None),
         }
         if config.webui.enabled:
-            wp, _ = probe("webui")
-            rp, _ = probe("ready")
             services[WEBUI] = ServiceObs(WEBUI, unit_states.get(UNITS[WEBUI]), unit_err, wp, rp)
         gpu_obs, gpu_err = result("gpu") if "gpu" in futs else (GpuObs(state="off"), None)
         if gpu_obs is None:
@@ -121,6 +131,15 @@ class Observer:
                     cached = (summary, now, self.systemd.details(name))
                     self._details[name] = cached
                 detail = cached[2]
+            out[name] = make_state(name, summary, detail)
+        return out
+
+    def _refetch(self, names: frozenset[str]):
+        out = {}
+        for name in names:
+            summary = self._details[name][0]
+            detail = self.systemd.details(name)
+            self._details[name] = (summary, self.clock(), detail)
             out[name] = make_state(name, summary, detail)
         return out
 
