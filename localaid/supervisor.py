@@ -27,6 +27,15 @@ from localaid.observe import Observer
 
 # The state file and metrics are rewritten when something changed, else at most this often.
 STATE_EVERY = 5.0
+# How often /proc/devices is read for NVIDIA majors that appeared after localaid started.
+DRIVER_CHECK_EVERY = 10.0
+EX_TEMPFAIL = 75  # exit so that systemd restarts localaid (Restart=on-failure)
+
+
+def nvidia_majors() -> frozenset[int]:
+    """Majors of the NVIDIA character devices the kernel has now (/proc/devices)."""
+    from localaid.provision.devices import char_majors
+    return frozenset(m for name, m in char_majors().items() if name.startswith("nvidia"))
 
 
 class Supervisor:
@@ -50,6 +59,10 @@ class Supervisor:
         self._last_status = None
         self._last_write = float("-inf")
         self.metrics_server = None
+        # systemd resolves DeviceAllow=char-nvidia* once, when localaid starts: a driver (or a
+        # reloaded nvidia_uvm with a new major) that came later is out of reach until a restart.
+        self.majors_at_start = nvidia_majors() if config.gpu.watch else frozenset()
+        self._driver_checked = clock()
 
     # ---- signals: set a flag, nothing else ----------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -121,6 +134,16 @@ class Supervisor:
         self.cycles += 1
         return self.config.health.interval if decision.recheck is None else decision.recheck
 
+    def driver_came_late(self) -> bool:
+        if not self.config.gpu.watch or self.clock() - self._driver_checked < DRIVER_CHECK_EVERY:
+            return False
+        self._driver_checked = self.clock()
+        new = nvidia_majors() - self.majors_at_start
+        if new:
+            log.notice("NVIDIA driver loaded after localaid started: restarting localaid so that its "
+                       "sandbox lets it reach the GPU", majors=",".join(map(str, sorted(new))))
+        return bool(new)
+
     def _last_unit(self, name):
         obs = getattr(self, "_last_obs", None)
         so = obs.services.get(name) if obs else None
@@ -150,6 +173,8 @@ class Supervisor:
                 recheck = self.cycle()
                 if max_cycles is not None and self.cycles >= max_cycles:
                     break
+                if self.driver_came_late():
+                    return EX_TEMPFAIL
                 self._sleep(recheck - (self.clock() - start))
         finally:
             self.notifier.stopping()

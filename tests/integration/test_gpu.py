@@ -80,15 +80,16 @@ def proc_devices(uvm: bool) -> str:
             + (f"{UVM_MAJOR} nvidia-uvm\n" if uvm else "") + "\nBlock devices:\n  7 loop\n")
 
 
-def set_driver(c, uvm: bool = True, modeset: bool = False) -> None:
-    """The fake /proc: driver loaded with one GPU (minor 0), nvidia_uvm loaded or not."""
+def set_driver(c, uvm: bool = True, modeset: bool = False, mode: int = 0o666) -> None:
+    """The fake /proc: driver loaded with one GPU (minor 0), nvidia_uvm loaded or not, and the
+    node mode the driver's NVreg_DeviceFileMode asks for (nvidia-modprobe applies it)."""
     mods = ["nvidia 56320000 2 nvidia_uvm, Live 0x0"] + (["nvidia_uvm 1540096 0 - Live 0x0"] if uvm else []) \
         + (["nvidia_modeset 1335296 0 - Live 0x0"] if modeset else [])
     c.write("/run/fake-proc/modules", "\n".join(mods) + "\n")
     c.write("/run/fake-proc/devices", proc_devices(uvm))
     c.write("/run/fake-proc/driver/nvidia/gpus/0000:01:00.0/information",
             "Model: \t\t NVIDIA GeForce RTX 4070\nDevice Minor: \t 0\n")
-    c.write("/run/fake-proc/driver/nvidia/params", "DeviceFileUID: 0\nDeviceFileGID: 0\nDeviceFileMode: 438\n")
+    c.write("/run/fake-proc/driver/nvidia/params", f"DeviceFileUID: 0\nDeviceFileGID: 0\nDeviceFileMode: {mode}\n")
 
 
 def nvml_state(c, **kw) -> None:
@@ -127,7 +128,7 @@ def make_gpu_box(make_container, nvml_lib, mode="ensure", nodes="good", start_ol
         c.sh("useradd -r -s /bin/false -U -m -d /usr/share/ollama ollama && useradd -m alice && "
              "mkdir -p /var/lib/fake-ollama/models /run/fake-ollama /run/fake-kmod && "
              "chown -R ollama:ollama /var/lib/fake-ollama && echo '{}' > /run/fake-ollama/faults.json")
-        set_driver(c, uvm=nodes == "good")
+        set_driver(c, uvm=nodes == "good", mode=0o666 if nodes == "good" else 0o600)
         if nodes == "good":
             for path, major, minor in (("/dev/nvidiactl", 195, 255), ("/dev/nvidia0", 195, 0),
                                        ("/dev/nvidia-uvm", UVM_MAJOR, 0), ("/dev/nvidia-uvm-tools", UVM_MAJOR, 1)):
@@ -263,7 +264,7 @@ def test_modes_repair_restrictive_nodes_and_survive_a_driver_reload(make_contain
 
     # The driver is reloaded (say, an upgrade): its nodes come back root-only, nvidia-uvm later.
     c.sh("rm -f /dev/nvidia*")
-    set_driver(c, uvm=False)
+    set_driver(c, uvm=False, mode=0o600)
     restrictive_nodes(c)
     c.sh("rm -f /run/fake-kmod/log")
     run_udev_rule(c)  # the module's "add" event: what the udev rule runs, as udev runs it
@@ -292,8 +293,27 @@ def test_mknod_when_there_is_no_nvidia_modprobe(make_container, nvml_lib):
     c.run(["rm", "/usr/local/sbin/nvidia-modprobe"])
     set_driver(c, uvm=True)  # module loaded, node missing
     assert run_devices(c).returncode == 0
-    assert c.run(["stat", "-c", "%t:%T %A", "/dev/nvidia-uvm"]).stdout.strip() == f"{UVM_MAJOR:x}:0 crw-rw-rw-"
+    # made for the service users' group: a node that did not exist gave nobody access
+    assert c.run(["stat", "-c", "%t:%T %A %G", "/dev/nvidia-uvm"]).stdout.strip() == f"{UVM_MAJOR:x}:0 crw-rw---- video"
     assert "device node /dev/nvidia-uvm created (char 511:0)" in journal(c, "localaid-devices.service")
+
+
+def test_driver_loaded_after_localaid_started_restarts_it_once(make_container, nvml_lib):
+    """DeviceAllow=char-nvidia* is resolved when localaid starts: a driver loaded later (first
+    boot after a kernel upgrade: DKMS builds it late) is out of its reach until it restarts."""
+    c = make_gpu_box(make_container, nvml_lib, start_ollama=False)
+    c.write("/etc/systemd/system/localaid.service.d/50-test.conf", FAKE_PROC_DROPIN)
+    c.write("/run/fake-proc/devices", "Character devices:\n  1 mem\n\nBlock devices:\n  7 loop\n")
+    c.systemctl("daemon-reload")
+    c.systemctl("restart", "localaid.service")
+    c.wait_for_unit("localaid.service")
+    pid = c.unit_property("localaid.service", "MainPID")
+    set_driver(c)  # the driver comes
+    wait_for(lambda: c.unit_property("localaid.service", "MainPID") not in ("0", pid), timeout=30)
+    c.wait_for_unit("localaid.service")
+    time.sleep(11)  # the new instance saw the driver at its start: no second restart
+    log = journal(c, "localaid.service")
+    assert log.count("NVIDIA driver loaded after localaid started") == 1, log
 
 
 def test_off_touches_nothing(make_container, nvml_lib):
