@@ -227,6 +227,7 @@ def service_users(config) -> list[str]:
 class Report:
     changes: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # declined on purpose; not failures
     state: str = "ok"  # ok | no-driver | off
 
 
@@ -240,13 +241,15 @@ def _run(argv: list[str], timeout: float = 60) -> tuple[int, str]:
     return r.returncode, (r.stdout + r.stderr).strip()
 
 
-def _create_missing(drv: Driver, rep: Report, proc: str, dev: str) -> Driver:
-    """nvidia-modprobe first (as CUDA would), then mknod for whatever is still missing."""
+def _create_missing(drv: Driver, rep: Report, proc: str, dev: str, group: str | None = None) -> Driver:
+    """nvidia-modprobe first (as CUDA would), then mknod for whatever is still missing: as
+    root:<group> 0660 when a group is given (a node that did not exist gave nobody access,
+    so nothing is taken away), else with the driver's owner and mode (mode world)."""
     nodes = expected_nodes(drv, proc, dev)
-    missing = [n for n in nodes if _stat(n.path) is None]
+    before = {n.path: describe(_stat(n.path)) for n in nodes}
     need_uvm = not uvm_loaded(drv)
     tool = shutil.which("nvidia-modprobe")
-    if (missing or need_uvm) and tool:
+    if (any(_stat(p) is None for p in before) or need_uvm) and tool:
         argv = [tool, "-u"] + [a for m in drv.gpu_minors for a in ("-c", str(m))]
         if _module_loaded(drv, "modeset"):
             argv.append("-m")
@@ -256,16 +259,22 @@ def _create_missing(drv: Driver, rep: Report, proc: str, dev: str) -> Driver:
         rc, out = _run(["modprobe", "nvidia-uvm"])
         (log.info if rc == 0 else log.warning)("ran modprobe nvidia-uvm", exit=rc, output=out[-300:] or None)
     drv = driver_state(proc)
-    uid = drv.params.get("DeviceFileUID", 0)
-    gid = drv.params.get("DeviceFileGID", 0)
     for n in expected_nodes(drv, proc, dev):
-        if _stat(n.path) is not None:
-            if n.path in [m.path for m in missing]:
-                text = f"{n.path} created by nvidia-modprobe: {describe(_stat(n.path))}"
+        now = _stat(n.path)
+        if now is not None:
+            # nvidia-modprobe also re-owns and re-modes nodes that existed: log those too
+            was = before.get(n.path, "missing")
+            if describe(now) != was:
+                text = (f"{n.path} created by nvidia-modprobe: {describe(now)}" if was in ("missing", "-")
+                        else f"{n.path} changed by nvidia-modprobe: {was} -> {describe(now)}")
                 log.notice(f"device node {text}")
                 rep.changes.append(text)
             continue
-        mode = n.mode if n.mode is not None else drv.params.get("DeviceFileMode", 0o666)
+        if group is not None and n.access:
+            uid, gid, mode = 0, _ensure_group(group), 0o660
+        else:
+            uid, gid = drv.params.get("DeviceFileUID", 0), drv.params.get("DeviceFileGID", 0)
+            mode = n.mode if n.mode is not None else drv.params.get("DeviceFileMode", 0o666)
         os.makedirs(os.path.dirname(n.path), exist_ok=True)
         try:
             os.mknod(n.path, stat.S_IFCHR | mode, os.makedev(n.major, n.minor))
@@ -361,7 +370,7 @@ def fix_access(config, nodes: list[Node], rep: Report) -> None:
                         f"{', '.join(losers)} (group {node_group}); left as it is — set gpu.devices.mode: "
                         f"group to make every node root:{group} 0660")
                 log.warning(text, mode=mode)
-                rep.problems.append(text)
+                rep.warnings.append(text)
                 continue
             _set(p, rep, mode, gid=gid, perm=stat.S_IMODE(st.st_mode) | 0o060)
             _add_to_group(u, group, rep)
@@ -378,7 +387,8 @@ def ensure(config, proc: str = PROC, dev: str = DEV) -> Report:
         rep.state = "no-driver"
         write_marker(config, rep, [])
         return rep
-    drv = _create_missing(drv, rep, proc, dev)
+    mode = config.gpu.devices.mode
+    drv = _create_missing(drv, rep, proc, dev, None if mode == "world" else config.gpu.devices.group)
     nodes = expected_nodes(drv, proc, dev)
     fix_access(config, nodes, rep)
     write_marker(config, rep, nodes)
@@ -398,6 +408,7 @@ def write_marker(config, rep: Report, nodes: list[Node]) -> None:
         "state": rep.state,
         "changes": rep.changes or previous.get("changes", []),
         "problems": rep.problems,
+        "warnings": rep.warnings,
         "nodes": {n.path: describe(_stat(n.path)) for n in nodes},
     }
     os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
@@ -469,25 +480,35 @@ def gpu_recover_main(args, config, systemd=None) -> int:
     fsutil.write_json(RECOVER_STATE, record)
     steps = (4 if config.gpu.devices.mode != "off" else 3)
     done = 0
+    current = ["", 0.0]  # the step under way, since when
 
     def step(text: str) -> None:
         nonlocal done
         progress.report(LADDER_JOB, "running", text, done / (steps + 1))
         log.notice(f"GPU recovery: {text}", attempt=record["attempts"])
+        current[:] = [text, time.monotonic()]
         done += 1
+
+    def outcome(text: str, ok: bool = True) -> None:
+        (log.notice if ok else log.warning)(f"GPU recovery: {current[0]}: {text}", attempt=record["attempts"],
+                                            took=f"{time.monotonic() - current[1]:.1f}s")
 
     os.makedirs(paths.MAINTENANCE_DIR, mode=0o755, exist_ok=True)
     hold = os.path.join(paths.MAINTENANCE_DIR, OLLAMA)
     fsutil.atomic_write(hold, f"{os.getpid()}\n")
     started = time.monotonic()
     failure = None
+    unloaded = False
     try:
         step("stopping ollama")
         try:
             sd.stop(unit)
-            _wait_state(sd, unit, ("inactive", "failed"), 90)
+            state = _wait_state(sd, unit, ("inactive", "failed"), 90)
         except SystemdError as e:
             raise DevicesError(f"cannot stop {unit}: {e}")
+        if state not in ("inactive", "failed"):
+            raise DevicesError(f"{unit} still {state} after 90 s: nvidia_uvm cannot be reloaded under it")
+        outcome(f"stopped ({state})")
         step("reloading nvidia_uvm")
         drv = driver_state()
         if not drv.loaded:
@@ -495,16 +516,22 @@ def gpu_recover_main(args, config, systemd=None) -> int:
         # modprobe rather than rmmod: it resolves the alias to Debian's nvidia-current-uvm too.
         if uvm_loaded(drv):
             rc, out = _run(["modprobe", "-r", "nvidia-uvm"])
-            if rc != 0:  # still in use by another CUDA program: load anyway, it may be enough
-                log.warning("modprobe -r nvidia-uvm failed", exit=rc, output=out[-300:] or None)
+            unloaded = rc == 0
+            if not unloaded:  # still in use by another CUDA program: load anyway, it may be enough
+                outcome(f"not unloaded (modprobe -r exit {rc}: {out[-200:] or 'in use?'}); loading anyway",
+                        ok=False)
+        else:
+            unloaded = True
         rc, out = _run(["modprobe", "nvidia-uvm"])
         if rc != 0:
             raise DevicesError(f"modprobe nvidia-uvm failed: {out[-200:] or f'exit {rc}'}")
+        outcome("nvidia_uvm reloaded" if unloaded else "nvidia_uvm loaded (it was never unloaded)")
         if config.gpu.devices.mode != "off":
             step("recreating device nodes")
             rep = ensure(config)
             if rep.problems:
                 raise DevicesError("; ".join(rep.problems))
+            outcome(f"{len(rep.changes)} change(s)" if rep.changes else "nothing to change")
         gpu = Gpu(config, events=False)
         obs = gpu.observe()
         gpu.close()
@@ -523,16 +550,18 @@ def gpu_recover_main(args, config, systemd=None) -> int:
     try:
         sd.start(unit)
         state = _wait_state(sd, unit, ("active", "failed", "inactive"), 60)
+        outcome(state, ok=state == "active")
         if state != "active" and failure is None:
             failure = f"{unit} is {state} after the restart"
     except SystemdError as e:
+        outcome(f"failed: {e}", ok=False)
         failure = failure or f"cannot start {unit}: {e}"
     took = time.monotonic() - started
     if failure:
         progress.report(LADDER_JOB, "failed", failure)
         log.error(f"GPU recovery failed: {failure}", attempt=record["attempts"], took=f"{took:.1f}s")
         return 1
-    text = f"GPU recovered in {took:.1f} s: nvidia_uvm reloaded, ollama restarted"
+    text = f"GPU recovered in {took:.1f} s: nvidia_uvm {'reloaded' if unloaded else 'loaded'}, ollama restarted"
     progress.report(LADDER_JOB, "done", text, 1.0)
     log.notice(text, attempt=record["attempts"])
     return 0

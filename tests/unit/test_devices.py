@@ -105,6 +105,43 @@ def test_missing_nodes_are_made_with_the_drivers_mode_and_logged(tmp_path, monke
     assert rep.changes == []  # idempotent
 
 
+def test_missing_nodes_made_for_the_group_not_the_world(tmp_path, monkeypatch):
+    """ensure/group: a node that did not exist gave nobody access, so it is made root:<group>
+    0660 even where the driver would say 0666; capability nodes keep their own mode."""
+    monkeypatch.setattr(log, "stream", io.StringIO())
+    monkeypatch.setattr(devices, "_ensure_group", lambda name: 44)
+    proc = fake_proc(tmp_path, mode=0o666, caps=True)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    devices._create_missing(devices.driver_state(proc), devices.Report(), proc, str(dev), group="video")
+    for name in ("nvidiactl", "nvidia0", "nvidia-uvm", "nvidia-uvm-tools"):
+        st = (dev / name).lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o660, 0, 44), name
+    assert stat.S_IMODE((dev / "nvidia-caps/nvidia-cap1").lstat().st_mode) == 0o400
+
+
+def test_what_nvidia_modprobe_changes_on_existing_nodes_is_logged(tmp_path, monkeypatch):
+    """The real nvidia-modprobe also re-modes nodes that exist (to the driver's parameters)."""
+    out = io.StringIO()
+    monkeypatch.setattr(log, "stream", out)
+    proc = fake_proc(tmp_path, uvm=False)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name, minor in (("nvidiactl", 255), ("nvidia0", 0)):
+        os.mknod(dev / name, stat.S_IFCHR | 0o600, os.makedev(195, minor))
+    tool = tmp_path / "bin/nvidia-modprobe"
+    tool.parent.mkdir()
+    tool.write_text(f"#!/bin/sh\n/bin/chmod 666 {dev}/nvidiactl {dev}/nvidia0\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tool.parent))
+    rep = devices.Report()
+    devices._create_missing(devices.driver_state(proc), rep, proc, str(dev), group="video")
+    assert f"{dev}/nvidiactl changed by nvidia-modprobe: crw------- root:root -> crw-rw-rw- root:root" \
+        in rep.changes
+    assert "changed by nvidia-modprobe" in out.getvalue()
+
+
 def test_fix_access_ensure_uses_the_nodes_group_or_the_configured_one(tmp_path, monkeypatch):
     """ensure: which group a user is put in, and which nodes get g+rw, never fewer bits."""
     a, b, c = (tmp_path / n for n in ("a", "b", "c"))
@@ -147,7 +184,7 @@ def test_ensure_never_regroups_a_node_whose_group_others_use(tmp_path, monkeypat
     rep = devices.Report()
     devices.fix_access(Config(), [devices.Node(str(node), 195, 0)], rep)
     assert node.stat().st_gid == 0 and stat.S_IMODE(node.stat().st_mode) == 0o660
-    assert rep.changes == [] and "would take it from backup-op (group root)" in rep.problems[0]
+    assert rep.changes == rep.problems == [] and "would take it from backup-op (group root)" in rep.warnings[0]
     assert "gpu.devices.mode: group" in out.getvalue()
 
 
