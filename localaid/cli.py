@@ -114,12 +114,17 @@ def _render_status(doc, age, daemon: str) -> str:
     lines.append("")
     if gpu.get("devices"):
         for d in gpu["devices"]:
-            lines.append(f"GPU {d['index']}: {d['name']}  {d['memory_used'] / 2**30:.1f}/"
+            lines.append(f"GPU {d['index']}: {d['name']}  {d.get('uuid') or 'no UUID'}  {d['memory_used'] / 2**30:.1f}/"
                          f"{d['memory_total'] / 2**30:.1f} GiB" +
                          (f"  {d['temperature']}°C" if d.get("temperature") is not None else "") +
                          (f"  {d['utilization']}% busy" if d.get("utilization") is not None else ""))
+            lines.append(f"  compute processes: {_processes_text(d.get('processes', ()))}")
     else:
         lines.append(f"GPU: {gpu.get('state', 'unknown')}" + (f" ({gpu['error']})" if gpu.get("error") else ""))
+    if gpu.get("xid_watch"):
+        lines.append(f"xid watch: {gpu['xid_watch']}")
+    if gpu.get("xid_counts"):
+        lines.append("Xid events since start: " + ", ".join(f"{x} ×{n}" for x, n in gpu["xid_counts"].items()))
     models = [m for s in doc.get("services", []) for m in s.get("models", [])]
     for m in models:
         where = "GPU" if m["size_vram"] >= m["size"] > 0 else ("CPU" if m["size_vram"] == 0 else "partly CPU")
@@ -135,6 +140,15 @@ def _render_status(doc, age, daemon: str) -> str:
             when = time.strftime("%H:%M:%S", time.localtime(a["at"]))
             lines.append(f"  {when} {a['kind']} {a['target']} ({a['cause']}): {a['outcome']}")
     return "\n".join(lines)
+
+
+def _processes_text(procs) -> str:
+    if procs is None:
+        return "not listed by the driver"
+    if not procs:
+        return "none"
+    return ", ".join(f"PID {p['pid']}" + (f" {p['used_memory'] / 2**30:.1f} GiB" if p.get("used_memory") is not None
+                                          else "") for p in procs)
 
 
 def cmd_doctor(args) -> int:
@@ -204,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
              "ETA). Talks to Ollama directly: works whether or not the localaid daemon runs.")
     sp.add_argument("model", metavar="MODEL")
     sp = add("models", _area("localaid.models", "models_main"), "list installed and loaded models",
-             "List installed models and those loaded in memory, with size, VRAM use, and whether each\n"
-             "runs on the GPU, the CPU or partly both.")
+             "List installed models, configured ones not pulled yet and those loaded in memory, with\n"
+             "size, VRAM use, whether each runs on the GPU, the CPU or partly both, and whether it fits\n"
+             "the GPU's memory with room for its KV cache (else a size that does).")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     up = sub.add_parser("upgrade", help="upgrade Ollama or Open WebUI explicitly", formatter_class=fmt,

@@ -15,6 +15,7 @@ class Check:
     ok: bool | None  # True ok, None warning, False needs fixing
     message: str
     advice: str = ""
+    skipped: bool = False  # not run here (e.g. needs root): shown as [skip], never a failure
 
 
 # Modules whose doctor_checks(config) run after the core checks, in this order.
@@ -68,7 +69,7 @@ def render(checks: list[Check], color: bool = False) -> str:
     marks = {True: "ok  ", None: "warn", False: "FAIL"}
     lines = []
     for c in checks:
-        lines.append(f"[{marks[c.ok]}] {c.name}: {c.message}")
+        lines.append(f"[{'skip' if c.skipped else marks[c.ok]}] {c.name}: {c.message}")
         if c.advice and c.ok is not True:
             lines.append(f"       → {c.advice}")
     return "\n".join(lines)

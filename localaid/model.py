@@ -76,6 +76,12 @@ class ServiceObs:
 
 
 @dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    used_memory: int | None = None  # bytes of GPU memory; None when the driver does not say
+
+
+@dataclass(frozen=True)
 class GpuDevice:
     index: int
     name: str
@@ -85,6 +91,7 @@ class GpuDevice:
     temperature: int | None = None
     utilization: int | None = None  # percent
     compute_pids: tuple[int, ...] | None = ()  # None: NVML cannot list them
+    processes: tuple[GpuProcess, ...] | None = ()  # the same compute processes, with their memory
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,9 @@ class GpuObs:
     ollama_pids: tuple[int, ...] = ()  # PIDs in ollama.service's cgroup (for compute-process checks)
     nodes_changed_at: float | None = None  # last time device nodes appeared or were fixed
     resumed_at: float | None = None  # last resume from sleep (the system-sleep hook)
+    xid_counts: tuple[tuple[int, int], ...] = ()  # (xid, events) since localaid started, by xid
+    last_xids: tuple[XidEvent, ...] = ()  # the most recent events, oldest first
+    xid_watch: str | None = None  # why Xid events are not watched (e.g. not supported), None when fine
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """`localaid pull MODEL` and `localaid models`: talk to Ollama's API directly.
 
 Both work whether or not the localaid daemon runs. `pull` shows one progress bar (size, speed,
-ETA) on a terminal and plain lines otherwise (logs, pipes); `models` lists installed models and
-those loaded in memory, with where each runs (GPU, CPU, or partly both).
+ETA) on a terminal and plain lines otherwise (logs, pipes); `models` lists installed models,
+configured ones not pulled yet and those loaded in memory, with where each runs (GPU, CPU, or
+partly both) and whether it fits the GPU's memory with room for its KV cache.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from localaid.adapters.ollama import (
     InstalledModel, OllamaClient, OllamaError, PullProgress, RunningModel, same_model,
 )
+from localaid.provision.devices import vram_advice
+
+NO_GPU = "no NVIDIA GPU: runs on CPU"
+NOT_PULLED = "not pulled yet: size unknown"
 
 
 def _size(n: float) -> str:
@@ -169,6 +174,39 @@ def rows(installed: tuple[InstalledModel, ...], running: tuple[RunningModel, ...
     return sorted(by_name.values(), key=lambda x: (not x.loaded, x.name))
 
 
+# ----------------------------------------------------------------------------------- VRAM advice
+def vram_note(size: int, gpu_total: int | None) -> tuple[bool | None, str]:
+    """(fits, words) for a model of `size` bytes (0: not pulled) on a GPU of `gpu_total` bytes
+    (None: no usable NVIDIA GPU). fits is None when it cannot be said."""
+    if not size:
+        return None, NOT_PULLED
+    if gpu_total is None:
+        return None, NO_GPU
+    return vram_advice(size, gpu_total)
+
+
+def installed_size(name: str, installed) -> int:
+    """Size of the installed model `name` ("llama3" is "llama3:latest"); 0 when not installed."""
+    return next((m.size for m in installed if same_model(name, m.name)), 0)
+
+
+def gpu_memory(config) -> int | None:
+    """Memory of the largest NVIDIA GPU, None when there is none usable (NVML, no events)."""
+    from localaid.adapters.gpu import Gpu
+    gpu = Gpu(config, events=False)
+    try:
+        obs = gpu.observe()
+    finally:
+        gpu.close()
+    return max((d.memory_total for d in obs.devices), default=None)
+
+
+def advise(table: list[ModelRow], configured: tuple[str, ...], gpu_total: int | None) -> list[ModelRow]:
+    """The rows plus one per configured model not pulled yet, each with its VRAM advice as note."""
+    missing = [ModelRow(n, 0, False) for n in configured if not any(same_model(n, r.name) for r in table)]
+    return [replace(r, note=vram_note(r.size, gpu_total)[1]) for r in table + missing]
+
+
 def render(table: list[ModelRow]) -> str:
     if not table:
         return "no models installed: localaid pull MODEL (e.g. llama3.2:3b)"
@@ -178,7 +216,7 @@ def render(table: list[ModelRow]) -> str:
         until = r.expires_at[:19].replace("T", " ") if r.loaded else ""
         if until[:4].isdigit() and int(until[:4]) > 2200:  # keep_alive < 0: Ollama adds ~292 years
             until = "forever"
-        lines.append((r.name, _size(r.size), r.parameter_size or "-", r.quantization or "-",
+        lines.append((r.name, _size(r.size) if r.size else "-", r.parameter_size or "-", r.quantization or "-",
                       _size(r.loaded_size) if r.loaded else "-", _size(r.size_vram) if r.loaded else "-",
                       r.where, until or "-") + ((r.note,) if r.note else ()))
     widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
@@ -197,10 +235,11 @@ def models_main(args, config) -> int:
         except OllamaError as e:
             print(f"localaid models: {e}", file=sys.stderr)
             return 1
-    table = rows(installed, running)
+    gpu_total = gpu_memory(config)
+    table = advise(rows(installed, running), tuple(s.name for s in config.ollama.models), gpu_total)
     if getattr(args, "json", False):
         doc = {"installed": [asdict(m) for m in installed], "loaded": [asdict(m) for m in running],
-               "models": [dict(asdict(r), where=r.where) for r in table]}
+               "gpu_memory": gpu_total, "models": [dict(asdict(r), where=r.where) for r in table]}
         print(json.dumps(doc, indent=1))
     else:
         print(render(table))

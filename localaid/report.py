@@ -13,7 +13,9 @@ from localaid.model import Decision, Observation
 def state_document(config, obs: Observation, decision: Decision, recent: list[dict], generation: int,
                    cycle_seconds: float) -> dict:
     gpu = asdict(obs.gpu)
-    gpu.pop("xids", None)
+    gpu.pop("xids", None)  # this cycle's events: last_xids and xid_counts keep them
+    gpu["xid_counts"] = {str(xid): n for xid, n in obs.gpu.xid_counts}
+    gpu["reboot_required"] = _reboot_required(decision)
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -39,6 +41,10 @@ def state_document(config, obs: Observation, decision: Decision, recent: list[di
                  for name, jh in decision.history.jobs.items()},
         "recent_actions": recent,
     }
+
+
+def _reboot_required(decision: Decision) -> bool:
+    return bool(decision.history.gpu.get("reboot_required"))
 
 
 def _latency(obs: Observation, name: str) -> float | None:
@@ -70,6 +76,10 @@ def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_secon
     metric("cycle_seconds", "gauge", "Duration of the last supervision cycle.", [({}, f"{cycle_seconds:.4f}")])
     gpu = obs.gpu
     metric("gpu_state", "gauge", "GPU watch state (1 for the current one).", [({"state": gpu.state}, 1)])
+    metric("gpu_reboot_required", "gauge", "1 when GPU recovery gave up: only a reboot helps.",
+           [({}, int(_reboot_required(decision)))])
+    metric("gpu_xid_events_total", "counter", "NVIDIA Xid events seen since localaid started, by Xid.",
+           [({"xid": xid}, n) for xid, n in gpu.xid_counts])
     for d in gpu.devices:
         lab = {"gpu": str(d.index), "uuid": d.uuid, "name": d.name}
         out.append(f'localaid_gpu_memory_total_bytes{{{_labels(lab)}}} {d.memory_total}')

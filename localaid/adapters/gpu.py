@@ -2,11 +2,15 @@
 
 observe() never raises and is quick: a handful of NVML calls per device. A missing driver
 library (NVMLError_LibraryNotFound), an unloaded driver or no device all mean state "none" (run
-on the CPU); a GPU that fell off the bus (NVML_ERROR_GPU_IS_LOST) means state "lost".
+on the CPU); a GPU that fell off the bus (NVML_ERROR_GPU_IS_LOST, from a device query or from
+nvmlInit itself, or NVML_ERROR_UNKNOWN from nvmlInit once a GPU was seen) means state "lost".
 
-Xid errors arrive through an NVML event set that a daemon thread waits on with a short timeout
+Xid errors (and "GPU unavailable" events, reported as Xid 79 when the driver gives no Xid) arrive
+through an NVML event set that a daemon thread waits on with a short timeout
 (nvmlEventSetWait_v2); events are queued and handed out by the next observe(), so the
-supervisor's loop never waits for the GPU.
+supervisor's loop never waits for the GPU. Each observation also carries the counts by Xid
+since start and the last few events. A GPU or driver that does not support these events stops
+the watch for good, said once in the journal and in the observation (xid_watch).
 
 Besides NVML, observe() reads two small files other parts of localaid write in /run/localaid:
 devices.json (when the device nodes were last created or fixed: boot-race detection) and
@@ -24,8 +28,8 @@ import sys
 import threading
 import time
 
-from localaid import fsutil, paths
-from localaid.model import GpuDevice, GpuObs, XidEvent
+from localaid import fsutil, log, paths
+from localaid.model import GpuDevice, GpuObs, GpuProcess, XidEvent
 
 DEVICES_STATE = os.path.join(paths.RUN_DIR, "devices.json")  # written by `localaid provision devices`
 RESUME_STATE = os.path.join(paths.RUN_DIR, "resume.json")  # written by the system-sleep hook
@@ -35,10 +39,16 @@ NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_UNKNOWN = 999
 EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError
+EVENT_GPU_UNAVAILABLE = 0x4000  # nvmlEventTypeGpuUnavailableError (newer drivers and bindings)
+LOST_XID = 79  # "fell off the bus": what a GPU-unavailable event without an Xid stands for
+LOST_TEXT = "GPU is lost (fell off the bus)"
+XID_WATCH_UNSUPPORTED = "not supported by this GPU/driver"
 EVENT_WAIT_MS = 500  # how long the event thread blocks in NVML at a time
 EVENT_RETRY = 2.0  # pause after an NVML error in the event thread
 MAX_QUEUED_XIDS = 100
+LAST_XIDS = 10  # events kept for the status
 
 
 def import_pynvml():
@@ -60,7 +70,11 @@ class Gpu:
         self._initialised = False
         self._events_wanted = events and (config is None or getattr(config.gpu, "watch", True))
         self._xids: collections.deque[XidEvent] = collections.deque(maxlen=MAX_QUEUED_XIDS)
-        self._xid_lock = threading.Lock()
+        self._xid_lock = threading.Lock()  # the queue, the counts and the last events
+        self._xid_counts: collections.Counter[int] = collections.Counter()
+        self._last_xids: collections.deque[XidEvent] = collections.deque(maxlen=LAST_XIDS)
+        self._seen_gpu = False  # a device was listed once: an unknown init error then means "lost"
+        self.xid_watch: str | None = None  # set when the event watch stopped for good
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.event_error: str | None = None  # last error of the event thread, for diagnostics
@@ -99,7 +113,7 @@ class Gpu:
             obs = GpuObs(state="error", error=f"GPU watch: {type(e).__name__}: {e}")
         if obs.state in ("ok", "lost") and self._events_wanted:
             self._start_events()
-        extra = {"xids": self._drain(), "ollama_pids": cgroup_pids(ollama_cgroup),
+        extra = {**self._drain(), "xid_watch": self.xid_watch, "ollama_pids": cgroup_pids(ollama_cgroup),
                  "nodes_changed_at": _marker_time(DEVICES_STATE, "changed_mono")}
         resumed = _marker_time(RESUME_STATE, "mono")
         if resumed is not None and "resumed_at" in _GPUOBS_FIELDS:
@@ -112,6 +126,8 @@ class Gpu:
         except ImportError as e:
             return GpuObs(state="none", error=f"nvidia-ml-py not importable: {e}")
         except Exception as e:
+            if self._lost_at_init(e):
+                return GpuObs(state="lost", error=f"{LOST_TEXT}: NVML init: {_nvml_text(e)}")
             return GpuObs(state="none", error=_none_reason(e))
         driver = _optional(lambda: _text(nv.nvmlSystemGetDriverVersion()))
         devices = []
@@ -119,39 +135,58 @@ class Gpu:
             for i in range(nv.nvmlDeviceGetCount()):
                 h = nv.nvmlDeviceGetHandleByIndex(i)
                 mem = nv.nvmlDeviceGetMemoryInfo(h)
-                procs = _optional(nv.nvmlDeviceGetComputeRunningProcesses, h)
+                procs = _processes(nv, h)
                 devices.append(GpuDevice(
                     index=i, name=_text(nv.nvmlDeviceGetName(h)), uuid=_optional(lambda: _text(nv.nvmlDeviceGetUUID(h))) or "",
                     memory_total=int(mem.total), memory_used=int(mem.used),
                     temperature=_optional(nv.nvmlDeviceGetTemperature, h, 0),
                     utilization=_optional(lambda: int(nv.nvmlDeviceGetUtilizationRates(h).gpu)),
                     # None: NVML could not list them (not the same as "no process").
-                    compute_pids=None if procs is None else tuple(int(p.pid) for p in procs),
+                    compute_pids=None if procs is None else tuple(p.pid for p in procs),
+                    processes=procs,
                 ))
         except Exception as e:
             self._shutdown()  # initialise again next time: the driver may be reloading
             if getattr(e, "value", None) == NVML_ERROR_GPU_IS_LOST:
-                return GpuObs(state="lost", error="GPU is lost (fell off the bus)", driver=driver)
+                return GpuObs(state="lost", error=LOST_TEXT, driver=driver)
             return GpuObs(state="error", error=_nvml_text(e), driver=driver)
         if not devices:
             return GpuObs(state="none", error="no NVIDIA GPU found", driver=driver)
+        self._seen_gpu = True
         return GpuObs(state="ok", devices=tuple(devices), driver=driver)
 
+    def _lost_at_init(self, e: Exception) -> bool:
+        """An nvmlInit error that means the GPU fell off the bus, not "no GPU here": the
+        recovery ladder can help, whereas a missing library or driver is "none"."""
+        code = getattr(e, "value", None)
+        return code == NVML_ERROR_GPU_IS_LOST or (code == NVML_ERROR_UNKNOWN and self._seen_gpu)
+
     # ---- Xid events -----------------------------------------------------------------------
-    def _drain(self) -> tuple[XidEvent, ...]:
+    def _drain(self) -> dict:
+        """GpuObs fields: events since the last call, counts by Xid and the last events."""
         with self._xid_lock:
-            out = tuple(self._xids)
+            out = {"xids": tuple(self._xids), "xid_counts": tuple(sorted(self._xid_counts.items())),
+                   "last_xids": tuple(self._last_xids)}
             self._xids.clear()
         return out
 
+    def _record(self, event: XidEvent) -> None:
+        with self._xid_lock:
+            self._xids.append(event)
+            self._last_xids.append(event)
+            self._xid_counts[event.xid] += 1
+
     def _start_events(self) -> None:
+        if self.xid_watch is not None:
+            return  # stopped for good (not supported)
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._event_loop, name="nvml-events", daemon=True)
             self._thread.start()
 
     def _event_loop(self) -> None:
-        """Wait for Xid events with a short timeout, queue them; re-register after any error."""
+        """Wait for Xid events with a short timeout, queue them; re-register after any error but
+        NOT_SUPPORTED, which ends the watch (retrying cannot help)."""
         nv = self._nvml
         event_set, uuids, inited = None, {}, False
         while not self._stop.is_set():
@@ -162,28 +197,39 @@ class Gpu:
                     event_set, uuids = self._register(nv)
                 data = nv.nvmlEventSetWait_v2(event_set, EVENT_WAIT_MS)
             except Exception as e:
-                if getattr(e, "value", None) == NVML_ERROR_TIMEOUT:
+                code = getattr(e, "value", None)
+                if code == NVML_ERROR_TIMEOUT:
                     continue
                 self.event_error = _nvml_text(e)
                 event_set, inited = self._release(nv, event_set, inited)
+                if code == NVML_ERROR_NOT_SUPPORTED:
+                    self.xid_watch = XID_WATCH_UNSUPPORTED
+                    log.warning(f"GPU: Xid watch stopped: {XID_WATCH_UNSUPPORTED}", error=self.event_error)
+                    return
                 self._stop.wait(EVENT_RETRY)
                 continue
-            if int(data.eventType) & EVENT_XID:
+            kind = int(data.eventType)
+            if kind & (EVENT_XID | EVENT_GPU_UNAVAILABLE):
+                xid = int(data.eventData) or (LOST_XID if kind & EVENT_GPU_UNAVAILABLE else 0)
                 key = ctypes.cast(data.device, ctypes.c_void_p).value
-                event = XidEvent(int(data.eventData), uuids.get(key, ""), self.clock())
-                with self._xid_lock:
-                    self._xids.append(event)
+                self._record(XidEvent(xid, uuids.get(key, ""), self.clock()))
         self._release(nv, event_set, inited)
 
     @staticmethod
     def _register(nv):
         event_set = nv.nvmlEventSetCreate()
+        unavailable = getattr(nv, "nvmlEventTypeGpuUnavailableError", EVENT_GPU_UNAVAILABLE)
         uuids = {}
         try:
             for i in range(nv.nvmlDeviceGetCount()):
                 h = nv.nvmlDeviceGetHandleByIndex(i)
                 uuids[ctypes.cast(h, ctypes.c_void_p).value] = _text(nv.nvmlDeviceGetUUID(h))
-                nv.nvmlDeviceRegisterEvents(h, EVENT_XID, event_set)
+                try:
+                    nv.nvmlDeviceRegisterEvents(h, EVENT_XID | unavailable, event_set)
+                except Exception as e:
+                    if getattr(e, "value", None) != NVML_ERROR_NOT_SUPPORTED:
+                        raise
+                    nv.nvmlDeviceRegisterEvents(h, EVENT_XID, event_set)  # the combined mask refused
         except Exception:
             _optional(nv.nvmlEventSetFree, event_set)
             raise
@@ -206,6 +252,19 @@ def _optional(fn, *args):
         return fn(*args)
     except Exception:
         return None
+
+
+def _processes(nv, h) -> tuple[GpuProcess, ...] | None:
+    """The device's compute processes; None when NVML cannot list them."""
+    procs = _optional(nv.nvmlDeviceGetComputeRunningProcesses, h)
+    if procs is None:
+        return None
+    return tuple(GpuProcess(int(p.pid), _bytes(getattr(p, "usedGpuMemory", None))) for p in procs)
+
+
+def _bytes(v) -> int | None:
+    """A memory figure, None for NVML's "not available" (all bits set) or none at all."""
+    return int(v) if isinstance(v, int) and 0 <= v < 2**63 else None
 
 
 def _text(v) -> str:

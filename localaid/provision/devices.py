@@ -645,7 +645,6 @@ def access_matrix(config, dev_nodes: list[str]) -> dict[str, dict[str, int]]:
 
 def doctor_checks(config) -> list:
     from localaid.doctor import Check
-    from localaid.adapters import http
     from localaid.adapters.gpu import Gpu
     checks = []
     gpu = Gpu(config, events=False)
@@ -680,7 +679,11 @@ def doctor_checks(config) -> list:
             checks.append(Check("gpu devices mode", None, "gpu.devices.mode is world: every local user may use "
                                 "the GPU", "gpu.devices.mode: group (or ensure) limits it to the service users"))
         present = [n.path for n in nodes if n.access and _stat(n.path) is not None]
-        for user, results in access_matrix(config, present).items():
+        root = os.geteuid() == 0  # opening a node as another user needs setgroups/setuid
+        if not root:
+            checks.append(Check("device access per user", True, "run as root (sudo localaid doctor) to test",
+                                skipped=True))
+        for user, results in (access_matrix(config, present) if root else {}).items():
             denied = {p: e for p, e in results.items() if e not in (0, errno.ENXIO)}
             nxio = [p for p, e in results.items() if e == errno.ENXIO]
             if denied:
@@ -697,18 +700,26 @@ def doctor_checks(config) -> list:
                                     f"{user} opens all {len(results)} NVIDIA nodes read-write"))
 
     if obs.state == "ok" and config.ollama.models:
-        probe, body = http.request(config.ollama.url + "/api/tags", 3.0)
-        sizes = {}
-        if probe.ok and isinstance(body, dict):
-            for m in body.get("models") or ():
-                if isinstance(m, dict) and isinstance(m.get("name"), str):
-                    sizes[m["name"]] = int(m.get("size") or 0)
-        total = max(d.memory_total for d in obs.devices)
-        for spec in config.ollama.models:
-            size = sizes.get(spec.name) or (sizes.get(f"{spec.name}:latest") if ":" not in spec.name else None)
-            if not size:
-                continue
-            fits, text = vram_advice(size, total)
-            checks.append(Check(f"vram {spec.name}", True if fits else None, text,
-                                "" if fits else "pick a smaller variant (fewer parameters or a lower quantisation)"))
+        checks += _vram_checks(config, max(d.memory_total for d in obs.devices))
+    return checks
+
+
+def _vram_checks(config, gpu_total: int) -> list:
+    """VRAM advice for each configured model, sizes from Ollama's list of installed models."""
+    from localaid.doctor import Check
+    from localaid.adapters import http
+    from localaid.adapters.ollama import parse_installed
+    from localaid.models import installed_size, vram_note
+    probe, body = http.request(config.ollama.url + "/api/tags", 3.0)
+    if not probe.ok:
+        return [Check("vram", None, f"no VRAM advice: cannot list Ollama's models ({probe.error})",
+                      "start Ollama: systemctl start ollama")]
+    installed = parse_installed(body)
+    checks = []
+    for spec in config.ollama.models:
+        size = installed_size(spec.name, installed)
+        fits, text = vram_note(size, gpu_total)
+        advice = "pick a smaller variant (fewer parameters or a lower quantisation)" if size else \
+            f"localaid pull {spec.name} (localaid also pulls configured models itself)"
+        checks.append(Check(f"vram {spec.name}", True if fits else None, text, "" if fits else advice))
     return checks

@@ -2,6 +2,7 @@
 
 import json
 import urllib.request
+from dataclasses import replace
 from types import MappingProxyType
 
 from localaid import policy, report
@@ -70,3 +71,51 @@ def test_metrics_server_serves_last_text_on_loopback():
         assert body == "localaid_healthy 1\n"
     finally:
         srv.close()
+
+
+# ------------------------------------------------------------------ GPU: Xids, reboot required, processes
+def _gpu_obs():
+    from localaid.model import GpuProcess, XidEvent
+    dev = GpuDevice(0, "NVIDIA GeForce RTX 4070", "GPU-1234", 12 * 2**30, 2 * 2**30, 55, 7, compute_pids=(42, 43),
+                    processes=(GpuProcess(42, 3 * 2**30), GpuProcess(43)))
+    gpu = GpuObs(state="ok", devices=(dev,), xids=(XidEvent(79, "GPU-1234", 5.0),),
+                 xid_counts=((13, 2), (79, 1)), last_xids=(XidEvent(13, "GPU-1234", 1.0), XidEvent(79, "GPU-1234", 5.0)))
+    return Observation(now=1000.0, services=_obs().services, gpu=gpu)
+
+
+def test_metrics_xid_counter_and_reboot_required():
+    cfg = Config()
+    obs = _gpu_obs()
+    d = policy.decide(cfg, obs, History())
+    lines = report.metrics_text(obs, d, {}, 0.01).splitlines()
+    assert "# TYPE localaid_gpu_xid_events_total counter" in lines
+    assert 'localaid_gpu_xid_events_total{xid="13"} 2' in lines and 'localaid_gpu_xid_events_total{xid="79"} 1' in lines
+    assert "localaid_gpu_reboot_required 0" in lines
+    d = replace(d, history=replace(d.history, gpu=MappingProxyType({**d.history.gpu, "reboot_required": 990.0})))
+    assert "localaid_gpu_reboot_required 1" in report.metrics_text(obs, d, {}, 0.01).splitlines()
+
+
+def test_state_document_has_uuid_processes_and_xids():
+    cfg = Config()
+    obs = _gpu_obs()
+    d = policy.decide(cfg, obs, History())
+    gpu = json.loads(json.dumps(report.state_document(cfg, obs, d, [], 1, 0.01)))["gpu"]
+    assert gpu["devices"][0]["uuid"] == "GPU-1234"
+    assert gpu["devices"][0]["processes"] == [{"pid": 42, "used_memory": 3 * 2**30}, {"pid": 43, "used_memory": None}]
+    assert gpu["xid_counts"] == {"13": 2, "79": 1} and gpu["reboot_required"] is False
+    assert [x["xid"] for x in gpu["last_xids"]] == [13, 79] and "xids" not in gpu
+
+
+def test_status_shows_uuid_processes_and_xid_watch():
+    from localaid import cli
+    cfg = Config()
+    obs = _gpu_obs()
+    obs = replace(obs, gpu=replace(obs.gpu, xid_watch="not supported by this GPU/driver"))
+    doc = json.loads(json.dumps(report.state_document(cfg, obs, policy.decide(cfg, obs, History()), [], 1, 0.01)))
+    text = cli._render_status(doc, 1.0, "active")
+    assert "GPU 0: NVIDIA GeForce RTX 4070  GPU-1234  2.0/12.0 GiB" in text
+    assert "  compute processes: PID 42 3.0 GiB, PID 43" in text.splitlines()
+    assert "xid watch: not supported by this GPU/driver" in text.splitlines()
+    assert "Xid events since start: 13 ×2, 79 ×1" in text.splitlines()
+    doc["gpu"]["devices"][0]["processes"] = None
+    assert "  compute processes: not listed by the driver" in cli._render_status(doc, 1.0, "active").splitlines()
