@@ -6,10 +6,15 @@ Boots the cached Debian 12 root file system in systemd-nspawn (tests/integration
 installs the .deb with Open WebUI disabled, stops localaid.service (so that only the measured
 command works), enables Open WebUI in the configuration, then:
 
-1. ``localaid provision webui`` from nothing (uv bootstrap, venv, install, user, secrets, start);
+1. ``systemctl start localaid-webui-setup.service`` from nothing, as localaid.service does after
+   ``apt install`` (uv bootstrap, venv, install, user, secrets, first start to /ready), with the
+   time of each phase (from localaid's journal line and the venv's completion marker);
+   with ``--real`` (and not ``--no-bare``), the prototype's path right after in the same container,
+   caches empty again: ``python3 -m venv`` + ``pip install uv`` + ``uv pip install`` + first start
+   of that venv to /ready — what the download and Open WebUI's own first start cost here;
 2. the same package set installed bare, cache warm: ``python3 -m venv`` + ``uv pip install``, and
-   ``python3 -m venv`` + ``pip install``; and localaid's build again with the same warm cache
-   (the venv + install part localaid records in the venv's completion marker);
+   ``python3 -m venv`` + ``pip install``; and localaid's build again with the same warm cache, through
+   its unit (the venv + install part localaid records in the venv's completion marker);
 3. ``localaid upgrade webui --version NEXT`` while /health is polled every 20 ms: the longest
    outage is the downtime;
 4. ``localaid upgrade webui --version PREVIOUS``: the older release refuses the newer database
@@ -116,6 +121,8 @@ def main() -> int:
     ap.add_argument("--real", action="store_true", help="the real open-webui from this machine's index")
     ap.add_argument("--version", default="0.12.4")
     ap.add_argument("--next", default="0.12.5", help="upgrade target (fake: 0.12.5)")
+    ap.add_argument("--no-bare", action="store_true", help="--real: skip the cold bare (prototype) run")
+    ap.add_argument("--no-pip", action="store_true", help="skip the bare pip install (minutes with --real)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     rootfs = tool([str(REPO / "tools/build-rootfs"), "--suite", "bookworm"])
@@ -140,46 +147,70 @@ def main() -> int:
             c.write(f, Path(f).read_text())
         if not a.real:
             c.write("/etc/pip.conf", "[global]\nno-index = true\n")
-        c.write("/etc/localaid/localaid.yaml", config.replace("ENABLED", "false"))
-        c.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold", f"/mnt/{deb.name}"],
-              timeout=600)
-        c.run(["systemctl", "stop", "localaid.service"])
+        # 1. from nothing, as a user gets it: Open WebUI enabled, `apt install`, then localaid.service
+        # starts localaid-webui-setup.service (its mount namespace and settings included); the clock
+        # runs from the end of `apt install` to /ready answering with the version.
         c.write("/etc/localaid/localaid.yaml", config.replace("ENABLED", "true"))
-
-        # 1. from nothing, through localaid
-        t, r = timed(c, ["localaid", "provision", "webui"])
-        if r.returncode != 0:
-            sys.exit(f"localaid provision webui failed:\n{r.stdout[-3000:]}{r.stderr[-2000:]}")
+        drop_caches()
+        t_apt, _ = timed(c, ["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold",
+                             f"/mnt/{deb.name}"], timeout=600)
+        t0 = time.monotonic()
+        if not wait_ready(f"http://127.0.0.1:{port}", a.version, 3600,
+                          lambda: c.is_active("localaid-webui-setup.service") == "failed"):
+            sys.exit(f"localaid-webui-setup failed:\n{c.journal('localaid-webui-setup.service')[-4000:]}")
+        t = time.monotonic() - t0
+        # From here on only the measured commands act: no supervisor, no setup job in flight.
+        c.run(["systemctl", "stop", "localaid.service"])
+        wait_inactive(c, "localaid-webui-setup.service")
+        out["apt_install_s"] = round(t_apt, 1)
+        rows.append(("`apt install` of localaid (Open WebUI enabled in the configuration)", f"{t_apt:.1f} s"))
         marker = json.loads(c.read(f"{BASE}/venvs/{a.version}/.localaid-complete"))
-        out.update(first_install_s=round(t, 1), packages=marker.get("packages"), installer=marker["installer"])
-        rows.append(("first install through localaid, to /ready (uv bootstrap included)", f"{t:.1f} s"))
+        cold = setup_phases(c)
+        out.update(first_install_s=round(t, 1), packages=marker.get("packages"), installer=marker["installer"],
+                   first_install_phases=cold)
+        rows.append(("first install: end of `apt install` → /ready (uv bootstrap, first start included)",
+                     f"{t:.1f} s"))
+        phase_rows = [("localaid, cold", t, cold)]
 
-        # 2. same set, warm caches: bare uv, bare pip, localaid's build again
         uv = f"{BASE}/tools/bin/uv"
         if not c.exists(uv):
             uv = c.run(["sh", "-c", "command -v uv"]).stdout.strip()
-        env = "UV_CACHE_DIR=/var/cache/localaid/uv PIP_CACHE_DIR=/var/cache/localaid/pip SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
         idx = "--no-index --find-links /opt/wheelhouse" if not a.real else _uv_index(c)
-        pip_idx = "--find-links /opt/wheelhouse" if not a.real else ""
         spec = f"open-webui=={a.version}"
+        if a.real and not a.no_bare:
+            c.run(["systemctl", "stop", "open-webui.service"])
+            bare = bare_cold(c, idx, spec, port)
+            out.update(bare_cold=bare)
+            phase_rows.append(("bare prototype, cold", bare["total"], bare))
+            rows.append(("bare prototype, cold caches: venv + pip install uv + uv pip install + first start, "
+                         "to /ready", f"{bare['total']:.1f} s  (localaid {t / bare['total']:.2f}×)"))
+
+        # 2. same set, warm caches: bare uv, bare pip, localaid's build again (nothing else running)
+        c.run(["systemctl", "stop", "open-webui.service"])
+        env = "UV_CACHE_DIR=/var/cache/localaid/uv PIP_CACHE_DIR=/var/cache/localaid/pip SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
+        pip_idx = "--find-links /opt/wheelhouse" if not a.real else ""
         t_uv, r = timed(c, ["sh", "-c", f"rm -rf /var/tmp/bare-uv && {env} /usr/bin/python3 -m venv /var/tmp/bare-uv && "
                                         f"{env} {uv} pip install -q --python /var/tmp/bare-uv/bin/python {idx} {spec}"])
-        t_pip, r2 = timed(c, ["sh", "-c", f"rm -rf /var/tmp/bare-pip && /usr/bin/python3 -m venv /var/tmp/bare-pip && "
-                                          f"{env} /var/tmp/bare-pip/bin/pip install -q --progress-bar off {pip_idx} {spec}"],
-                          check=False)
+        t_pip = None
+        if not a.no_pip:
+            t_pip, r2 = timed(c, ["sh", "-c", f"rm -rf /var/tmp/bare-pip && /usr/bin/python3 -m venv /var/tmp/bare-pip && "
+                                              f"{env} /var/tmp/bare-pip/bin/pip install -q --progress-bar off {pip_idx} {spec}"],
+                              check=False)
         c.run(["sh", "-c", "rm -rf /var/tmp/bare-uv /var/tmp/bare-pip"])
-        c.run(["systemctl", "stop", "open-webui.service"])
         c.run(["sh", "-c", f"rm -rf {BASE}/venvs/{a.version} {BASE}/current"])
-        t_la, r = timed(c, ["localaid", "provision", "webui"])
+        t_la, r = timed(c, ["systemctl", "start", "localaid-webui-setup.service"], check=False)
         marker = json.loads(c.read(f"{BASE}/venvs/{a.version}/.localaid-complete"))
+        warm = setup_phases(c)
+        phase_rows.append(("localaid, warm reinstall", t_la, warm))
         build = float(marker["seconds"])
-        out.update(localaid_build_s=build, bare_uv_s=round(t_uv, 1), bare_pip_s=round(t_pip, 1),
-                   ratio_uv=round(build / t_uv, 2) if t_uv else None)
+        out.update(localaid_build_s=build, bare_uv_s=round(t_uv, 1), bare_pip_s=round(t_pip, 1) if t_pip else None,
+                   ratio_uv=round(build / t_uv, 2) if t_uv else None, reinstall_phases=warm)
         rows.append(("venv + install, warm cache: localaid (uv)", f"{build:.1f} s"))
         rows.append(("venv + install, warm cache: bare `uv pip install`", f"{t_uv:.1f} s  (localaid {build / t_uv:.2f}×)"))
-        rows.append(("venv + install, warm cache: bare `pip install`",
-                     f"{t_pip:.1f} s" + ("" if r2.returncode == 0 else " (failed)")))
-        rows.append(("reinstall through localaid (venv gone), to /ready", f"{t_la:.1f} s"))
+        if t_pip is not None:
+            rows.append(("venv + install, warm cache: bare `pip install`",
+                         f"{t_pip:.1f} s" + ("" if r2.returncode == 0 else " (failed)")))
+        rows.append(("reinstall through localaid-webui-setup.service (venv gone), to /ready", f"{t_la:.1f} s"))
 
         # 3./4. upgrade downtime and rollback (fake only: needs two releases on the index)
         if not a.real:
@@ -212,7 +243,120 @@ def main() -> int:
         print("| measure | value |\n|---|---|")
         for k, v in rows:
             print(f"| {k} | {v} |")
+        print_phases(phase_rows)
     return 0
+
+
+PHASES = [  # (key in localaid's phases / the bare run, label)
+    ("setup", "venv ∥ uv bootstrap ∥ pip config (wall)"),
+    ("venv", "  venv (python3 -m venv)"),
+    ("uv_bootstrap", "  uv bootstrap (pip install uv)"),
+    ("pip_config", "  pip config read"),
+    ("seed", "venv seeded with ensurepip's wheels (uv)"),
+    ("install", "uv pip install (wall)"),
+    ("uv_resolved", "  resolve"),
+    ("uv_prepared", "  download + unpack into the cache"),
+    ("uv_installed", "  link into the venv"),
+    ("verify", "verify (dist-info)"),
+    ("chown", "hand directories to open-webui (chown)"),
+    ("to_ready", "first start → /health and /ready"),
+]
+
+
+def print_phases(phase_rows) -> None:
+    print("\n| phase (s) | " + " | ".join(name for name, _t, _p in phase_rows) + " |")
+    print("|---|" + "---|" * len(phase_rows))
+    for key, label in PHASES:
+        vals = [p.get(key) for _n, _t, p in phase_rows]
+        if any(v is not None for v in vals):
+            print(f"| {label} | " + " | ".join("" if v is None else f"{v:.1f}" for v in vals) + " |")
+    print("| **total, to /ready** | " + " | ".join(f"**{t:.1f}**" for _n, t, _p in phase_rows) + " |")
+
+
+def setup_phases(c: Container) -> dict[str, float]:
+    """Phase times from localaid's last "Open WebUI installed" journal line (phases="k=v …")."""
+    text = c.journal("localaid-webui-setup.service", output="cat")
+    lines = [ln for ln in text.splitlines() if "Open WebUI installed" in ln and "phases=" in ln]
+    if not lines:
+        return {}
+    m = re.search(r'phases="([^"]*)"', lines[-1])
+    return {k: float(v) for k, v in (kv.split("=", 1) for kv in (m.group(1).split() if m else []))}
+
+
+def wait_ready(base: str, version: str, timeout: float, failed=lambda: False) -> bool:
+    """/ready 200 and /api/version == version, polled every 0.25 s from the host."""
+    deadline, n = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/ready", timeout=2) as r:
+                if r.status == 200:
+                    with urllib.request.urlopen(base + "/api/version", timeout=2) as v:
+                        if json.load(v).get("version") == version:
+                            return True
+        except (OSError, ValueError):
+            pass
+        n += 1
+        if n % 20 == 0 and failed():
+            return False
+        time.sleep(0.25)
+    return False
+
+
+def wait_inactive(c: Container, unit: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = c.run(["systemctl", "show", "-p", "ActiveState", "-p", "Job", "--value", unit], check=False).stdout.split()
+        if st and st[0] in ("inactive", "failed") and len(st) == 1:
+            return
+        time.sleep(0.25)
+
+
+def drop_caches() -> None:
+    """Cold means cold: the host's page cache of the local index files goes too (best effort)."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        pass
+
+
+def bare_cold(c: Container, idx: str, spec: str, port: int) -> dict[str, float]:
+    """The prototype's path by hand, caches empty: venv, pip install uv, uv pip install, first start."""
+    proto, cache, data, p2 = "/var/tmp/proto", "/var/tmp/proto-cache", "/var/tmp/proto-data", free_port()
+    c.run(["sh", "-c", f"rm -rf {proto} {cache} {data} && mkdir -p {data}"])
+    envfile = c.read("/etc/localaid/open-webui.env")
+    envfile = re.sub(r"(?m)^(DATA_DIR|PORT|PIP_CACHE_DIR)=.*$", "", envfile)
+    c.write("/var/tmp/proto.env", envfile + f"DATA_DIR={data}\nPORT={p2}\n", mode=0o600)
+    env = f"UV_CACHE_DIR={cache} PIP_CACHE_DIR={cache}/pip SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
+    drop_caches()
+    out: dict[str, float] = {}
+    t0 = time.monotonic()
+    out["venv"], _ = timed(c, ["/usr/bin/python3", "-m", "venv", proto])
+    out["uv_bootstrap"], _ = timed(c, ["sh", "-c", f"{env} {proto}/bin/pip install -q uv"])
+    out["install"], r = timed(c, ["sh", "-c", f"{env} {proto}/bin/uv pip install --python {proto}/bin/python "
+                                            f"{idx} {spec}"])
+    for line in (r.stdout + r.stderr).splitlines():
+        m = re.match(r"\s*(Resolved|Prepared|Installed)\s+\d+\s+packages?\s+in\s+(.+?)\s*$", line)
+        if m:
+            out["uv_" + m.group(1).lower()] = _seconds(m.group(2))
+    t_start = time.monotonic()
+    c.run(["systemd-run", "--unit", "proto-webui", "-p", "EnvironmentFile=/var/tmp/proto.env",
+           f"--working-directory={data}", f"{proto}/bin/open-webui", "serve", "--host", "127.0.0.1",
+           "--port", str(p2)])
+    wait_ready(f"http://127.0.0.1:{p2}", spec.split("==")[1], 600)
+    out["to_ready"] = round(time.monotonic() - t_start, 2)
+    out["total"] = round(time.monotonic() - t0, 2)
+    c.run(["systemctl", "stop", "proto-webui"], check=False)
+    c.run(["sh", "-c", f"rm -rf {proto} {cache} {data} /var/tmp/proto.env"])
+    return {k: round(v, 2) for k, v in out.items() if v is not None}
+
+
+def _seconds(text: str) -> float | None:
+    total, found = 0.0, False
+    for num, unit in re.findall(r"([0-9.]+)\s*(ms|s|m|h)\b", text):
+        total += float(num) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+        found = True
+    return total if found else None
 
 
 def _uv_index(c: Container) -> str:

@@ -58,8 +58,9 @@ ENV_FILE = "/etc/localaid/open-webui.env"
 DROPIN_DIR = "/etc/systemd/system/open-webui.service.d"
 DROPIN = DROPIN_DIR + "/50-localaid.conf"
 UNIT_DATA_DIR = "/var/lib/open-webui"  # the default the shipped unit names
-UV_CACHE = "/var/cache/localaid/uv"
-PIP_CACHE = "/var/cache/localaid/pip"
+CACHE_DIR = "/var/cache/localaid"  # created here (0700), not by the unit's CacheDirectory=: see _link_env
+UV_CACHE = CACHE_DIR + "/uv"
+PIP_CACHE = CACHE_DIR + "/pip"
 MIN_FREE = 512 * 2**20  # below this nothing useful can be built
 FIRST_INSTALL_HINT = 8 * 10**9  # 0.12.4 with CUDA torch: 6.8 GB (uv) – 7.3 GB (pip), measured
 TELEMETRY_OFF = {"SCARF_NO_ANALYTICS": "true", "DO_NOT_TRACK": "true", "ANONYMIZED_TELEMETRY": "false"}
@@ -163,9 +164,13 @@ class Host:
         except KeyError:
             pass
         nologin = "/usr/sbin/nologin" if os.path.exists("/usr/sbin/nologin") else "/bin/false"
-        r = subprocess.run(["useradd", "--system", "--user-group", "--home-dir", home, "--no-create-home",
-                            "--shell", nologin, "--comment", "Open WebUI (localaid)", name],
-                           capture_output=True, text=True)
+        for attempt in range(10):  # Ollama's install script may be adding its user at the same time
+            r = subprocess.run(["useradd", "--system", "--user-group", "--home-dir", home, "--no-create-home",
+                                "--shell", nologin, "--comment", "Open WebUI (localaid)", name],
+                               capture_output=True, text=True)
+            if r.returncode == 0 or "lock" not in r.stderr.lower():
+                break
+            time.sleep(0.5)
         if r.returncode != 0:
             raise WebUIError(f"cannot create system user {name}: {r.stderr.strip()}")
 
@@ -235,6 +240,17 @@ class Host:
     def which(self, name: str) -> str | None:
         return shutil.which(name)
 
+    def seed_wheels(self, python: str) -> "Seed":
+        """What `python -m venv` would seed a venv with (ensurepip's wheels: pip, and setuptools
+        before 3.12), and whether `python` has a pip of its own; nothing when not found."""
+        try:
+            r = subprocess.run([python, "-I", "-c", SEED_PROBE], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return Seed()
+        lines = r.stdout.splitlines() if r.returncode == 0 else []
+        wheels = [line for line in lines[1:] if line.endswith(".whl") and os.path.isfile(line)]
+        return Seed(tuple(wheels) if len(wheels) == len(lines) - 1 else (), bool(lines) and lines[0] == "pip")
+
     # ---- systemd
     def daemon_reload(self) -> None:
         self.sd.daemon_reload()
@@ -276,6 +292,47 @@ class Host:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+
+# ensurepip's choice of wheels (Debian: /usr/share/python-wheels through WHEEL_PKG_DIR; other
+# builds: ensurepip/_bundled), without running ensurepip: first line "pip" when `python -m pip`
+# works, then one wheel per line; no wheel lines when any is missing.
+SEED_PROBE = r"""
+import glob, importlib.util, os, re, sys, sysconfig
+print("pip" if importlib.util.find_spec("pip") else "-")
+names = ["pip"] + (["setuptools"] if sys.version_info < (3, 12) else [])
+spec = importlib.util.find_spec("ensurepip")
+dirs = [sysconfig.get_config_var("WHEEL_PKG_DIR")]
+if spec and spec.origin:
+    dirs.append(os.path.join(os.path.dirname(spec.origin), "_bundled"))
+def key(path):
+    m = re.match(r"[^-]+-([0-9.]+)", os.path.basename(path))
+    return tuple(int(x) for x in m.group(1).strip(".").split(".")) if m else ()
+for d in filter(None, dirs):
+    found = [sorted(glob.glob(os.path.join(d, n + "-*.whl")), key=key) for n in names]
+    if all(found):
+        print("\n".join(f[-1] for f in found))
+        break
+"""
+
+
+@dataclass(frozen=True)
+class Seed:
+    wheels: tuple[str, ...] = ()  # ensurepip's wheels, to seed a venv made --without-pip
+    has_pip: bool = False  # the interpreter itself can run `-m pip`
+
+    @property
+    def pip_wheel(self) -> str | None:
+        return next((w for w in self.wheels if os.path.basename(w).startswith("pip-")), None)
+
+    def pip(self, python: str) -> list[str] | None:
+        """argv prefix running pip for `python`: its own, else straight from ensurepip's wheel
+        (a wheel is importable: no venv needed to run it)."""
+        if self.has_pip:
+            return [python, "-m", "pip"]
+        if self.pip_wheel:
+            return [python, os.path.join(self.pip_wheel, "pip")]
+        return None
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -372,10 +429,10 @@ def installer_progress(line: str, state: dict) -> str | None:
     return None
 
 
-def pip_config(host: Host, python: str, env: dict) -> dict[str, str] | None:
+def pip_config(host: Host, python: str, env: dict, pip: list[str] | None = None) -> dict[str, str] | None:
     """The machine's pip configuration as pip itself reads it (files and PIP_* variables);
-    None when `python` has no pip."""
-    rc, lines = host.run([python, "-m", "pip", "config", "list"], env=env, timeout=60)
+    None when `python` has no pip (`pip`: another way to run one, see Seed.pip)."""
+    rc, lines = host.run([*(pip or [python, "-m", "pip"]), "config", "list"], env=env, timeout=60)
     out: dict[str, str] = {}
     if rc != 0:
         return None
@@ -501,6 +558,8 @@ class Ctx:
     layout: Layout = field(default_factory=Layout)
     host: Host = field(default_factory=Host)
     job: str = JOB
+    timings: dict = field(default_factory=dict)  # phase -> seconds, for the journal and bench/webui.py
+    link_ok: bool | None = None  # uv can hard-link from its cache into the venvs (probed once)
 
     def report(self, state: str, text: str, fraction: float | None = None, detail=()) -> None:
         try:
@@ -568,8 +627,9 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def find_uv(ctx: Ctx, env: dict) -> str | None:
-    """uv from PATH, or from localaid's tools venv (pip-installed there once, from the same index)."""
+def find_uv(ctx: Ctx, env: dict, seed: Seed | None = None) -> str | None:
+    """uv from PATH, or from localaid's tools directory (pip-installed there once, from the same
+    index). pip runs from the interpreter, or straight from ensurepip's wheel: no venv to seed."""
     found = ctx.host.which("uv")
     if found:
         return found
@@ -579,11 +639,19 @@ def find_uv(ctx: Ctx, env: dict) -> str | None:
     python = ctx.config.webui.python
     ctx.report("running", "installing uv (the fast installer) with pip")
     shutil.rmtree(ctx.layout.tools, ignore_errors=True)
-    rc, tail = ctx.host.run([python, "-m", "venv", ctx.layout.tools], env=env, timeout=300)
-    if rc == 0:
-        rc, tail = ctx.host.run([os.path.join(ctx.layout.tools, "bin", "python"), "-m", "pip", "install",
-                                 "--quiet", *pip_args(ctx.config), "uv"], env=env,
+    pip = seed.pip(python) if seed else None
+    rc, tail = 1, []
+    if pip:
+        rc, tail = ctx.host.run([*pip, "install", "--quiet", "--no-warn-script-location", "--target",
+                                 ctx.layout.tools, *pip_args(ctx.config), "uv"], env=env,
                                 timeout=ctx.config.webui.install_timeout)
+    if rc != 0 or not os.path.exists(tools_uv):  # no pip to run directly: a venv that has one
+        shutil.rmtree(ctx.layout.tools, ignore_errors=True)
+        rc, tail = ctx.host.run([python, "-m", "venv", ctx.layout.tools], env=env, timeout=300)
+        if rc == 0:
+            rc, tail = ctx.host.run([os.path.join(ctx.layout.tools, "bin", "python"), "-m", "pip", "install",
+                                     "--quiet", *pip_args(ctx.config), "uv"], env=env,
+                                    timeout=ctx.config.webui.install_timeout)
     if rc != 0 or not os.path.exists(tools_uv):
         shutil.rmtree(ctx.layout.tools, ignore_errors=True)
         log.warning("uv unavailable", detail=" | ".join(tail[-3:]))
@@ -635,64 +703,120 @@ def _clear_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+UV_SUMMARY = re.compile(r"\s*(Resolved|Prepared|Installed|Uninstalled|Audited)\s+\d+\s+packages?\s+in\s+(.+?)\s*$")
+
+
+def _uv_seconds(text: str) -> float | None:
+    """uv's durations: "812ms", "1.52s", "1m 03s" → seconds."""
+    total, found = 0.0, False
+    for num, unit in re.findall(r"([0-9.]+)\s*(ms|s|m|h)\b", text):
+        total += float(num) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+        found = True
+    return round(total, 2) if found else None
+
+
 def build_venv(ctx: Ctx, version: str) -> None:
-    """Build venvs/<version> with uv or pip; idempotent (a complete venv is left alone)."""
+    """Build venvs/<version> with uv or pip; idempotent (a complete venv is left alone).
+
+    With uv, what does not need the venv runs beside its creation: uv's bootstrap (first install
+    only) and the reading of the machine's pip configuration. The venv is made without pip and
+    seeded by uv with the very wheels ensurepip would have installed (pip, and setuptools before
+    3.12): the same venv, without the seconds ensurepip spends running pip to install pip."""
     layout, w = ctx.layout, ctx.config.webui
     if is_complete(layout, version):
         return
+    t_check = ctx.host.monotonic()
     found = ctx.host.python_version(w.python)
     problem = python_problem(w.python, found, version)
     if problem:
         raise WebUIError(problem)
     preflight(ctx, version)
+    ctx.timings["preflight"] = round(ctx.host.monotonic() - t_check, 2)
     venv = layout.venv(version)
     _clear_dir(venv)  # a half-built venv from an interrupted run
     env = _base_env()
+    os.makedirs(layout.p(CACHE_DIR), mode=0o700, exist_ok=True)
     for d in (UV_CACHE, PIP_CACHE):
         os.makedirs(layout.p(d), mode=0o700, exist_ok=True)
     t0 = ctx.host.monotonic()
+    phases: dict[str, float] = {}
+    mark = [t0]
+
+    def phase(name: str) -> None:
+        now = ctx.host.monotonic()
+        phases[name] = round(phases.get(name, 0.0) + now - mark[0], 2)
+        mark[0] = now
+
+    def timed(name: str, fn, box: list) -> Callable[[], None]:
+        def run():
+            t = ctx.host.monotonic()
+            try:
+                box.append(fn())
+            finally:
+                phases[name] = round(ctx.host.monotonic() - t, 2)
+        return run
+
     ctx.report("running", f"creating the venv for Open WebUI {version}", 0.02)
-    # uv needs the machine's pip configuration translated: read it (with the interpreter's own
-    # pip, the same files) while the venv is being created.
-    pipconf: list = []
-    reader = threading.Thread(target=lambda: pipconf.append(pip_config(ctx.host, w.python, env)), daemon=True)
-    if w.installer != "pip":
-        reader.start()
-    rc, tail = ctx.host.run([w.python, "-m", "venv", venv], env=env, timeout=300)
-    if rc != 0:
-        _clear_dir(venv)
-        hint = _space_hint(ctx, venv)
-        if any("ensurepip is not available" in t or "No module named ensurepip" in t or "No module named venv" in t
-               for t in tail):
-            hint = " (on Debian: apt install python3-venv)"
-        raise WebUIError(f"`{w.python} -m venv {venv}` failed: {_last(tail)}{hint}", tail)
+    use_uv = w.installer in ("auto", "uv")
+    seed = ctx.host.seed_wheels(w.python) if use_uv else Seed()
+    uv_box: list = []
+    conf_box: list = []
+    helpers = []
+    if use_uv:
+        helpers = [threading.Thread(target=timed("uv_bootstrap", lambda: find_uv(ctx, env, seed), uv_box),
+                                    daemon=True),
+                   threading.Thread(target=timed("pip_config", lambda: pip_config(ctx.host, w.python, env,
+                                                                                 seed.pip(w.python)), conf_box),
+                                    daemon=True)]
+        for t in helpers:
+            t.start()
+    try:
+        _make_venv(ctx, venv, env, with_pip=not seed.wheels)
+        phases["venv"] = round(ctx.host.monotonic() - t0, 2)
+    finally:
+        for t in helpers:
+            t.join()
+    phase("setup")  # wall time of venv ∥ uv bootstrap ∥ pip configuration
     python = os.path.join(venv, "bin", "python")
-    uv = None
-    if w.installer in ("auto", "uv"):
-        uv = find_uv(ctx, env)
-        if uv is None and w.installer == "uv":
-            _clear_dir(venv)
-            raise WebUIError("webui.installer is uv, but uv is not on PATH and could not be pip-installed; "
-                             "set webui.installer: auto or pip")
+    uv = uv_box[0] if uv_box else None
+    if use_uv and uv is None and w.installer == "uv":
+        _clear_dir(venv)
+        raise WebUIError("webui.installer is uv, but uv is not on PATH and could not be pip-installed; "
+                         "set webui.installer: auto or pip")
+    run_env = env
+    if uv:
+        if seed.wheels:
+            rc, tail = ctx.host.run([uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps",
+                                     *seed.wheels], env=dict(env, **_link_env(ctx)), timeout=300)
+            if rc != 0:
+                log.warning("cannot seed the venv with ensurepip's wheels: using ensurepip",
+                            detail=" | ".join(tail[-3:]))
+                _make_venv(ctx, venv, env, with_pip=True)
+            phase("seed")
+        conf = conf_box[0] if conf_box and conf_box[0] is not None else pip_config(ctx.host, python, env)
+        args, extra_env = uv_args(ctx.config, conf or {})
+        run_env = dict(env, **extra_env, **_link_env(ctx))
+    elif seed.wheels:  # uv wanted but unavailable: pip installs, and the venv needs its own pip
+        _make_venv(ctx, venv, env, with_pip=True)
+        phase("venv_pip")
     spec = f"{DISTRIBUTION}=={version}"
     counts: dict[str, int] = {}
     last_text = [""]
 
     def on_line(line: str) -> None:
+        m = UV_SUMMARY.match(line)
+        if m:  # uv's own phase times: "Resolved 262 packages in 1.52s", "Prepared …", "Installed …"
+            phases["uv_" + m.group(1).lower()] = _uv_seconds(m.group(2))
+            say("uv: " + line.strip())
         text = installer_progress(line, counts)
         if text and text != last_text[0]:
             last_text[0] = text
             ctx.report("running", f"installing Open WebUI {version} with {'uv' if uv else 'pip'}: {text}", None)
 
     if uv:
-        reader.join()
-        conf = pipconf[0] if pipconf and pipconf[0] is not None else pip_config(ctx.host, python, env)
-        args, extra_env = uv_args(ctx.config, conf or {})
         argv = [uv, "pip", "install", "--python", python, *args, spec]
-        run_env = dict(env, **extra_env)
     else:
         argv = [python, "-m", "pip", "install", "--progress-bar", "off", *pip_args(ctx.config), spec]
-        run_env = env
     ctx.report("running", f"installing Open WebUI {version} with {'uv' if uv else 'pip'}", 0.05)
     say("installing Open WebUI", version=version, installer="uv" if uv else "pip", venv=venv)
     rc, tail = ctx.host.run(argv, env=run_env, timeout=w.install_timeout, on_line=on_line)
@@ -700,20 +824,67 @@ def build_venv(ctx: Ctx, version: str) -> None:
         hint = _space_hint(ctx, venv)
         _clear_dir(venv)
         raise WebUIError(f"installing {spec} with {'uv' if uv else 'pip'} failed: {_last(tail)}{hint}", tail)
+    phase("install")
     got = venv_version(venv)
     if got != version:
         _clear_dir(venv)
         raise WebUIError(f"the venv holds open-webui {got}, not {version}")
+    phase("verify")
     # Hand the directories (not the files) to the service user: plugin installs can add and
     # replace files; files hard-linked from uv's cache stay root's.
     for dirpath, dirs, _files in os.walk(venv):
         ctx.host.chown(dirpath, SERVICE_USER)
+    phase("chown")
     elapsed = ctx.host.monotonic() - t0
     n = counts.get("installed") or counts.get("installing") or counts.get("resolved")
+    ctx.timings.update(phases)
     fsutil.write_json(os.path.join(venv, COMPLETE_MARKER),
                       {"version": version, "installer": "uv" if uv else "pip", "python": w.python,
-                       "packages": n, "seconds": round(elapsed, 1), "built": time.time()})
-    say("Open WebUI venv ready", version=version, packages=n, seconds=f"{elapsed:.1f}")
+                       "packages": n, "seconds": round(elapsed, 1), "phases": phases, "built": time.time()})
+    say("Open WebUI venv ready", version=version, packages=n, seconds=f"{elapsed:.1f}",
+        phases=" ".join(f"{k}={v:.1f}" for k, v in phases.items() if v is not None))
+
+
+def _make_venv(ctx: Ctx, venv: str, env: dict, with_pip: bool) -> None:
+    w = ctx.config.webui
+    _clear_dir(venv)
+    rc, tail = ctx.host.run([w.python, "-m", "venv", venv] + ([] if with_pip else ["--without-pip"]),
+                            env=env, timeout=300)
+    if rc != 0:
+        _clear_dir(venv)
+        hint = _space_hint(ctx, venv)
+        if any("ensurepip is not available" in t or "No module named ensurepip" in t or "No module named venv" in t
+               for t in tail):
+            hint = " (on Debian: apt install python3-venv)"
+        raise WebUIError(f"`{w.python} -m venv {venv}` failed: {_last(tail)}{hint}", tail)
+
+
+def _link_env(ctx: Ctx) -> dict[str, str]:
+    """uv hard-links files from its cache into the venv. Across file systems or mount points
+    (a unit's CacheDirectory= bind mount did that: EXDEV) it copies every file instead — seconds
+    per GB and twice the disk. Probe once per run and say so; tell uv to copy right away."""
+    if "UV_LINK_MODE" in os.environ:
+        return {}
+    if ctx.link_ok is None:
+        cache, venvs = ctx.layout.p(UV_CACHE), ctx.layout.venvs
+        probe = os.path.join(cache, f".link-probe-{os.getpid()}")
+        target = os.path.join(venvs, f".link-probe-{os.getpid()}")
+        try:
+            with open(probe, "w"):
+                pass
+            os.link(probe, target)
+            ctx.link_ok = True
+        except OSError as e:
+            ctx.link_ok = False
+            log.warning("uv cannot hard-link from its cache into the venvs: it copies every file (slower, "
+                        "twice the disk)", cache=cache, venvs=venvs, error=e.strerror or e)
+        finally:
+            for f in (probe, target):
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
+    return {} if ctx.link_ok else {"UV_LINK_MODE": "copy"}
 
 
 def _space_hint(ctx: Ctx, venv: str) -> str:
@@ -843,10 +1014,12 @@ def wait_healthy(ctx: Ctx, version: str, timeout: float) -> str | None:
                    f"{st.n_restarts - first} restarts): journalctl -u open-webui"
         status, _ = host.get(base + "/health")
         if status == 200:
+            ctx.timings.setdefault("to_health", round(host.monotonic() - start, 2))
             rstatus, _ = host.get(base + "/ready")
             vstatus, body = host.get(base + "/api/version")
             got = body.get("version") if isinstance(body, dict) else None
             if rstatus == 200 and vstatus == 200 and got == version:
+                ctx.timings["to_ready"] = round(host.monotonic() - start, 2)
                 return None
             last = f"/ready {rstatus}, version {got}"
         else:
@@ -995,8 +1168,10 @@ def run_upgrade(ctx: Ctx, j: dict) -> int:
             step = "start"
         if step == "start":
             ctx.report("running", f"{label}: starting", 0.8)
+            t_start = host.monotonic()
             _enable(ctx)
             host.start(UNIT)
+            ctx.timings["start_job"] = round(host.monotonic() - t_start, 2)
             why = wait_healthy(ctx, to, start_timeout(ctx.config))
             if why is None:
                 _record_installed(ctx, to, j.get("config_version", ctx.config.webui.version))
@@ -1005,7 +1180,8 @@ def run_upgrade(ctx: Ctx, j: dict) -> int:
                 prune(ctx)
                 ctx.report("done", f"Open WebUI {to} serving on {ctx.config.webui.url}", 1.0)
                 say("Open WebUI upgraded" if frm else "Open WebUI installed", version=to, previous=frm,
-                    downtime=f"{downtime:.1f}s" if downtime is not None else None)
+                    downtime=f"{downtime:.1f}s" if downtime is not None else None,
+                    phases=" ".join(f"{k}={v:.1f}" for k, v in ctx.timings.items() if v is not None) or None)
                 return 0
             j = _advance(ctx, j, "rollback", reason=why)
             step = "rollback"

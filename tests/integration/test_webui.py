@@ -5,7 +5,7 @@ The `open-webui` installed here is the fake distribution of tests/fakes/open_web
 wheels for 0.12.4 and 0.12.5 (tests/fakes/open_webui/build-wheelhouse) and installed by localaid's
 real uv/pip path from a wheelhouse bound read-only at /opt/wheelhouse, with the machine's pip
 configuration saying `no-index` (/etc/pip.conf inside the container). uv itself comes from that
-wheelhouse too: localaid pip-installs it into its tools venv, as on a machine without uv.
+wheelhouse too: localaid pip-installs it into its tools directory, as on a machine without uv.
 
 LOCALAID_REAL_WEBUI=1 adds a test with the real package from the configured index (minutes, GBs).
 """
@@ -140,6 +140,8 @@ def test_installed_and_serving(container):
     assert c.exists(f"{BASE}/venvs/0.12.4/bin/pip")
     site = c.run(["sh", "-c", f"ls -d {BASE}/venvs/0.12.4/lib/python3*/site-packages"]).stdout.strip()
     assert stat(c, site).split()[1] == "open-webui"
+    # uv linked the files from its cache (no copy: the set-up unit must not bind-mount the cache)
+    assert int(c.run(["stat", "-c", "%h", f"{site}/open_webui/__init__.py"]).stdout) >= 2
     assert wait_for(lambda: progress(c)["state"] == "done", timeout=30)
 
 

@@ -2,12 +2,16 @@
 output, pip configuration for uv, unit files."""
 
 import configparser
+import errno
+import io
 import dataclasses
 import os
 import re
+import sys
 from pathlib import Path
 
 from localaid.config import Config, FrozenMap, WebUIConfig
+from localaid import log
 from localaid.provision import webui
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,3 +170,49 @@ def test_layout_under_a_root(tmp_path):
     assert webui.current_version(lay) == "0.12.5"
     webui.switch_current(lay, None)
     assert webui.current_version(lay) is None
+
+
+def test_setup_unit_keeps_uvs_cache_linkable():
+    """CacheDirectory= in a unit with a mount namespace bind-mounts /var/cache/localaid: uv's hard
+    links into /var/lib/localaid then fail with EXDEV and it copies every file (measured 25 s vs 1 s)."""
+    s = _unit("localaid-webui-setup.service")["Service"]
+    assert "CacheDirectory" not in s
+    assert "localaid-ollama-setup.service" not in _unit("localaid-webui-setup.service")["Unit"]["After"]
+
+
+def test_link_probe_asks_uv_to_copy_across_mounts(tmp_path, monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(log, "stream", out)
+    lay = webui.Layout(root=str(tmp_path), state_dir="/var/lib/localaid", run_dir="/run/localaid")
+    os.makedirs(lay.p(webui.UV_CACHE))
+    os.makedirs(lay.venvs)
+    monkeypatch.delenv("UV_LINK_MODE", raising=False)
+    ctx = webui.Ctx(config=None, layout=lay)
+    assert webui._link_env(ctx) == {} and ctx.link_ok is True
+    assert os.listdir(lay.p(webui.UV_CACHE)) == [] and os.listdir(lay.venvs) == []
+
+    def exdev(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+    monkeypatch.setattr(os, "link", exdev)
+    ctx = webui.Ctx(config=None, layout=lay)
+    assert webui._link_env(ctx) == {"UV_LINK_MODE": "copy"}
+    assert "copies every file" in out.getvalue()
+    assert os.listdir(lay.p(webui.UV_CACHE)) == []
+
+
+def test_uv_summary_lines_and_durations():
+    m = webui.UV_SUMMARY.match("Prepared 262 packages in 34.11s")
+    assert m and m.group(1) == "Prepared" and webui._uv_seconds(m.group(2)) == 34.11
+    assert webui._uv_seconds("953ms") == 0.95 and webui._uv_seconds("1m 03s") == 63
+    assert webui.UV_SUMMARY.match(" + torch==2.14.1") is None
+
+
+def test_seed_probe_finds_ensurepips_wheels():
+    seed = webui.Host().seed_wheels(sys.executable)
+    assert all(os.path.isfile(w) and w.endswith(".whl") for w in seed.wheels)
+    if seed.wheels:
+        assert os.path.basename(seed.wheels[0]).startswith("pip-") and seed.pip_wheel == seed.wheels[0]
+        assert seed.pip("/py") in (["/py", "-m", "pip"], ["/py", os.path.join(seed.wheels[0], "pip")])
+    assert webui.Host().seed_wheels("/nonexistent/python") == webui.Seed()
+    assert webui.Seed().pip("/py") is None
+    assert webui.Seed(("/w/pip-1-py3-none-any.whl",)).pip("/py") == ["/py", "/w/pip-1-py3-none-any.whl/pip"]

@@ -41,6 +41,7 @@ class FakeHost(webui.Host):
         self.calls: list[tuple] = []
         self.kill_in: str | None = None
         self.pip_conf_lines: list[str] = []
+        self.seed = webui.Seed()  # no ensurepip wheels found: venvs made with pip, uv in a tools venv
 
     def _maybe_kill(self, what: str) -> None:
         if self.kill_in == what:
@@ -65,11 +66,20 @@ class FakeHost(webui.Host):
             os.makedirs(os.path.join(argv[3], "bin"), exist_ok=True)
             open(os.path.join(argv[3], "bin", "python"), "w").close()
             return 0, []
-        if argv[1:4] == ["-m", "pip", "config"]:
+        if argv[1:4] == ["-m", "pip", "config"] or argv[2:4] == ["config", "list"]:
             return 0, self.pip_conf_lines
-        if "install" in argv and argv[-1] == "uv":  # localaid's tools venv gets uv
-            uv = os.path.join(os.path.dirname(argv[0]), "uv")
-            open(uv, "w").close()
+        if "install" in argv and argv[-1] == "uv":  # localaid's tools venv (or --target dir) gets uv
+            bindir = os.path.join(argv[argv.index("--target") + 1], "bin") if "--target" in argv \
+                else os.path.dirname(argv[0])
+            assert bindir.startswith(self.layout.root), bindir  # never the real machine's bin
+            os.makedirs(bindir, exist_ok=True)
+            open(os.path.join(bindir, "uv"), "w").close()
+            return 0, []
+        if "install" in argv and "--no-deps" in argv:  # uv seeds a venv made --without-pip
+            python = argv[argv.index("--python") + 1]
+            site = os.path.join(os.path.dirname(os.path.dirname(python)), "lib", "python3.11", "site-packages")
+            for wheel in argv[argv.index("--no-deps") + 1:]:
+                os.makedirs(os.path.join(site, os.path.basename(wheel).split("-")[0] + "-0.dist-info"))
             return 0, []
         if "install" in argv:
             self._maybe_kill("install")
@@ -92,6 +102,9 @@ class FakeHost(webui.Host):
 
     def which(self, name):
         return None
+
+    def seed_wheels(self, python):
+        return self.seed
 
     def daemon_reload(self):
         self.calls.append(("daemon-reload",))
@@ -410,3 +423,51 @@ def test_uv_path_bootstraps_uv_and_translates_pip_configuration(env, tmp_path):
     assert install[5:] == ("--no-index", "--find-links", str(wheels), "open-webui==0.12.4")
     marker = json.load(open(os.path.join(layout.venv("0.12.4"), webui.COMPLETE_MARKER)))
     assert marker["installer"] == "uv" and host.serving == "0.12.4"
+
+
+def test_uv_path_seeds_venv_with_ensurepips_wheels_and_bootstraps_uv_without_a_venv(env, tmp_path):
+    layout, host = env
+    wheels = ("/usr/share/python-wheels/pip-23.0.1-py3-none-any.whl",
+              "/usr/share/python-wheels/setuptools-66.1.1-py3-none-any.whl")
+    host.seed = webui.Seed(wheels, has_pip=False)
+    host.pip_conf_lines = ["global.no-index='true'"]
+    cfg = dataclasses.replace(config(), webui=dataclasses.replace(config().webui, installer="auto"))
+    assert provision(layout, host, cfg) == 0
+    runs = [c[1] for c in host.calls if c[0] == "run"]
+    venv = layout.venv("0.12.4")
+    python, uv, pip = os.path.join(venv, "bin", "python"), os.path.join(layout.tools, "bin", "uv"), \
+        (cfg.webui.python, os.path.join(wheels[0], "pip"))
+    assert (cfg.webui.python, "-m", "venv", venv, "--without-pip") in runs
+    assert not any(r[1:3] == ("-m", "venv") and r[3] == layout.tools for r in runs)  # no tools venv
+    assert (*pip, "install", "--quiet", "--no-warn-script-location", "--target", layout.tools, "uv") in runs
+    assert (*pip, "config", "list") in runs
+    seed = (uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps", *wheels)
+    install = (uv, "pip", "install", "--python", python, "--no-index", "open-webui==0.12.4")
+    assert runs.index(seed) < runs.index(install)
+    site = os.path.join(venv, "lib", "python3.11", "site-packages")
+    assert os.path.isdir(os.path.join(site, "pip-0.dist-info"))
+    marker = json.load(open(os.path.join(venv, webui.COMPLETE_MARKER)))
+    assert marker["installer"] == "uv" and {"setup", "seed", "install", "chown"} <= set(marker["phases"])
+    assert host.serving == "0.12.4"
+
+
+def test_no_uv_after_a_venv_without_pip_rebuilds_it_with_pip(env, tmp_path):
+    layout, host = env
+    host.seed = webui.Seed(("/w/pip-23.0.1-py3-none-any.whl",), has_pip=True)
+    real_run = host.run
+
+    def run(argv, **kw):
+        if argv[-1] == "uv":
+            host.calls.append(("run", tuple(argv)))
+            return 1, ["ERROR: No matching distribution found for uv"]
+        return real_run(argv, **kw)
+    host.run = run
+    cfg = dataclasses.replace(config(), webui=dataclasses.replace(config().webui, installer="auto"))
+    assert provision(layout, host, cfg) == 0
+    runs = [c[1] for c in host.calls if c[0] == "run"]
+    venv = layout.venv("0.12.4")
+    made = [r for r in runs if r[1:4] == ("-m", "venv", venv)]
+    assert made == [(cfg.webui.python, "-m", "venv", venv, "--without-pip"), (cfg.webui.python, "-m", "venv", venv)]
+    assert runs[-1][:4] == (os.path.join(venv, "bin", "python"), "-m", "pip", "install")
+    marker = json.load(open(os.path.join(venv, webui.COMPLETE_MARKER)))
+    assert marker["installer"] == "pip" and webui.current_version(layout) == "0.12.4"
