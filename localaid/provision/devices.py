@@ -17,7 +17,10 @@ Access, by gpu.devices.mode (service users: ollama, and open-webui when webui.gp
           the node's group (added to it) or, when the group is root's or has no access,
           through gpu.devices.group (node re-grouped, g+rw). Nobody loses access: a node whose
           group grants access to users besides root is not re-grouped (a warning says so).
-  group   strict: every node root:<group> 0660, service users in the group.
+  group   strict: every node root:<group> 0660, service users in the group; the same owner
+          and mode go to the driver (/etc/modprobe.d/localaid-nvidia.conf), so that
+          nvidia-modprobe, run by any CUDA program, keeps them (nvidia-uvm's nodes it makes
+          0666 regardless: the next run of this job, at the module's udev event, fixes those).
   world   every node 0666 (the driver's default, the seed's `chmod 666 /dev/nvidia*`).
   off     nothing is touched.
 The udev rule shipped in the package runs this again after every driver load, so the result
@@ -51,6 +54,10 @@ RESUME_MARKER = os.path.join(paths.RUN_DIR, "resume.json")
 RECOVER_STATE = os.path.join(paths.RUN_DIR, "gpu-recover.json")
 JOB, LADDER_JOB = "devices", "gpu-recover"
 DEVICES_UNIT = "localaid-devices.service"
+# In mode group, the driver is told the same owner and mode, so that nvidia-modprobe (setuid,
+# run by every CUDA program) does not put the nodes back to its default 0666.
+MODPROBE_CONF = "/etc/modprobe.d/localaid-nvidia.conf"
+MODPROBE_MARK = "# written by localaid"
 LADDER_LIMIT = 2  # ladders per boot, also enforced here in case the daemon restarted
 OLLAMA_USER, WEBUI_USER = "ollama", "open-webui"
 MIB, GIB = 2**20, 2**30
@@ -376,12 +383,42 @@ def fix_access(config, nodes: list[Node], rep: Report) -> None:
             _add_to_group(u, group, rep)
 
 
+def driver_options(config, rep: Report, path: str = MODPROBE_CONF) -> None:
+    """Mode group: NVreg_DeviceFile{UID,GID,Mode} in modprobe.d (from the next driver load on);
+    any other mode: our file removed. A file without our mark is the admin's: left alone."""
+    try:
+        with open(path) as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = None
+    if current is not None and not current.startswith(MODPROBE_MARK):
+        return
+    want = None
+    if config.gpu.devices.mode == "group":
+        gid = _ensure_group(config.gpu.devices.group)
+        want = (f"{MODPROBE_MARK} (gpu.devices.mode: group in /etc/localaid/localaid.yaml): the driver\n"
+                f"# and nvidia-modprobe make the NVIDIA device nodes root:{config.gpu.devices.group} 0660.\n"
+                f"options nvidia NVreg_DeviceFileUID=0 NVreg_DeviceFileGID={gid} NVreg_DeviceFileMode=0660\n")
+    if want == current:
+        return
+    if want is None:
+        os.unlink(path)
+        text = f"{path} removed (gpu.devices.mode is {config.gpu.devices.mode})"
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fsutil.atomic_write(path, want)
+        text = f"{path} written: the driver keeps its nodes root:{config.gpu.devices.group} 0660 from its next load"
+    log.notice(text, mode=config.gpu.devices.mode)
+    rep.changes.append(text)
+
+
 def ensure(config, proc: str = PROC, dev: str = DEV) -> Report:
     """Make the nodes exist and be usable per gpu.devices.mode; record the result. Root only."""
     rep = Report()
     if config.gpu.devices.mode == "off":
         rep.state = "off"
         return rep
+    driver_options(config, rep)
     drv = driver_state(proc)
     if not drv.loaded:
         rep.state = "no-driver"

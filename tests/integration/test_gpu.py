@@ -259,6 +259,11 @@ def test_modes_repair_restrictive_nodes_and_survive_a_driver_reload(make_contain
     log = journal(c, "localaid-devices.service")
     if mode != "world":
         assert re.search(r"device node /dev/nvidia0: crw------- root:root -> crw-rw---- root:video mode=" + mode, log), log
+    # group mode also tells the driver, so that nvidia-modprobe keeps the nodes 0660
+    if mode == "group":
+        assert "NVreg_DeviceFileMode=0660" in c.read("/etc/modprobe.d/localaid-nvidia.conf")
+    else:
+        assert not c.exists("/etc/modprobe.d/localaid-nvidia.conf")
     marker = json.loads(c.read("/run/localaid/devices.json"))
     assert marker["mode"] == mode and marker["changes"] and marker["changed_mono"] > 0
 

@@ -232,11 +232,27 @@ def test_remove_then_purge(make_container):
     c.sh("mkdir -p /var/lib/localaid && echo state > /var/lib/localaid/marker")
     c.sh("echo '# edited by the admin' >> /etc/localaid/localaid.yaml")
 
+    # An Open WebUI as localaid leaves it (a venv's entry point, its env file, enabled and running);
+    # localaid stopped first, since with webui.enabled false it would take the service down itself.
+    c.systemctl("stop", "localaid.service")
+    c.sh("useradd -r -U open-webui && mkdir -p /var/lib/localaid/webui/current/bin /var/lib/localaid/webui/venvs "
+         "&& chown open-webui: /var/lib/open-webui")
+    c.write("/var/lib/localaid/webui/current/bin/open-webui", "#!/usr/bin/python3\nimport http.server\n"
+            "http.server.ThreadingHTTPServer(('127.0.0.1', 3999), http.server.SimpleHTTPRequestHandler)"
+            ".serve_forever()\n", mode=0o755)
+    c.write("/etc/localaid/open-webui.env", "HOST=127.0.0.1\nPORT=3999\n")
+    c.systemctl("enable", "--now", "open-webui.service")
+    c.wait_for_unit("open-webui.service")
+
     t0 = time.monotonic()
-    c.run(["apt-get", "remove", "-y", "-q", "localaid"])
+    r = c.run(["apt-get", "remove", "-y", "-q", "localaid"])
     print(f"apt remove: {time.monotonic() - t0:.1f} s")
     assert c.is_active("localaid.service") in ("inactive", "failed", "unknown")
-    assert c.is_active("ollama.service") == "active", "remove must not stop supervised services"
+    assert c.is_active("ollama.service") == "active", "remove must not stop Ollama"
+    # its unit file left with the package: stopped and disabled, not orphaned, and said so
+    assert c.is_active("open-webui.service") in ("inactive", "unknown")
+    assert not c.exists("/etc/systemd/system/multi-user.target.wants/open-webui.service")
+    assert "stopping and disabling open-webui.service" in r.stdout + r.stderr
     assert "# edited by the admin" in c.read("/etc/localaid/localaid.yaml")
     assert c.exists("/var/lib/localaid/marker")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from dataclasses import replace
 
 from localaid import log, paths
 from localaid.config import Config
@@ -140,6 +141,30 @@ def test_what_nvidia_modprobe_changes_on_existing_nodes_is_logged(tmp_path, monk
     assert f"{dev}/nvidiactl changed by nvidia-modprobe: crw------- root:root -> crw-rw-rw- root:root" \
         in rep.changes
     assert "changed by nvidia-modprobe" in out.getvalue()
+
+
+def test_group_mode_tells_the_driver_and_other_modes_take_it_back(tmp_path, monkeypatch):
+    """nvidia-modprobe (setuid, run by CUDA programs) re-modes nodes to the driver's parameters:
+    in mode group those become root:<group> 0660 too. Leaving mode group removes our file; a
+    file the admin wrote is never touched."""
+    monkeypatch.setattr(log, "stream", io.StringIO())
+    monkeypatch.setattr(devices, "_ensure_group", lambda name: 44)
+    conf = str(tmp_path / "modprobe.d/localaid-nvidia.conf")
+    group = replace(Config(), gpu=replace(Config().gpu, devices=replace(Config().gpu.devices, mode="group")))
+    rep = devices.Report()
+    devices.driver_options(group, rep, conf)
+    text = open(conf).read()
+    assert "options nvidia NVreg_DeviceFileUID=0 NVreg_DeviceFileGID=44 NVreg_DeviceFileMode=0660" in text
+    assert rep.changes and "next load" in rep.changes[0]
+    rep = devices.Report()
+    devices.driver_options(group, rep, conf)
+    assert rep.changes == []  # idempotent
+    devices.driver_options(Config(), devices.Report(), conf)  # back to ensure
+    assert not os.path.exists(conf)
+    with open(conf, "w") as f:
+        f.write("options nvidia NVreg_DeviceFileMode=0600\n")
+    devices.driver_options(group, devices.Report(), conf)
+    assert open(conf).read() == "options nvidia NVreg_DeviceFileMode=0600\n"
 
 
 def test_fix_access_ensure_uses_the_nodes_group_or_the_configured_one(tmp_path, monkeypatch):
