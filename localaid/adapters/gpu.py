@@ -47,6 +47,10 @@ LOST_TEXT = "GPU is lost (fell off the bus)"
 XID_WATCH_UNSUPPORTED = "not supported by this GPU/driver"
 EVENT_WAIT_MS = 500  # how long the event thread blocks in NVML at a time
 EVENT_RETRY = 2.0  # pause after an NVML error in the event thread
+# No library or no driver: NVML is asked again this much later, not every cycle (an attempt
+# searches for the library and costs about half of an idle cycle's CPU). A driver loaded later
+# restarts localaid anyway (supervisor.py), a lost GPU is not "none".
+NONE_RECHECK = 10.0
 MAX_QUEUED_XIDS = 100
 LAST_XIDS = 10  # events kept for the status
 
@@ -74,6 +78,7 @@ class Gpu:
         self._xid_counts: collections.Counter[int] = collections.Counter()
         self._last_xids: collections.deque[XidEvent] = collections.deque(maxlen=LAST_XIDS)
         self._seen_gpu = False  # a device was listed once: an unknown init error then means "lost"
+        self._none: tuple[float, GpuObs] | None = None  # (until, observation) after a failed init
         self.xid_watch: str | None = None  # set when the event watch stopped for good
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,14 +126,17 @@ class Gpu:
         return dataclasses.replace(obs, **extra)
 
     def _observe(self) -> GpuObs:
+        if self._none is not None and self.clock() < self._none[0]:
+            return self._none[1]
+        self._none = None
         try:
             nv = self._init()
         except ImportError as e:
-            return GpuObs(state="none", error=f"nvidia-ml-py not importable: {e}")
+            return self._no_gpu(GpuObs(state="none", error=f"nvidia-ml-py not importable: {e}"))
         except Exception as e:
             if self._lost_at_init(e):
                 return GpuObs(state="lost", error=f"{LOST_TEXT}: NVML init: {_nvml_text(e)}")
-            return GpuObs(state="none", error=_none_reason(e))
+            return self._no_gpu(GpuObs(state="none", error=_none_reason(e)))
         driver = _optional(lambda: _text(nv.nvmlSystemGetDriverVersion()))
         devices = []
         try:
@@ -154,6 +162,10 @@ class Gpu:
             return GpuObs(state="none", error="no NVIDIA GPU found", driver=driver)
         self._seen_gpu = True
         return GpuObs(state="ok", devices=tuple(devices), driver=driver)
+
+    def _no_gpu(self, obs: GpuObs) -> GpuObs:
+        self._none = (self.clock() + NONE_RECHECK, obs)
+        return obs
 
     def _lost_at_init(self, e: Exception) -> bool:
         """An nvmlInit error that means the GPU fell off the bus, not "no GPU here": the

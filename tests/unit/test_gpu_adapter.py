@@ -81,6 +81,9 @@ def test_driver_not_loaded_is_no_gpu(nvml, gpu):
     o = gpu.observe()
     assert o.state == "none" and o.error == "no NVIDIA GPU found (NVIDIA driver not loaded)"
     state(nvml)
+    assert gpu.observe().state == "none"  # NVML is asked again only NONE_RECHECK later
+    from localaid.adapters import gpu as gpu_mod
+    gpu.clock = lambda: time.monotonic() + gpu_mod.NONE_RECHECK
     assert gpu.observe().state == "ok"  # the driver loaded later: found without a restart
 
 

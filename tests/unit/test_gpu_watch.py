@@ -92,6 +92,7 @@ def make(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_mod, "DEVICES_STATE", str(tmp_path / "devices.json"))
     monkeypatch.setattr(gpu_mod, "RESUME_STATE", str(tmp_path / "resume.json"))
     monkeypatch.setattr(gpu_mod, "EVENT_RETRY", 0.02)
+    monkeypatch.setattr(gpu_mod, "NONE_RECHECK", 0.0)  # every observe asks NVML again
     made = []
 
     def make(fake, events=True):
@@ -143,6 +144,25 @@ def test_init_without_driver_stays_no_gpu(make, code, words):
     fake.init_error = code
     o = g.observe()
     assert o.state == "none" and words in o.error
+
+
+def test_no_driver_is_asked_again_only_every_ten_seconds(make, monkeypatch):
+    monkeypatch.setattr(gpu_mod, "NONE_RECHECK", 10.0)
+    now = [100.0]
+    fake = FakePynvml()
+    fake.init_error = DRIVER_NOT_LOADED
+    calls = []
+    real_init = fake.nvmlInit
+    fake.nvmlInit = lambda: (calls.append(now[0]), real_init())
+    g = make(fake, events=False)
+    g.clock = lambda: now[0]
+    for _ in range(5):
+        assert g.observe().state == "none"
+        now[0] += 1.0
+    assert calls == [100.0]
+    now[0] = 100.0 + gpu_mod.NONE_RECHECK
+    fake.init_error = None  # the driver came
+    assert g.observe().state == "ok" and len(calls) == 2
 
 
 def test_compute_processes_with_their_memory(make):
