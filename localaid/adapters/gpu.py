@@ -121,7 +121,7 @@ class Gpu:
         extra = {**self._drain(), "xid_watch": self.xid_watch, "ollama_pids": cgroup_pids(ollama_cgroup),
                  "nodes_changed_at": _marker_time(DEVICES_STATE, "changed_mono")}
         resumed = _marker_time(RESUME_STATE, "mono")
-        if resumed is not None and "resumed_at" in _GPUOBS_FIELDS:
+        if resumed is not None:
             extra["resumed_at"] = resumed
         return dataclasses.replace(obs, **extra)
 
@@ -256,7 +256,6 @@ class Gpu:
         return None, False
 
 
-_GPUOBS_FIELDS = frozenset(f.name for f in dataclasses.fields(GpuObs))
 
 
 def _optional(fn, *args):

@@ -1,6 +1,5 @@
 """decide_gpu() with a fake clock: status, boot race, CPU fallback, the recovery ladder, resume."""
 
-import dataclasses
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -17,7 +16,6 @@ RTX = GpuDevice(0, "NVIDIA GeForce RTX 4070", "GPU-1", 12 * GIB, 1 * GIB, comput
 OK = GpuObs(state="ok", devices=(RTX,), ollama_pids=(4242,))
 ON_GPU = LoadedModel("deepseek-r1:8b", int(5.2 * GIB), int(5.2 * GIB))
 ON_CPU = LoadedModel("deepseek-r1:8b", int(5.2 * GIB), 0)
-HAS_RESUMED = "resumed_at" in {f.name for f in dataclasses.fields(GpuObs)}
 LOST_REBOOT = "GPU lost (XID 79 or NVML GPU_IS_LOST): reboot required"
 
 
@@ -368,7 +366,6 @@ def test_state_changes_are_noted():
 
 
 # ------------------------------------------------------------------------------ resume
-@pytest.mark.skipif(not HAS_RESUMED, reason="model.GpuObs.resumed_at not added yet (lead)")
 def test_after_resume_a_cpu_fallback_goes_straight_to_the_ladder():
     gpu = replace(OK, resumed_at=500.0)
     actions, h, _, notes = decide(obs(501, gpu, [ON_CPU], enter=0.0, job=NO_JOB))
@@ -377,7 +374,6 @@ def test_after_resume_a_cpu_fallback_goes_straight_to_the_ladder():
     assert actions[0].evidence.startswith("after resume: deepseek-r1:8b: 0.0 of 5.2 GiB in VRAM")
 
 
-@pytest.mark.skipif(not HAS_RESUMED, reason="model.GpuObs.resumed_at not added yet (lead)")
 def test_resume_with_the_gpu_fine_does_nothing_and_the_window_closes():
     actions, h, _, _ = decide(obs(501, replace(OK, resumed_at=500.0), [ON_GPU], job=NO_JOB))
     assert actions == ()
@@ -387,7 +383,6 @@ def test_resume_with_the_gpu_fine_does_nothing_and_the_window_closes():
     assert kinds(actions) == [("restart", "ollama.service", "cpu-fallback")]
 
 
-@pytest.mark.skipif(not HAS_RESUMED, reason="model.GpuObs.resumed_at not added yet (lead)")
 def test_resume_with_nvml_errors_runs_the_ladder_when_they_persist():
     gpu = GpuObs(state="error", error="did not answer in time", resumed_at=500.0)
     h = EMPTY
@@ -399,7 +394,6 @@ def test_resume_with_nvml_errors_runs_the_ladder_when_they_persist():
     assert "did not answer in time (3 checks in a row)" in actions[0].evidence
 
 
-@pytest.mark.skipif(not HAS_RESUMED, reason="model.GpuObs.resumed_at not added yet (lead)")
 def test_a_passing_gpu_timeout_after_resume_is_no_ladder():
     timeout = GpuObs(state="error", error="did not answer in time", resumed_at=500.0)
     h = EMPTY
@@ -409,7 +403,6 @@ def test_a_passing_gpu_timeout_after_resume_is_no_ladder():
         assert actions == ()
 
 
-@pytest.mark.skipif(not HAS_RESUMED, reason="model.GpuObs.resumed_at not added yet (lead)")
 def test_an_old_resume_marker_opens_no_window_after_a_restart_of_localaid():
     # localaid restarted (empty history) long after the resume: resume.json is still in /run/localaid
     gpu = replace(OK, resumed_at=500.0)
