@@ -220,11 +220,7 @@ def test_crash_left_to_systemd_but_counted():
 
 def test_crash_loop_marks_degraded_without_our_restarts():
     c = cfg(restart_limit=3)
-    obs = [observe(100.0)]
-    for i in range(1, 5):
-        obs.append(observe(100.0 + 5 * i, ollama=(unit("ollama.service", state="activating", sub="auto-restart",
-                                                       n=i, result="exit-code"), None)))
-    ds = run(c, obs)
+    ds = run(c, crash_loop(4, every=5))
     assert all(service_actions(d) == [] for d in ds)
     assert ds[-1].history.services[OLLAMA].state == "degraded"
     assert "crash loop" in ds[-1].status_line
@@ -381,24 +377,34 @@ def test_crash_noticed_in_the_journal_when_systemd_starts_restarting():
     assert "ollama: ok -> restarting (systemd restarting it after a crash)" in ds[1].notes
 
 
+def crash_loop(crashes, every):
+    """A healthy cycle, then systemd restarting Ollama after a crash every `every` seconds."""
+    return [observe(100.0)] + [
+        observe(100.0 + every * i, ollama=(unit("ollama.service", state="activating", sub="auto-restart", n=i,
+                                                result="exit-code"), None)) for i in range(1, crashes + 1)]
+
+
 def test_crash_loop_still_named_while_momentarily_up():
     c = cfg(restart_limit=3)
-    obs = [observe(100.0)]
-    for i in range(1, 4):
-        obs.append(observe(100.0 + 4 * i, ollama=(unit("ollama.service", state="activating", sub="auto-restart",
-                                                       n=i, result="exit-code"), None)))
+    obs = crash_loop(3, every=4)
     obs.append(observe(113.0, ollama=(unit("ollama.service", n=3, enter=112.5), OK)))
     d = run(c, obs)[-1]
     assert d.history.services[OLLAMA].state == "degraded"
     assert d.history.services[OLLAMA].reason == "answering, but 3 restarts in 10 min (crash loop)"
 
 
+def webui_setup_running():
+    """The job states with localaid-webui-setup.service installing open-webui."""
+    jobs = jobs_idle()
+    jobs["webui-setup"] = JobObs("webui-setup", unit("localaid-webui-setup.service", state="activating",
+                                                      sub="start"), "installing open-webui 0.12.4", None)
+    return jobs
+
+
 def test_service_being_set_up_is_installing_not_stopped_by_admin():
     c = cfg()
     inactive = unit("open-webui.service", state="inactive", sub="dead")
-    running = jobs_idle()
-    running["webui-setup"] = JobObs("webui-setup", unit("localaid-webui-setup.service", state="activating",
-                                                         sub="start"), "installing open-webui 0.12.4", None)
+    running = webui_setup_running()
     done = jobs_idle()
     ds = run(c, [observe(100.0, webui=(inactive, REFUSED)), observe(101.0, webui=(inactive, REFUSED), jobs=running),
                  observe(102.0, webui=(inactive, REFUSED), jobs=done)])
@@ -409,8 +415,5 @@ def test_service_being_set_up_is_installing_not_stopped_by_admin():
 def test_stopped_service_that_served_before_is_stopped_even_while_its_setup_job_runs():
     c = cfg()
     inactive = unit("open-webui.service", state="inactive", sub="dead")
-    running = jobs_idle()
-    running["webui-setup"] = JobObs("webui-setup", unit("localaid-webui-setup.service", state="activating",
-                                                         sub="start"), "installing open-webui 0.12.4", None)
-    ds = run(c, [observe(100.0), observe(101.0, webui=(inactive, REFUSED), jobs=running)])
+    ds = run(c, [observe(100.0), observe(101.0, webui=(inactive, REFUSED), jobs=webui_setup_running())])
     assert ds[1].history.services[WEBUI].state == "stopped"
