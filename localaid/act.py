@@ -88,21 +88,19 @@ class Actor:
             if "No main process" not in str(e):  # else the first call did kill it
                 log.warning(f"kill of {unit} failed, restarting anyway", error=first)
 
-    def _await_exit(self, unit: str, limit: float = 1.0) -> str:
-        """Wait (at most `limit`) until systemd has seen the killed main process go, and return the
-        sub-state it went to. A RestartUnit that reaches systemd while it is still taking the unit
+    def _await_exit(self, unit: str, limit: float = 1.0) -> None:
+        """Wait (at most `limit`) until systemd has seen the killed main process go. A RestartUnit that reaches systemd while it is still taking the unit
         down races with the unit's own Restart=: measured, one hang repair in five then waited
         the full RestartSec= (3 s for ollama.service) on top."""
         deadline = self.clock() + limit
-        sub = ""
         while True:
             try:
                 sub = self.systemd.summaries([unit]).get(unit, ("", "", "", False))[2]
             except SystemdError:
-                return sub
+                return
             if sub not in ("running", "stop-sigterm", "final-sigterm", "stop-sigkill", "final-sigkill",
                            "stop-post", "stop") or self.clock() >= deadline:
-                return sub
+                return
             time.sleep(0.01)
 
     def _preload(self, a: Action, config) -> str:

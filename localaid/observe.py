@@ -128,18 +128,22 @@ class Observer:
                 cached = self._details.get(name)
                 if cached is None or cached[0] != summary or now - cached[1] > self.DETAIL_MAX_AGE \
                         or name in refresh:
-                    cached = (summary, now, self.systemd.details(name))
-                    self._details[name] = cached
+                    cached = self._fetch_details(name, summary)
                 detail = cached[2]
             out[name] = make_state(name, summary, detail)
         return out
 
+    def _fetch_details(self, name: str, summary: tuple) -> tuple:
+        """(summary, fetched at, details) of a service unit, kept for the next cycles."""
+        cached = (summary, self.clock(), self.systemd.details(name))
+        self._details[name] = cached
+        return cached
+
     def _refetch(self, names: frozenset[str]):
+        """Fresh details for units whose summary this cycle already read."""
         out = {}
         for name in names:
-            summary = self._details[name][0]
-            detail = self.systemd.details(name)
-            self._details[name] = (summary, self.clock(), detail)
+            summary, _, detail = self._fetch_details(name, self._details[name][0])
             out[name] = make_state(name, summary, detail)
         return out
 

@@ -118,7 +118,9 @@ class Gpu:
             obs = GpuObs(state="error", error=f"GPU watch: {type(e).__name__}: {e}")
         if obs.state in ("ok", "lost") and self._events_wanted:
             self._start_events()
-        extra = {**self._drain(), "xid_watch": self.xid_watch, "ollama_pids": cgroup_pids(ollama_cgroup),
+        # Ollama's PIDs only matter next to a GPU's compute processes: no cgroup walk otherwise.
+        pids = cgroup_pids(ollama_cgroup) if obs.state == "ok" else ()
+        extra = {**self._drain(), "xid_watch": self.xid_watch, "ollama_pids": pids,
                  "nodes_changed_at": _marker_time(DEVICES_STATE, "changed_mono")}
         resumed = _marker_time(RESUME_STATE, "mono")
         if resumed is not None:
@@ -254,8 +256,6 @@ class Gpu:
         if inited:
             _optional(nv.nvmlShutdown)
         return None, False
-
-
 
 
 def _optional(fn, *args):

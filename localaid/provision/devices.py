@@ -272,7 +272,7 @@ def _create_missing(drv: Driver, rep: Report, proc: str, dev: str, group: str | 
             # nvidia-modprobe also re-owns and re-modes nodes that existed: log those too
             was = before.get(n.path, "missing")
             if describe(now) != was:
-                text = (f"{n.path} created by nvidia-modprobe: {describe(now)}" if was in ("missing", "-")
+                text = (f"{n.path} created by nvidia-modprobe: {describe(now)}" if was == "missing"
                         else f"{n.path} changed by nvidia-modprobe: {was} -> {describe(now)}")
                 log.notice(f"device node {text}")
                 rep.changes.append(text)

@@ -842,7 +842,12 @@ def build_venv(ctx: Ctx, version: str) -> None:
                       {"version": version, "installer": "uv" if uv else "pip", "python": w.python,
                        "packages": n, "seconds": round(elapsed, 1), "phases": phases, "built": time.time()})
     say("Open WebUI venv ready", version=version, packages=n, seconds=f"{elapsed:.1f}",
-        phases=" ".join(f"{k}={v:.1f}" for k, v in phases.items() if v is not None))
+        phases=_phase_text(phases))
+
+
+def _phase_text(phases: dict) -> str | None:
+    """ "venv=0.4 install=41.2 ..." for the journal; None when nothing was timed."""
+    return " ".join(f"{k}={v:.1f}" for k, v in phases.items() if v is not None) or None
 
 
 def _make_venv(ctx: Ctx, venv: str, env: dict, with_pip: bool) -> None:
@@ -1181,7 +1186,7 @@ def run_upgrade(ctx: Ctx, j: dict) -> int:
                 ctx.report("done", f"Open WebUI {to} serving on {ctx.config.webui.url}", 1.0)
                 say("Open WebUI upgraded" if frm else "Open WebUI installed", version=to, previous=frm,
                     downtime=f"{downtime:.1f}s" if downtime is not None else None,
-                    phases=" ".join(f"{k}={v:.1f}" for k, v in ctx.timings.items() if v is not None) or None)
+                    phases=_phase_text(ctx.timings))
                 return 0
             j = _advance(ctx, j, "rollback", reason=why)
             step = "rollback"
