@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from localaid import log
 from localaid.adapters import http
 from localaid.adapters.systemd import SystemdError
-from localaid.model import JOB_UNITS, Action
+from localaid.records import JOB_UNITS, Action
 
 
 class Actor:

@@ -15,12 +15,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from localaid.adapters.ollama import (
-    InstalledModel, OllamaClient, OllamaError, PullProgress, RunningModel, same_model,
+    InstalledModel, OllamaClient, OllamaError, PullProgress, RunningModel, installed_size, same_model,
 )
-from localaid.provision.devices import vram_advice
+from localaid.vram import NO_GPU, NOT_PULLED, vram_advice, vram_note  # noqa: F401
 
-NO_GPU = "no NVIDIA GPU: runs on CPU"
-NOT_PULLED = "not pulled yet: size unknown"
 
 
 def _size(n: float) -> str:
@@ -175,21 +173,6 @@ def rows(installed: tuple[InstalledModel, ...], running: tuple[RunningModel, ...
 
 
 # ----------------------------------------------------------------------------------- VRAM advice
-def vram_note(size: int, gpu_total: int | None) -> tuple[bool | None, str]:
-    """(fits, words) for a model of `size` bytes (0: not pulled) on a GPU of `gpu_total` bytes
-    (None: no usable NVIDIA GPU). fits is None when it cannot be said."""
-    if not size:
-        return None, NOT_PULLED
-    if gpu_total is None:
-        return None, NO_GPU
-    return vram_advice(size, gpu_total)
-
-
-def installed_size(name: str, installed) -> int:
-    """Size of the installed model `name` ("llama3" is "llama3:latest"); 0 when not installed."""
-    return next((m.size for m in installed if same_model(name, m.name)), 0)
-
-
 def gpu_memory(config) -> int | None:
     """Memory of the largest NVIDIA GPU, None when there is none usable (NVML, no events)."""
     from localaid.adapters.gpu import Gpu

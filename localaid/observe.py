@@ -15,7 +15,7 @@ from types import MappingProxyType
 from localaid import paths, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import make_state
-from localaid.model import (
+from localaid.records import (
     JOB_UNITS, OLLAMA, UNITS, WEBUI, GpuObs, JobObs, Observation, Probe, ServiceObs,
 )
 

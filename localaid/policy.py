@@ -22,7 +22,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from localaid import policy_gpu
-from localaid.model import (
+from localaid.records import (
     OLLAMA, UNITS, WEBUI, Action, Decision, History, JobHistory, Observation,
     ServiceHistory, ServiceObs, ServiceStatus,
 )

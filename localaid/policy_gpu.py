@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from localaid.model import EMPTY, OLLAMA, UNITS, Action, Observation
+from localaid.records import EMPTY, OLLAMA, UNITS, Action, Observation
 
 FALLBACK_RESTARTS = 2
 FALLBACK_WINDOW = 3600.0

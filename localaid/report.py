@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 
 from localaid import __version__, fsutil, paths
-from localaid.model import Decision, Observation
+from localaid.records import Decision, Observation
 
 
 def state_document(config, obs: Observation, decision: Decision, recent: list[dict], generation: int,

@@ -22,7 +22,7 @@ from localaid import fsutil, log, paths, policy, report
 from localaid.act import Actor
 from localaid.adapters.notify import Notifier, watchdog_interval
 from localaid.adapters.systemd import Systemd
-from localaid.model import OLLAMA, UNITS, WEBUI, History, ServiceHistory
+from localaid.records import OLLAMA, UNITS, WEBUI, History, ServiceHistory
 from localaid.observe import Observer
 
 # The state file and metrics are rewritten when something changed, else at most this often.
@@ -34,7 +34,7 @@ EX_TEMPFAIL = 75  # exit so that systemd restarts localaid (Restart=on-failure)
 
 def nvidia_majors() -> frozenset[int]:
     """Majors of the NVIDIA character devices the kernel has now (/proc/devices)."""
-    from localaid.provision.devices import char_majors
+    from localaid.procfs import char_majors
     return frozenset(m for name, m in char_majors().items() if name.startswith("nvidia"))
 
 

@@ -29,7 +29,7 @@ import threading
 import time
 
 from localaid import fsutil, log, paths
-from localaid.model import GpuDevice, GpuObs, GpuProcess, XidEvent
+from localaid.records import GpuDevice, GpuObs, GpuProcess, XidEvent
 
 DEVICES_STATE = os.path.join(paths.RUN_DIR, "devices.json")  # written by `localaid provision devices`
 RESUME_STATE = os.path.join(paths.RUN_DIR, "resume.json")  # written by the system-sleep hook

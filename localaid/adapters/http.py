@@ -13,7 +13,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from localaid.model import LoadedModel, Probe
+from localaid.records import LoadedModel, Probe
 
 
 def request(url: str, timeout: float, method: str = "GET", body: object | None = None,

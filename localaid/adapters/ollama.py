@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 
 import httpx
 
-from localaid.model import LoadedModel, Probe
+from localaid.records import LoadedModel, Probe
 
 
 class OllamaError(Exception):
@@ -122,6 +122,11 @@ def same_model(a: str, b: str) -> bool:
     def norm(n: str) -> str:
         return n if ":" in n.rpartition("/")[2] else n + ":latest"
     return norm(a) == norm(b)
+
+
+def installed_size(name: str, installed) -> int:
+    """Size of the installed model `name` ("llama3" is "llama3:latest"); 0 when not installed."""
+    return next((m.size for m in installed if same_model(name, m.name)), 0)
 
 
 class OllamaClient:

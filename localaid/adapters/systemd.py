@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 
-from localaid.model import UnitState
+from localaid.records import UnitState
 
 DEST = "org.freedesktop.systemd1"
 PATH = "/org/freedesktop/systemd1"

@@ -45,9 +45,10 @@ import subprocess
 import time
 
 from localaid import fsutil, log, paths, progress
-from localaid.model import OLLAMA, UNITS
+from localaid.procfs import PROC, Driver, _module_loaded, _read, char_majors, driver_state, uvm_loaded  # noqa: F401
+from localaid.records import OLLAMA, UNITS
+from localaid.vram import GIB, MIB, vram_advice  # noqa: F401
 
-PROC = os.environ.get("LOCALAID_PROC", "/proc")
 DEV = os.environ.get("LOCALAID_DEV", "/dev")
 MARKER = os.path.join(paths.RUN_DIR, "devices.json")
 RESUME_MARKER = os.path.join(paths.RUN_DIR, "resume.json")
@@ -60,8 +61,6 @@ MODPROBE_CONF = "/etc/modprobe.d/localaid-nvidia.conf"
 MODPROBE_MARK = "# written by localaid"
 LADDER_LIMIT = 2  # ladders per boot, also enforced here in case the daemon restarted
 OLLAMA_USER, WEBUI_USER = "ollama", "open-webui"
-MIB, GIB = 2**20, 2**30
-CARD_SIZES_GB = (4, 6, 8, 12, 16, 20, 24, 32, 48, 80, 96)  # common cards
 
 
 class DevicesError(Exception):
@@ -76,65 +75,6 @@ class Node:
     minor: int
     access: bool = True  # service users must be able to open it (caps are root's business)
     mode: int | None = None  # creation mode from the driver (caps), else the driver's params
-
-
-@dataclasses.dataclass(frozen=True)
-class Driver:
-    loaded: bool
-    modules: frozenset[str]
-    majors: dict
-    gpu_minors: tuple[int, ...]
-    params: dict  # DeviceFileUID/GID/Mode from /proc/driver/nvidia/params
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def char_majors(proc: str = PROC) -> dict[str, int]:
-    """Character device majors by name from /proc/devices."""
-    out, section = {}, None
-    for line in _read(os.path.join(proc, "devices")).splitlines():
-        if line.endswith(":"):
-            section = line
-            continue
-        parts = line.split()
-        if section == "Character devices:" and len(parts) == 2 and parts[0].isdigit():
-            out[parts[1]] = int(parts[0])
-    return out
-
-
-def driver_state(proc: str = PROC) -> Driver:
-    modules = frozenset(line.split()[0] for line in _read(os.path.join(proc, "modules")).splitlines() if line)
-    majors = char_majors(proc)
-    frontend = majors.get("nvidia-frontend", majors.get("nvidia"))
-    minors = set()
-    for info in glob.glob(os.path.join(proc, "driver/nvidia/gpus/*/information")):
-        m = re.search(r"^Device Minor:\s*(\d+)", _read(info), re.M)
-        if m:
-            minors.add(int(m.group(1)))
-    loaded = frontend is not None or "nvidia" in modules or "nvidia_current" in modules
-    if loaded and not minors:
-        minors.add(0)  # /proc/driver/nvidia not readable here: assume one GPU
-    params = {}
-    for line in _read(os.path.join(proc, "driver/nvidia/params")).splitlines():
-        k, _, v = line.partition(":")
-        if k.strip() in ("DeviceFileUID", "DeviceFileGID", "DeviceFileMode") and v.strip().isdigit():
-            params[k.strip()] = int(v.strip())
-    return Driver(loaded, modules, majors, tuple(sorted(minors)), params)
-
-
-def _module_loaded(drv: Driver, part: str) -> bool:
-    """nvidia_<part>, or Debian's renamed nvidia_current_<part>, in /proc/modules."""
-    return any(m in (f"nvidia_{part}", f"nvidia_current_{part}") for m in drv.modules)
-
-
-def uvm_loaded(drv: Driver) -> bool:
-    return "nvidia-uvm" in drv.majors or _module_loaded(drv, "uvm")
 
 
 def expected_nodes(drv: Driver, proc: str = PROC, dev: str = DEV) -> list[Node]:
@@ -628,26 +568,6 @@ def resumed_main(args, config, systemd=None) -> int:
     return rc
 
 
-# ---------------------------------------------------------------------------- advice
-def vram_advice(model_size_bytes: int, gpu_total_bytes: int) -> tuple[bool, str]:
-    """Does a model of this size run fully on a GPU with this much memory? Rule of thumb: the
-    weights, plus KV cache and compute buffers of about half the weights at Ollama's default
-    context, plus ~1 GiB of CUDA context. An 8B model of 5.2 GB wants ~8.3 GiB: a 12 GB card."""
-    need = int(model_size_bytes * 1.5 + GIB)
-    fits = need <= gpu_total_bytes
-    size = f"{model_size_bytes / 1e9:.1f} GB"
-    card = f"{round(gpu_total_bytes / GIB)} GB"
-    if fits:
-        return True, f"{size} model fits this {card} GPU (needs ~{need / GIB:.1f} GiB with KV cache)"
-    largest = max(0, (gpu_total_bytes - GIB) / 1.5)
-    bigger = next((c for c in CARD_SIZES_GB if c * GIB >= need), None)
-    text = (f"{size} model needs ~{need / GIB:.1f} GiB of VRAM with KV cache; this {card} GPU would run part "
-            f"of it on the CPU (several times slower). Models up to {largest / 1e9:.1f} GB fit")
-    if bigger:
-        text += f", or use a {bigger} GB card"
-    return False, text
-
-
 def _open_as(path: str, uid: int, gid: int, groups) -> int:
     """errno of open(path, O_RDWR) by a child running as uid/gid/groups; 0 on success."""
     pid = os.fork()
@@ -746,7 +666,8 @@ def _vram_checks(config, gpu_total: int) -> list:
     from localaid.doctor import Check
     from localaid.adapters import http
     from localaid.adapters.ollama import parse_installed
-    from localaid.models import installed_size, vram_note
+    from localaid.adapters.ollama import installed_size
+    from localaid.vram import vram_note
     probe, body = http.request(config.ollama.url + "/api/tags", 3.0)
     if not probe.ok:
         return [Check("vram", None, f"no VRAM advice: cannot list Ollama's models ({probe.error})",

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from localaid import fsutil, log, paths, progress
 from localaid.adapters.systemd import SystemdError
-from localaid.model import OLLAMA
+from localaid.records import OLLAMA
 
 JOB = "ollama-setup"
 UNIT = "ollama.service"

@@ -9,7 +9,7 @@ import io
 from localaid import log
 from localaid.act import Actor
 from localaid.adapters.systemd import SystemdError
-from localaid.model import Action
+from localaid.records import Action
 
 
 class RecordingSystemd:

@@ -15,7 +15,7 @@ import pytest
 from localaid import doctor, models
 from localaid.adapters.ollama import InstalledModel, RunningModel
 from localaid.config import Config, ModelSpec
-from localaid.model import GpuDevice, GpuObs, Probe
+from localaid.records import GpuDevice, GpuObs, Probe
 from localaid.provision import devices
 
 GIB = 2**30

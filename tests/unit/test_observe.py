@@ -6,7 +6,7 @@ import threading
 from dataclasses import replace
 
 from localaid.config import Config
-from localaid.model import OLLAMA
+from localaid.records import OLLAMA
 from localaid.observe import Observer
 
 

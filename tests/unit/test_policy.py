@@ -7,7 +7,7 @@ import pytest
 
 from localaid import policy
 from localaid.config import Config, ModelSpec
-from localaid.model import (
+from localaid.records import (
     JOB_UNITS, OLLAMA, WEBUI, GpuObs, History, JobObs, LoadedModel, Observation, Probe, ServiceObs, UnitState,
 )
 

@@ -7,7 +7,7 @@ import pytest
 
 from localaid import policy_gpu
 from localaid.config import Config, ModelSpec
-from localaid.model import (
+from localaid.records import (
     EMPTY, GpuDevice, GpuObs, JobObs, LoadedModel, Observation, Probe, ServiceObs, UnitState, XidEvent,
 )
 

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from localaid import policy, report
 from localaid.config import Config
-from localaid.model import GpuDevice, GpuObs, History, LoadedModel, Observation, Probe, ServiceObs, UnitState
+from localaid.records import GpuDevice, GpuObs, History, LoadedModel, Observation, Probe, ServiceObs, UnitState
 
 
 def _obs():
@@ -75,7 +75,7 @@ def test_metrics_server_serves_last_text_on_loopback():
 
 # ------------------------------------------------------------------ GPU: Xids, reboot required, processes
 def _gpu_obs():
-    from localaid.model import GpuProcess, XidEvent
+    from localaid.records import GpuProcess, XidEvent
     dev = GpuDevice(0, "NVIDIA GeForce RTX 4070", "GPU-1234", 12 * 2**30, 2 * 2**30, 55, 7, compute_pids=(42, 43),
                     processes=(GpuProcess(42, 3 * 2**30), GpuProcess(43)))
     gpu = GpuObs(state="ok", devices=(dev,), xids=(XidEvent(79, "GPU-1234", 5.0),),

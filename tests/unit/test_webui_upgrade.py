@@ -14,7 +14,7 @@ import pytest
 
 from localaid import paths
 from localaid.config import Config, HealthConfig, WebUIConfig
-from localaid.model import UnitState
+from localaid.records import UnitState
 from localaid.provision import webui
 
 DATA = "/var/lib/open-webui"
