@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass
 
 from localaid import fsutil, paths
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool | None  # True ok, None warning, False needs fixing
-    message: str
-    advice: str = ""
-    skipped: bool = False  # not run here (e.g. needs root): shown as [skip], never a failure
+from localaid.records import Check
 
 
 # Modules whose doctor_checks(config) run after the core checks, in this order.

@@ -200,3 +200,14 @@ class Decision:
     # Seconds until the next cycle: health.interval, or 0 while a service's probes are timing out
     # (each such probe already waited health.timeout; the next one goes at once).
     recheck: float | None = None
+
+
+# ----------------------------------------------------------------------------------- doctor
+@dataclass(frozen=True)
+class Check:
+    """One finding of `localaid doctor`; every area (devices, Ollama, Open WebUI) returns a list."""
+    name: str
+    ok: bool | None  # True ok, None warning, False needs fixing
+    message: str
+    advice: str = ""
+    skipped: bool = False  # not run here (e.g. needs root): shown as [skip], never a failure

@@ -601,7 +601,7 @@ def access_matrix(config, dev_nodes: list[str]) -> dict[str, dict[str, int]]:
 
 
 def doctor_checks(config) -> list:
-    from localaid.doctor import Check
+    from localaid.records import Check
     from localaid.adapters.gpu import Gpu
     checks = []
     gpu = Gpu(config, events=False)
@@ -663,7 +663,7 @@ def doctor_checks(config) -> list:
 
 def _vram_checks(config, gpu_total: int) -> list:
     """VRAM advice for each configured model, sizes from Ollama's list of installed models."""
-    from localaid.doctor import Check
+    from localaid.records import Check
     from localaid.adapters import http
     from localaid.adapters.ollama import parse_installed
     from localaid.adapters.ollama import installed_size

@@ -876,7 +876,7 @@ def upgrade_main(args, config) -> int:
 
 # ------------------------------------------------------------------------------------- doctor
 def doctor_checks(config) -> list:
-    from localaid.doctor import Check
+    from localaid.records import Check
     from localaid.adapters.ollama import OllamaError, same_model
     cfg = config.ollama
     checks = []

@@ -1344,7 +1344,7 @@ def upgrade_main(args, config, ctx: Ctx | None = None) -> int:
 
 # ------------------------------------------------------------------------------------ doctor
 def doctor_checks(config, layout: Layout | None = None) -> list:
-    from localaid.doctor import Check
+    from localaid.records import Check
     layout = layout or Layout()
     w = config.webui
     if not w.enabled:

@@ -395,7 +395,7 @@ def test_disabled_stops_only_what_localaid_enabled(env, tmp_path):
 
 
 def test_doctor_reports_interrupted_upgrade(env, tmp_path):
-    from localaid.doctor import Check
+    from localaid.records import Check
     layout, host = env
     installed(layout, host, tmp_path)
     webui.write_journal(layout, {"to": "0.12.5", "from": "0.12.4", "step": "switch"})
