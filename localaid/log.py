@@ -17,8 +17,20 @@ _lock = threading.Lock()
 stream = sys.stdout  # replaced by tests
 
 
+_CONTROL = {c: " " for c in range(32) if c != 9} | {127: " "} | {c: " " for c in range(0x80, 0xa0)}
+_CONTROL |= {0x2028: " ", 0x2029: " ", 0x85: " "}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, carriage returns, escapes, NUL) turned into
+    spaces: a line from Ollama, the install script or a model registry stays one line, so it
+    cannot forge a journal field, a second log line or an sd_notify assignment (STATUS=...\n
+    MAINPID=...)."""
+    return text.translate(_CONTROL) if not text.isprintable() else text
+
+
 def _value(v: object) -> str:
-    text = str(v)
+    text = printable(str(v))
     if not text or any(c in text for c in ' ="\n'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return text
@@ -26,7 +38,7 @@ def _value(v: object) -> str:
 
 def format_line(priority: int, message: str, fields: dict) -> str:
     extra = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
-    message = message.replace("\n", " ")
+    message = printable(message)
     return f"<{priority}>{message}" + (f" {extra}" if extra else "")
 
 

@@ -29,7 +29,9 @@ class Notifier:
     def send(self, **fields: str | int) -> bool:
         if self._sock is None:
             return False
-        message = "\n".join(f"{k.upper()}={v}" for k, v in fields.items()).encode()
+        # One assignment per line: a value with a newline (a status built from an installer's or
+        # a registry's words) could otherwise add MAINPID= or READY= of its own.
+        message = "\n".join(f"{k.upper()}={log.printable(str(v))}" for k, v in fields.items()).encode()
         try:
             self._sock.sendto(message, self.address)
             return True
