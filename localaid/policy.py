@@ -253,15 +253,22 @@ def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
 
 # --------------------------------------------------------------------------------- models
 def _warm(config, obs: Observation, hist: History, ollama_state: str, now: float):
-    """Keep configured models loaded: preload those missing from /api/ps once Ollama answers."""
+    """Keep configured models loaded: preload those missing from /api/ps once Ollama answers.
+
+    The retry hold (health.model_load_grace) applies to one Ollama process only: a new process
+    (its MainPID or start time changed: an admin restart, a crash, an upgrade, a resume) has
+    nothing loaded, so its models are preloaded as soon as it answers, whoever restarted it.
+    Returns (actions, attempts, process)."""
     so = obs.services.get(OLLAMA)
+    unit = so.unit if so is not None else None
+    process = (unit.main_pid, unit.active_enter_mono) if unit is not None and unit.main_pid else hist.warm_process
+    attempts = dict(hist.warm_attempts) if process == hist.warm_process else {}
     if ollama_state != "ok" or so is None or so.models is None:
-        return [], hist.warm_attempts
+        return [], _freeze(attempts), process
     setup = obs.jobs.get("ollama-setup")
     if setup is not None and setup.unit is not None and setup.unit.active_state == "activating":
-        return [], hist.warm_attempts  # models may still be downloading
+        return [], _freeze(attempts), process  # models may still be downloading
     loaded = {m.name for m in so.models}
-    attempts = dict(hist.warm_attempts)
     actions = []
     for spec in config.ollama.models:
         if not spec.keep_warm or _loaded(spec.name, loaded):
@@ -272,7 +279,7 @@ def _warm(config, obs: Observation, hist: History, ollama_state: str, now: float
             continue
         attempts[spec.name] = now
         actions.append(Action("preload", spec.name, "warm", "configured keep_warm, not loaded", service=OLLAMA))
-    return actions, _freeze(attempts)
+    return actions, _freeze(attempts), process
 
 
 def _loaded(name: str, loaded: set[str]) -> bool:
@@ -342,9 +349,9 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     if any(a.service == OLLAMA and a.kind in ("restart", "kill-restart", "start", "start-job") for a in actions):
         # A fresh Ollama has nothing loaded: preload as soon as it answers, not model_load_grace later.
         hist = replace(hist, warm_attempts=_freeze({}))
-    warm_actions, attempts = _warm(config, obs, hist, services[OLLAMA].state, now)
+    warm_actions, attempts, process = _warm(config, obs, hist, services[OLLAMA].state, now)
     actions += warm_actions
-    hist = replace(hist, warm_attempts=attempts)
+    hist = replace(hist, warm_attempts=attempts, warm_process=process)
 
     parts = []
     for st in statuses:

@@ -176,6 +176,7 @@ class History:
     services: Mapping[str, ServiceHistory] = field(default_factory=lambda: EMPTY)
     jobs: Mapping[str, JobHistory] = field(default_factory=lambda: EMPTY)
     warm_attempts: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # model -> last preload request
+    warm_process: tuple[int, float] = (0, 0.0)  # (MainPID, start) of the Ollama those attempts were made to
     gpu: Mapping[str, object] = field(default_factory=lambda: EMPTY)  # owned by the GPU policy
     extra: Mapping[str, object] = field(default_factory=lambda: EMPTY)
 

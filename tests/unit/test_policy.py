@@ -345,6 +345,34 @@ def test_keep_warm_models_preloaded_once_until_grace():
     assert pre == [["deepseek-r1:8b"], [], [], ["deepseek-r1:8b"]]
 
 
+def test_a_new_ollama_process_is_warmed_at_once_whoever_restarted_it():
+    """Issue: `systemctl restart ollama` 60 s after a preload left the model unloaded for the rest
+    of model_load_grace (5 min by default). The hold is per Ollama process."""
+    c = Config()  # the shipped defaults: model_load_grace 5 min
+    c = replace(c, ollama=replace(c.ollama, models=(ModelSpec("deepseek-r1:8b"),)))
+
+    def ollama(pid, started):
+        return (replace(unit("ollama.service", enter=started), main_pid=pid), OK)
+    ds = run(c, [observe(1000.0, ollama=ollama(10, 900.0)),
+                 observe(1010.0, ollama=ollama(10, 900.0)),        # same process: held
+                 observe(1060.0, ollama=ollama(22, 1059.0)),       # restarted by the admin
+                 observe(1061.0, ollama=ollama(22, 1059.0)),       # same new process: held again
+                 observe(1070.0, ollama=ollama(22, 1059.0)),
+                 observe(1080.0, ollama=ollama(31, 1079.5))])      # crashed and restarted
+    pre = [[a.target for a in d.actions if a.kind == "preload"] for d in ds]
+    assert pre == [["deepseek-r1:8b"], [], ["deepseek-r1:8b"], [], [], ["deepseek-r1:8b"]]
+    assert ds[-1].history.warm_process == (31, 1079.5)
+
+
+def test_a_failing_preload_of_one_process_is_held_for_the_grace():
+    c = Config()
+    c = replace(c, ollama=replace(c.ollama, models=(ModelSpec("llama3"),)))
+    ol = (replace(unit("ollama.service", enter=50.0), main_pid=7), OK)
+    times = [100.0, 101.0, 200.0, 100.0 + c.health.model_load_grace - 1, 100.0 + c.health.model_load_grace]
+    ds = run(c, [observe(t, ollama=ol) for t in times])
+    assert [len([a for a in d.actions if a.kind == "preload"]) for d in ds] == [1, 0, 0, 0, 1]
+
+
 def test_warm_model_not_preloaded_again_while_loaded():
     c = cfg()
     c = replace(c, ollama=replace(c.ollama, models=(ModelSpec("llama3"),)))
