@@ -300,6 +300,29 @@ def _service_status(config, name: str, h: ServiceHistory, obs: Observation) -> S
     return ServiceStatus(name, h.state, h.reason, detail, len(window))
 
 
+STATUS_TEXT_MAX = 72  # characters of a job's own words in STATUS (the rest is in `localaid status`)
+
+
+def _short(text: str, limit: int = STATUS_TEXT_MAX) -> str:
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
+def _setup_status(st: ServiceStatus, job, jo, running: bool, now: float) -> ServiceStatus:
+    """A service never seen answering, with a set-up job: say how its installation goes in its
+    own fragment ("ollama installing: downloading install script (40%)", "open-webui not
+    installed (setup failed: …; retry in 30 s)"), never "stopped by admin" for a service that
+    nobody stopped because it never ran."""
+    text = jo.text if jo is not None and jo.text else ""
+    if running:
+        pct = f" ({jo.fraction * 100:.0f}%)" if jo is not None and jo.fraction is not None else ""
+        return replace(st, state="installing", reason=_short(text or "set-up in progress") + pct)
+    if job.state == "failed":
+        return replace(st, state="not installed",
+                       reason=f"setup failed: {_short(text or 'see journalctl')}; "
+                              f"retry in {fmt_seconds(job.next_attempt - now)}")
+    return st
+
+
 def _fragment(config, st: ServiceStatus) -> str:
     if st.state == "ok":
         return f"{st.name} ok" + (f" {st.detail}" if st.detail.startswith(":") else
@@ -319,6 +342,7 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     job_actions, jobs, job_notes = _jobs(config, obs, hist, now)
     services = dict(hist.services)
     statuses = []
+    folded: set[str] = set()  # set-up jobs already told inside their service's fragment
     for name in _enabled_services(config):
         dep = OLLAMA if name == WEBUI else None
         dep_ok = dep is None or services.get(dep, ServiceHistory()).state in ("ok", "starting", "unknown")
@@ -331,7 +355,12 @@ def decide(config, obs: Observation, hist: History) -> Decision:
         services[name] = h
         actions += a
         notes += n
-        statuses.append(_service_status(config, name, h, obs))
+        st = _service_status(config, name, h, obs)
+        if h.last_ok is None and st.state in ("installing", "missing", "stopped") and job is not None:
+            st = _setup_status(st, job, jo, setting_up, now)
+            if st.state in ("installing", "not installed"):
+                folded.add(SETUP_JOB[name])
+        statuses.append(st)
     hist = replace(hist, services=_freeze(services))
 
     gpu_actions, gpu_hist, gpu_fragment, gpu_notes = policy_gpu.decide_gpu(config, obs, hist.gpu, now)
@@ -358,7 +387,7 @@ def decide(config, obs: Observation, hist: History) -> Decision:
         parts.append(_fragment(config, st))
         if st.name == OLLAMA and gpu_fragment:
             parts.append(gpu_fragment)
-    parts += _job_fragments(obs, jobs, now)
+    parts += _job_fragments(obs, {j: jh for j, jh in jobs.items() if j not in folded}, now)
     healthy = all(st.state == "ok" for st in statuses)
     return Decision(tuple(actions), hist, " · ".join(parts), healthy, tuple(statuses), tuple(notes),
                     recheck=_recheck(config, obs, hist))

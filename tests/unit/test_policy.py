@@ -317,6 +317,30 @@ def test_jobs_started_once_per_configuration_generation():
     assert jobs[2] == ["devices", "ollama-setup", "webui-setup"]
 
 
+def test_a_service_never_installed_is_not_installed_not_stopped_by_admin():
+    """Offline, with the shipped defaults: both set-up jobs fail. STATUS said "open-webui stopped
+    (stopped by admin; ...)" about a service nobody stopped, in a 465-character line."""
+    c = cfg()
+    absent = unit("ollama.service", state="inactive", sub="dead", load="not-found")
+    inactive = unit("open-webui.service", state="inactive", sub="dead")
+    why_o = "install script download failed: cannot connect to ollama.com: Temporary failure in name resolution"
+    why_w = ("Open WebUI 0.12.4: installing open-webui==0.12.4 with pip failed: ERROR: No matching distribution "
+             "found for open-webui==0.12.4")
+    failed = jobs_idle()
+    for job, why in (("ollama-setup", why_o), ("webui-setup", why_w)):
+        failed[job] = JobObs(job, unit(JOB_UNITS[job], state="failed", sub="failed", result="exit-code"), why)
+    ds = run(c, [observe(100.0, ollama=(absent, REFUSED), webui=(inactive, REFUSED)),
+                 observe(101.0, ollama=(absent, REFUSED), webui=(inactive, REFUSED), jobs=failed),
+                 observe(105.0, ollama=(absent, REFUSED), webui=(inactive, REFUSED), jobs=failed)])
+    line = ds[-1].status_line
+    assert "stopped by admin" not in line
+    assert "ollama not installed (setup failed: install script download failed: cannot connect" in line
+    assert "open-webui not installed (setup failed: Open WebUI 0.12.4: installing open-webui==0.12.4" in line
+    assert "retry in" in line and "ollama setup failed" not in line and len(line) <= 320, (len(line), line)
+    assert [s.state for s in ds[-1].services] == ["not installed", "not installed"]
+    assert not ds[-1].healthy
+
+
 def test_failed_job_retried_with_backoff_and_reported():
     c = cfg()
     running = jobs_idle()
@@ -437,7 +461,8 @@ def test_service_being_set_up_is_installing_not_stopped_by_admin():
     ds = run(c, [observe(100.0, webui=(inactive, REFUSED)), observe(101.0, webui=(inactive, REFUSED), jobs=running),
                  observe(102.0, webui=(inactive, REFUSED), jobs=done)])
     assert [d.history.services[WEBUI].state for d in ds] == ["installing", "installing", "stopped"]
-    assert "open-webui setup: installing open-webui 0.12.4" in ds[1].status_line
+    assert "open-webui installing (installing open-webui 0.12.4)" in ds[1].status_line
+    assert "open-webui setup" not in ds[1].status_line  # told once, in the service's own fragment
 
 
 def test_stopped_service_that_served_before_is_stopped_even_while_its_setup_job_runs():
