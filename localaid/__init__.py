@@ -1,3 +1,3 @@
 """localaid: keeps Ollama and Open WebUI healthy on an NVIDIA GPU under systemd."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

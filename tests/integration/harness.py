@@ -6,7 +6,7 @@ overlaid (or copied) per container, booted with ``systemd-nspawn -b`` on the
 host network, and commands run inside with ``nsenter``.
 
     with Container(rootfs, binds=[(deb_dir, "/mnt", True)]) as c:
-        c.run(["apt-get", "install", "-y", "/mnt/localaid_0.1.0_all.deb"])
+        c.run(["apt-get", "install", "-y", "/mnt/localaid_0.2.0_all.deb"])
         assert c.systemctl("is-active", "localaid", check=False).stdout.strip() == "active"
 
 Teardown always runs (context manager, atexit, SIGTERM/SIGHUP): power off,

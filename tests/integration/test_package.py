@@ -142,14 +142,18 @@ def test_install_enables_and_starts_localaid(container):
 
 def test_installed_files(container, deb):
     c = container
+    # The administrator's file is not a conffile (postinst makes it from the shipped defaults when
+    # absent), so upgrades never ask about it: see test_package_upgrade.py.
     conffiles = c.run(["dpkg-query", "-W", "-f=${Conffiles}", "localaid"]).stdout
-    assert "/etc/localaid/localaid.yaml" in conffiles
+    assert "/etc/localaid/localaid.yaml" not in conffiles
     assert c.read("/etc/localaid/localaid.yaml") == CONFIG, "a pre-seeded config must survive install"
     assert c.run(["test", "-d", "/etc/localaid/conf.d"], check=False).returncode == 0
     assert c.run(["test", "-x", "/usr/bin/localaid"], check=False).returncode == 0
     assert c.exists("/usr/share/man/man1/localaid.1.gz")
     # The shipped example configuration (replaced here by the pre-seeded one) is valid.
-    c.sh(f"dpkg-deb --fsys-tarfile {guest_deb_path(deb)} | tar -xO ./etc/localaid/localaid.yaml > /tmp/shipped.yaml")
+    c.sh(f"dpkg-deb --fsys-tarfile {guest_deb_path(deb)} | tar -xO ./usr/share/localaid/localaid.yaml "
+         "> /tmp/shipped.yaml")
+    assert c.read("/tmp/shipped.yaml") == c.read("/usr/share/localaid/localaid.yaml")
     c.run(["localaid", "config", "check", "/tmp/shipped.yaml"])
     c.run(["localaid", "config", "check"])
     # The bundled NVML bindings import with the distribution's python3 and nothing else.
@@ -267,9 +271,12 @@ def test_remove_then_purge(make_container):
 
 def test_reinstall_after_purge_and_upgrade_in_place(make_container, deb):
     c = make_container(install=True, config=CONFIG, name="reinstall")
+    assert c.read("/etc/localaid/localaid.yaml") == CONFIG
     c.run(["apt-get", "install", "-y", "-q", "--reinstall", guest_deb_path(deb)])
     assert c.run(["systemctl", "is-enabled", "localaid.service"], check=False).stdout.strip() == "enabled"
     c.run(["apt-get", "purge", "-y", "-q", "localaid"])
     c.run(["apt-get", "install", "-y", "-q", guest_deb_path(deb)])
-    assert c.exists("/etc/localaid/localaid.yaml")
+    # after a purge the documented defaults come back, mode 0644 root
+    assert c.read("/etc/localaid/localaid.yaml") == c.read("/usr/share/localaid/localaid.yaml")
+    assert c.run(["stat", "-c", "%a %U", "/etc/localaid/localaid.yaml"]).stdout.strip() == "644 root"
     assert c.run(["systemctl", "is-enabled", "localaid.service"], check=False).stdout.strip() == "enabled"

@@ -1,4 +1,4 @@
-"""`localaid models` VRAM advice (localaid/models.py) and `localaid doctor`'s GPU checks
+"""`localaid models` VRAM advice (localaid/cli/models.py) and `localaid doctor`'s GPU checks
 (localaid/provision/devices.py doctor_checks): advice for configured models, pulled or not;
 the per-user device access test only as root."""
 
@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from localaid import doctor, models
 from localaid.adapters.ollama import InstalledModel, RunningModel
+from localaid.cli import doctor, models
 from localaid.config import Config, ModelSpec
-from localaid.records import GpuDevice, GpuObs, Probe
 from localaid.provision import devices
+from localaid.records import GpuDevice, GpuObs, Probe
 
 GIB = 2**30
 
@@ -51,7 +51,7 @@ def run_models(monkeypatch, cfg, gpu_total, json_out=False):
     monkeypatch.setattr(models, "gpu_memory", lambda config: gpu_total)
     out = io.StringIO()
     with redirect_stdout(out):
-        assert models.models_main(SimpleNamespace(json=json_out), cfg) == 0
+        assert models.run(SimpleNamespace(json=json_out), cfg) == 0
     return out.getvalue()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localaid import models as models_cli
+from localaid.cli import models as models_cli, pull as pull_cli
 from localaid.adapters.ollama import (
     InstalledModel, OllamaClient, OllamaError, PullError, PullProgress, RunningModel, parse_pull_line, same_model,
 )
@@ -194,7 +194,7 @@ def test_ps_from_threads_while_a_slow_load_runs(fake):
 def test_pull_display_plain_lines():
     out = io.StringIO()
     clock = iter(range(100)).__next__
-    d = models_cli.PullDisplay("m:1b", out=out, tty=False, clock=lambda: float(clock()))
+    d = pull_cli.PullDisplay("m:1b", out=out, tty=False, clock=lambda: float(clock()))
     d.update(PullProgress("pulling manifest"))
     for done in (0, 250_000_000, 500_000_000, 1_000_000_000):
         d.update(PullProgress("pulling abc", "sha256:abc", 1_000_000_000, done))
@@ -210,7 +210,7 @@ def test_pull_display_plain_lines():
 
 def test_pull_display_bar_on_tty():
     out = io.StringIO()
-    d = models_cli.PullDisplay("m", out=out, tty=True)
+    d = pull_cli.PullDisplay("m", out=out, tty=True)
     d.update(PullProgress("pulling abc", "sha256:abc", 100, 50))
     assert "\r" in out.getvalue() and "50% [" in out.getvalue()
 

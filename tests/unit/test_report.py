@@ -107,15 +107,15 @@ def test_state_document_has_uuid_processes_and_xids():
 
 
 def test_status_shows_uuid_processes_and_xid_watch():
-    from localaid import cli
+    from localaid.cli import status
     cfg = Config()
     obs = _gpu_obs()
     obs = replace(obs, gpu=replace(obs.gpu, xid_watch="not supported by this GPU/driver"))
     doc = json.loads(json.dumps(report.state_document(cfg, obs, policy.decide(cfg, obs, History()), [], 1, 0.01)))
-    text = cli._render_status(doc, 1.0, "active")
+    text = status.render(doc, 1.0, "active")
     assert "GPU 0: NVIDIA GeForce RTX 4070  GPU-1234  2.0/12.0 GiB" in text
     assert "  compute processes: PID 42 3.0 GiB, PID 43" in text.splitlines()
     assert "xid watch: not supported by this GPU/driver" in text.splitlines()
     assert "Xid events since start: 13 ×2, 79 ×1" in text.splitlines()
     doc["gpu"]["devices"][0]["processes"] = None
-    assert "  compute processes: not listed by the driver" in cli._render_status(doc, 1.0, "active").splitlines()
+    assert "  compute processes: not listed by the driver" in status.render(doc, 1.0, "active").splitlines()

@@ -1,4 +1,9 @@
-"""`localaid doctor`: checks with advice. Each area contributes `doctor_checks(config)`."""
+"""`localaid doctor`: checks with advice, then a non-zero exit status when something needs fixing.
+
+The core checks are here; each area (devices, Ollama, Open WebUI) contributes its own through
+`doctor_checks(config)`, called by module name: the provisioning modules are imported only now.
+Checks are plain data (localaid.records.Check); render() turns them into the lines printed.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,16 @@ import importlib
 import time
 
 from localaid import fsutil, paths
+from localaid.cli.common import EX_FAIL, EX_OK, load_config
 from localaid.records import Check
+
+MARKS = {True: "ok  ", None: "warn", False: "FAIL"}
+
+
+def main(args) -> int:
+    checks = run(load_config(args))
+    print(render(checks))
+    return exit_code(checks)
 
 
 # Modules whose doctor_checks(config) run after the core checks, in this order.
@@ -53,14 +67,14 @@ def run(config) -> list[Check]:
 
 
 def exit_code(checks: list[Check]) -> int:
-    return 1 if any(c.ok is False for c in checks) else 0
+    """1 when a check failed; warnings and skipped checks leave it 0."""
+    return EX_FAIL if any(c.ok is False for c in checks) else EX_OK
 
 
-def render(checks: list[Check], color: bool = False) -> str:
-    marks = {True: "ok  ", None: "warn", False: "FAIL"}
+def render(checks: list[Check]) -> str:
     lines = []
     for c in checks:
-        lines.append(f"[{'skip' if c.skipped else marks[c.ok]}] {c.name}: {c.message}")
+        lines.append(f"[{'skip' if c.skipped else MARKS[c.ok]}] {c.name}: {c.message}")
         if c.advice and c.ok is not True:
             lines.append(f"       → {c.advice}")
     return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""`localaid models [--json]`: installed, configured and loaded models from Ollama's API.
+
+Lists installed models, configured ones not pulled yet and those loaded in memory, with where
+each runs (GPU, CPU, or partly both) and whether it fits the GPU's memory with room for its KV
+cache. Talks to Ollama directly: works whether or not the localaid daemon runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, replace
+
+from localaid.adapters.ollama import InstalledModel, OllamaClient, OllamaError, RunningModel, same_model
+from localaid.cli.common import EX_FAIL, EX_OK, load_config, size_text
+from localaid.vram import vram_note
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    size: int
+    installed: bool
+    loaded: bool = False
+    size_vram: int = 0
+    loaded_size: int = 0
+    expires_at: str = ""
+    parameter_size: str = ""
+    quantization: str = ""
+    note: str = ""  # free text, e.g. whether it fits the GPU's memory
+
+    @property
+    def where(self) -> str:
+        if not self.loaded:
+            return "-"
+        if self.loaded_size and self.size_vram >= self.loaded_size:
+            return "GPU"
+        if self.size_vram <= 0:
+            return "CPU"
+        return f"{self.size_vram * 100 // max(1, self.loaded_size)}% GPU"
+
+
+def rows(installed: tuple[InstalledModel, ...], running: tuple[RunningModel, ...]) -> list[ModelRow]:
+    by_name: dict[str, ModelRow] = {}
+    for m in installed:
+        by_name[m.name] = ModelRow(m.name, m.size, True, parameter_size=m.parameter_size,
+                                   quantization=m.quantization)
+    for r in running:
+        key = next((n for n in by_name if same_model(n, r.name)), r.name)
+        base = by_name.get(key) or ModelRow(r.name, r.size, False)
+        by_name[key] = ModelRow(base.name, base.size, base.installed, True, r.size_vram, r.size, r.expires_at,
+                                base.parameter_size, base.quantization, base.note)
+    return sorted(by_name.values(), key=lambda x: (not x.loaded, x.name))
+
+
+# ----------------------------------------------------------------------------------- VRAM advice
+def gpu_memory(config) -> int | None:
+    """Memory of the largest NVIDIA GPU, None when there is none usable (NVML, no events)."""
+    from localaid.adapters.gpu import Gpu
+    gpu = Gpu(config, events=False)
+    try:
+        obs = gpu.observe()
+    finally:
+        gpu.close()
+    return max((d.memory_total for d in obs.devices), default=None)
+
+
+def advise(table: list[ModelRow], configured: tuple[str, ...], gpu_total: int | None) -> list[ModelRow]:
+    """The rows plus one per configured model not pulled yet, each with its VRAM advice as note."""
+    missing = [ModelRow(n, 0, False) for n in configured if not any(same_model(n, r.name) for r in table)]
+    return [replace(r, note=vram_note(r.size, gpu_total)[1]) for r in table + missing]
+
+
+def render(table: list[ModelRow]) -> str:
+    if not table:
+        return "no models installed: localaid pull MODEL (e.g. llama3.2:3b)"
+    head = ("NAME", "SIZE", "PARAMS", "QUANT", "LOADED", "VRAM", "WHERE", "UNTIL")
+    lines = []
+    for r in table:
+        until = r.expires_at[:19].replace("T", " ") if r.loaded else ""
+        if until[:4].isdigit() and int(until[:4]) > 2200:  # keep_alive < 0: Ollama adds ~292 years
+            until = "forever"
+        lines.append((r.name, size_text(r.size) if r.size else "-", r.parameter_size or "-", r.quantization or "-",
+                      size_text(r.loaded_size) if r.loaded else "-", size_text(r.size_vram) if r.loaded else "-",
+                      r.where, until or "-") + ((r.note,) if r.note else ()))
+    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*head).rstrip()]
+    for ln in lines:
+        out.append((fmt.format(*ln[:len(head)]) + ("  " + ln[-1] if len(ln) > len(head) else "")).rstrip())
+    return "\n".join(out)
+
+
+def main(args) -> int:
+    return run(args, load_config(args))
+
+
+def run(args, config) -> int:
+    with OllamaClient(config.ollama.url, timeout=5.0) as client:
+        try:
+            installed = client.tags()
+            running = client.running()
+        except OllamaError as e:
+            print(f"localaid models: {e}", file=sys.stderr)
+            return EX_FAIL
+    gpu_total = gpu_memory(config)
+    table = advise(rows(installed, running), tuple(s.name for s in config.ollama.models), gpu_total)
+    if getattr(args, "json", False):
+        doc = {"installed": [asdict(m) for m in installed], "loaded": [asdict(m) for m in running],
+               "gpu_memory": gpu_total, "models": [dict(asdict(r), where=r.where) for r in table]}
+        print(json.dumps(doc, indent=1))
+    else:
+        print(render(table))
+    return EX_OK

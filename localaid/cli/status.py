@@ -1,0 +1,98 @@
+"""`localaid status [--json]`: the daemon's last view (/run/localaid/status.json), rendered."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from localaid import paths
+from localaid.cli.common import EX_FAIL, EX_NOT_RUNNING, EX_OK
+
+STALE_AFTER = 30.0  # seconds: an older state is shown "as last seen" and counts as not running
+
+
+def main(args) -> int:
+    from localaid import fsutil
+    doc = fsutil.read_json(paths.STATUS_FILE)
+    age = time.time() - float(doc.get("written", 0)) if isinstance(doc, dict) else None
+    running = daemon_state()
+    if args.json:
+        print(json.dumps({"daemon": running, "age_seconds": age, "state": doc}, indent=1, default=str))
+    else:
+        print(render(doc, age, running))
+    if running != "active" or doc is None or (age is not None and age > STALE_AFTER):
+        return EX_NOT_RUNNING
+    return EX_OK if doc.get("healthy") else EX_FAIL
+
+
+def daemon_state() -> str:
+    try:
+        from localaid.adapters.systemd import Systemd
+        return Systemd(timeout=3).state("localaid.service").active_state or "unknown"
+    except Exception as e:  # no systemd here: say so rather than fail
+        return f"unknown ({e})"
+
+
+def render(doc, age: float | None, daemon: str) -> str:
+    """The status document as `localaid status` prints it."""
+    lines = []
+    if daemon != "active":
+        lines.append(f"localaid daemon is {daemon}: start it with `systemctl start localaid`"
+                     " (journalctl -u localaid tells why it stopped)")
+    if not isinstance(doc, dict):
+        lines.append(f"no state yet ({paths.STATUS_FILE} missing): the daemon has not completed a cycle")
+        return "\n".join(lines)
+    if age is not None and age > STALE_AFTER:
+        lines.append(f"state is {age:.0f} s old: shown as last seen")
+    lines.append(f"● {doc.get('status_line', '')}")
+    lines.append("")
+    lines.append(f"{'SERVICE':<12} {'STATE':<12} {'PROBE':>8} {'RESTARTS':>9}  DETAIL")
+    for s in doc.get("services", []):
+        lat = s.get("probe_latency")
+        lat_s = f"{lat * 1000:.0f} ms" if isinstance(lat, (int, float)) else "-"
+        reason = s.get("reason") or s.get("detail") or ""
+        lines.append(f"{s['name']:<12} {s['state']:<12} {lat_s:>8} {s.get('restarts_in_window', 0):>9}  {reason}")
+    lines.append("")
+    lines.extend(_gpu_lines(doc.get("gpu") or {}))
+    models = [m for s in doc.get("services", []) for m in s.get("models", [])]
+    for m in models:
+        where = "GPU" if m["size_vram"] >= m["size"] > 0 else ("CPU" if m["size_vram"] == 0 else "partly CPU")
+        lines.append(f"model {m['name']}: {m['size'] / 1e9:.1f} GB on {where}")
+    for name, j in (doc.get("jobs") or {}).items():
+        if j.get("state") in ("failed", "started"):
+            lines.append(f"job {name}: {j['state']}" + (f" — {j['text']}" if j.get("text") else ""))
+    recent = doc.get("recent_actions") or []
+    if recent:
+        lines.append("")
+        lines.append("last actions:")
+        for a in recent[-5:]:
+            when = time.strftime("%H:%M:%S", time.localtime(a["at"]))
+            lines.append(f"  {when} {a['kind']} {a['target']} ({a['cause']}): {a['outcome']}")
+    return "\n".join(lines)
+
+
+def _gpu_lines(gpu: dict) -> list[str]:
+    lines = []
+    if gpu.get("devices"):
+        for d in gpu["devices"]:
+            lines.append(f"GPU {d['index']}: {d['name']}  {d.get('uuid') or 'no UUID'}  {d['memory_used'] / 2**30:.1f}/"
+                         f"{d['memory_total'] / 2**30:.1f} GiB" +
+                         (f"  {d['temperature']}°C" if d.get("temperature") is not None else "") +
+                         (f"  {d['utilization']}% busy" if d.get("utilization") is not None else ""))
+            lines.append(f"  compute processes: {_processes_text(d.get('processes', ()))}")
+    else:
+        lines.append(f"GPU: {gpu.get('state', 'unknown')}" + (f" ({gpu['error']})" if gpu.get("error") else ""))
+    if gpu.get("xid_watch"):
+        lines.append(f"xid watch: {gpu['xid_watch']}")
+    if gpu.get("xid_counts"):
+        lines.append("Xid events since start: " + ", ".join(f"{x} ×{n}" for x, n in gpu["xid_counts"].items()))
+    return lines
+
+
+def _processes_text(procs) -> str:
+    if procs is None:
+        return "not listed by the driver"
+    if not procs:
+        return "none"
+    return ", ".join(f"PID {p['pid']}" + (f" {p['used_memory'] / 2**30:.1f} GiB" if p.get("used_memory") is not None
+                                          else "") for p in procs)
