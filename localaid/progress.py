@@ -59,3 +59,40 @@ def read_all() -> dict[str, Progress]:
             if entry is not None:
                 out[entry.job] = entry
     return out
+
+
+# ------------------------------------------------------------------------ who holds a marker
+def process_start(pid: int) -> int | None:
+    """The start time of process `pid` (clock ticks since boot, /proc/PID/stat field 22), or None
+    when there is no such process. With the PID it names one process for good: a PID reused by
+    another process after a crash has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def write_owner(path: str) -> None:
+    """A marker file naming this process: "PID START"."""
+    pid = os.getpid()
+    fsutil.atomic_write(path, f"{pid} {process_start(pid) or 0}\n")
+
+
+def owner_alive(path: str) -> bool:
+    """Whether the process a marker names still runs (same PID and start time). A missing or
+    unreadable marker, a dead process or a reused PID: False."""
+    try:
+        with open(path, encoding="ascii") as f:
+            fields = f.read().split()
+        pid = int(fields[0])
+        start = int(fields[1]) if len(fields) > 1 else None
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return False
+    now = process_start(pid)
+    return now is not None and (start in (None, 0) or now == start)
+

@@ -148,16 +148,17 @@ class Lock:
 
 
 class Maintenance:
-    """/run/localaid/maintenance/<service> holding our PID: while it exists (and the PID lives)
-    the supervisor does not repair the service. A job that is killed leaves it behind with a
-    dead PID, which the supervisor ignores; the next run of the job takes it over."""
+    """/run/localaid/maintenance/<service> naming this process (PID and start time): while that
+    process lives the supervisor does not repair the service. A job that is killed leaves it
+    behind naming a dead process (or a PID since reused by another), which the supervisor
+    ignores; the next run of the job takes it over."""
 
     def __init__(self, service: str, directory: str | None = None):
         self.path = os.path.join(directory or paths.MAINTENANCE_DIR, service)
 
     def on(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-        fsutil.atomic_write(self.path, f"{os.getpid()}\n")
+        progress.write_owner(self.path)
 
     def off(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -203,8 +203,26 @@ def test_lock_fails_fast_or_waits_and_says_so(tmp_path):
 def test_maintenance_marker_holds_our_pid(tmp_path):
     m = Maintenance("ollama", str(tmp_path))
     with m:
-        assert (tmp_path / "ollama").read_text() == f"{os.getpid()}\n" and m.active
-    assert not m.active
+        pid, start = (tmp_path / "ollama").read_text().split()
+        assert int(pid) == os.getpid() and int(start) == progress.process_start(os.getpid()) > 0
+        assert m.active and progress.owner_alive(m.path)
+    assert not m.active and not progress.owner_alive(m.path)
+
+
+def test_a_marker_of_a_dead_process_or_a_reused_pid_is_not_alive(tmp_path):
+    marker = tmp_path / "open-webui"
+    child = os.fork()
+    if child == 0:
+        progress.write_owner(str(marker))
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert not progress.owner_alive(str(marker))  # the writer is gone
+    marker.write_text(f"{os.getpid()} 12345\n")  # our PID, another start time: reused
+    assert not progress.owner_alive(str(marker))
+    marker.write_text(f"{os.getpid()}\n")  # the old format: only the PID
+    assert progress.owner_alive(str(marker))
+    marker.write_text("garbage\n")
+    assert not progress.owner_alive(str(marker))
 
 
 def test_reporter_strips_control_characters_everywhere(tmp_path, monkeypatch):
