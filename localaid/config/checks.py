@@ -1,0 +1,49 @@
+"""Checks across keys, run on the built Config of the merged files.
+
+Each check is skipped when a key it needs was refused (``ctx.ok``), so one mistake is not reported
+twice; ``ctx.report`` puts the problem at the key the user wrote (or the nearest section given).
+A new check is a function ``(cfg, ctx) -> None`` added to CHECKS.
+"""
+
+from __future__ import annotations
+
+from localaid.config.convert import Ctx, parse_listen
+from localaid.config.keys import Config
+from localaid.quantity import format_duration
+
+
+def _check_http(cfg: Config, ctx: Ctx) -> None:
+    if (cfg.ollama.install_script.startswith("http://") and not cfg.ollama.allow_http
+            and ctx.ok("ollama.install_script", "ollama.allow_http")):
+        ctx.report("ollama.install_script", "plain http:// is refused unless ollama.allow_http is true")
+
+
+def _check_backoff(cfg: Config, ctx: Ctx) -> None:
+    h, keys = cfg.health, ("health.backoff.initial", "health.backoff.max")
+    if h.backoff_initial > h.backoff_max and ctx.ok(*keys):
+        if keys[0] in ctx.given:
+            ctx.report(keys[0], f"must not be more than health.backoff.max "
+                                f"({format_duration(h.backoff_max)}), got {format_duration(h.backoff_initial)}")
+        else:
+            ctx.report(keys[1], f"must not be less than health.backoff.initial "
+                                f"({format_duration(h.backoff_initial)}), got {format_duration(h.backoff_max)}")
+
+
+def _check_ports(cfg: Config, ctx: Ctx) -> None:
+    binds = [("ollama.port", "ollama", cfg.ollama.host, cfg.ollama.port)]
+    if cfg.webui.enabled:
+        binds.append(("webui.listen", "webui.listen", cfg.webui.host, cfg.webui.port))
+    if cfg.metrics.listen:
+        host, port = parse_listen(cfg.metrics.listen)
+        binds.append(("metrics.listen", "metrics.listen", host, port))
+    wildcard = {"0.0.0.0", "::"}
+    for i, (key, name, host, port) in enumerate(binds):
+        for other_key, other, other_host, other_port in binds[:i]:
+            if (port == other_port and (host == other_host or {host, other_host} & wildcard)
+                    and ctx.ok(key, other_key, "ollama.host")):
+                where = key if key in ctx.given else other_key
+                what = other if where == key else name
+                ctx.report(where, f"port {port} is already used by {what}")
+
+
+CHECKS = (_check_http, _check_backoff, _check_ports)

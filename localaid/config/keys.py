@@ -1,0 +1,185 @@
+"""Every configuration key, declared once: the frozen dataclasses of Config.
+
+Each YAML key is one field here, ``key(default, converter, "one-line doc")``; see schema.py for
+``key()`` and ``section()``, and the package docstring for how to add a key.  The shipped example
+/etc/localaid/localaid.yaml (etc/localaid.yaml) must show every key with this default: a unit
+test compares them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import localaid.config.convert as c
+from localaid.config.schema import key, schema_of, section
+from localaid.config.values import FrozenMap, ModelSpec
+
+DEFAULT_WEBUI_VERSION = "0.12.4"
+# Application-caused Xids (the Kubernetes device plugin's skip list): not a sign of a sick GPU.
+DEFAULT_IGNORE_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+# Environment variables that have their own config key; setting them in `environment` is refused.
+OLLAMA_MANAGED_ENV = {
+    "OLLAMA_HOST": "ollama.host and ollama.port",
+    "OLLAMA_MODELS": "ollama.models_dir",
+    "OLLAMA_KEEP_ALIVE": "ollama.keep_alive",
+    "OLLAMA_NUM_PARALLEL": "ollama.num_parallel",
+    "OLLAMA_MAX_LOADED_MODELS": "ollama.max_loaded_models",
+    "OLLAMA_CONTEXT_LENGTH": "ollama.context_length",
+    "OLLAMA_GPU_OVERHEAD": "ollama.gpu_overhead",
+}
+WEBUI_MANAGED_ENV = {
+    "DATA_DIR": "webui.data_dir",
+    "HOST": "webui.listen",
+    "PORT": "webui.listen",
+    "OLLAMA_BASE_URL": "ollama.host and ollama.port",
+    "WEBUI_ADMIN_EMAIL": "webui.admin.email",
+    "WEBUI_ADMIN_NAME": "webui.admin.name",
+    "WEBUI_ADMIN_PASSWORD": "webui.admin.password_file",
+}
+
+_HTTP = ("https", "http")
+
+
+def _url_host(name: str) -> str:
+    name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(name, name)   # wildcard binds: talk via loopback
+    return f"[{name}]" if ":" in name else name
+
+
+@dataclass(frozen=True, slots=True)
+class OllamaConfig:
+    install_script: str = key(
+        "https://ollama.com/install.sh", c.url(_HTTP, "an https:// URL or an absolute path", paths=True),
+        "where the Ollama installer comes from: an https:// URL or an absolute path")
+    install_script_sha256: str | None = key(     # lower-case hex
+        None, c.string("64 hexadecimal digits (a SHA-256)", c.SHA256, normalise=str.lower),
+        "SHA-256 the downloaded installer must have; null: not checked")
+    allow_http: bool = key(False, c.boolean, "accept a plain http:// install_script URL")
+    version: str | None = key(                   # "0.6.2" (a leading "v" is dropped); None = newest
+        None, c.string('a version such as "0.6.2"', c.OLLAMA_VERSION, hint=" (leave it unset for the newest)",
+                       normalise=c.strip_v),
+        "the Ollama release to install; null: the newest at installation time")
+    install_timeout: float = key(900.0, c.duration(10, 6 * HOUR), "how long the installer may run")
+    host: str = key("127.0.0.1", c.host, "address Ollama's API listens on")   # no brackets, even for IPv6
+    port: int = key(11434, c.integer(1, 65535), "port Ollama's API listens on")
+    models_dir: str | None = key(None, c.path(directory=True),
+                                 "directory holding the models (OLLAMA_MODELS); null: Ollama's default")
+    keep_alive: str | None = key(                # "forever" or a Go duration ("5m", "1h30m", "0s")
+        None, c.keep_alive, "how long an idle model stays loaded (OLLAMA_KEEP_ALIVE); null: Ollama's default")
+    num_parallel: int | None = key(None, c.integer(1, 128), "requests one model serves at a time; null: Ollama decides")
+    max_loaded_models: int | None = key(None, c.integer(1, 64), "models kept loaded together; null: Ollama decides")
+    context_length: int | None = key(None, c.integer(256, 2**24), "default context window in tokens")
+    gpu_overhead: int | None = key(None, c.size(0, 2**40), "GPU memory Ollama leaves unused on each GPU (bytes)")
+    environment: FrozenMap = key(FrozenMap(), c.environment(OLLAMA_MANAGED_ENV),
+                                 "extra environment for ollama.service, NAME: value")
+    models: tuple[ModelSpec, ...] = key((), c.models, "models to pull, and keep loaded unless keep_warm: false")
+
+    @property
+    def url(self) -> str:
+        """Base URL for clients and probes ("http://127.0.0.1:11434")."""
+        return f"http://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def bind(self) -> str:
+        """The OLLAMA_HOST value ("127.0.0.1:11434", "[::1]:11434")."""
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{name}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    email: str = key("admin@localhost", c.string('an e-mail address such as "admin@localhost"', c.EMAIL),
+                     "e-mail address of the administrator account created on first start")
+    name: str = key("Admin", c.string("a name"), "display name of that account")
+    password_file: str = key("/etc/localaid/webui-admin-password", c.path(),
+                             "file holding its password (root only); a random one is written if absent")
+
+
+@dataclass(frozen=True, slots=True)
+class WebUIConfig:
+    enabled: bool = key(True, c.boolean, "install and supervise Open WebUI")
+    version: str = key(DEFAULT_WEBUI_VERSION, c.string('a version such as "0.6.5"', c.PEP440, normalise=c.strip_v),
+                       "the open-webui release installed from the package index")
+    host: str = key("127.0.0.1", c.listen("127.0.0.1:3000"),    # host: no brackets
+                    'address and port of the web interface, "host:port"', yaml="listen", attrs=("host", "port"))
+    port: int = 3000                             # set with host, by the key `listen`
+    data_dir: str = key("/var/lib/open-webui", c.path(directory=True), "Open WebUI's data (DATA_DIR)")
+    python: str = key("/usr/bin/python3", c.path(), "interpreter the virtual environment is built with")
+    installer: str = key("auto", c.enum("auto", "uv", "pip"), "what installs the packages: auto, uv or pip")
+    index_url: str | None = key(None, c.url(_HTTP, "an http(s):// URL"), "package index to use; null: PyPI")
+    extra_index_urls: tuple[str, ...] = key(
+        (), c.list_of(c.url(_HTTP, "an http(s):// URL"), "URLs"), "further package indexes searched as well")
+    find_links: tuple[str, ...] = key(
+        (), c.list_of(c.url(_HTTP, "an http(s):// URL or an absolute path", paths=True), "URLs or paths"),
+        "places to look for wheel files: http(s):// URLs or absolute paths")
+    no_index: bool = key(False, c.boolean, "use only find_links, never a package index")
+    keep_venvs: int = key(2, c.integer(1, 10), "virtual environments kept after an upgrade, for rollback")
+    keep_backups: int = key(5, c.integer(1, 100), "database backups kept in data_dir")
+    admin: AdminConfig = section(AdminConfig, "the administrator account created on first start")
+    gpu: bool = key(False, c.boolean, "let Open WebUI use the GPU")
+    environment: FrozenMap = key(FrozenMap(), c.environment(WEBUI_MANAGED_ENV),
+                                 "extra environment for open-webui.service, NAME: value")
+    install_timeout: float = key(1800.0, c.duration(1 * MINUTE, 6 * HOUR),
+                                 "how long building the virtual environment may take")
+
+    @property
+    def url(self) -> str:
+        """Base URL for probes ("http://127.0.0.1:3000")."""
+        return f"http://{_url_host(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesConfig:
+    mode: str = key("ensure", c.enum("ensure", "group", "world", "off"),
+                    "what localaid does about /dev/nvidia*: ensure, group, world or off")
+    group: str = key("video", c.string("a group name", c.GROUP), "the group used by mode group")
+
+
+@dataclass(frozen=True, slots=True)
+class GpuConfig:
+    devices: DevicesConfig = section(DevicesConfig, "the NVIDIA device nodes")
+    watch: bool = key(True, c.boolean, "watch the GPU through NVML (memory, lost GPUs, Xid errors)")
+    ignore_xids: frozenset[int] = key(DEFAULT_IGNORE_XIDS, c.list_of(c.integer(1, 999), "Xid numbers", frozenset),
+                                      "Xid errors caused by applications: logged, not acted on")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    interval: float = key(1.0, c.duration(0.2, MINUTE), "how often the services are probed")
+    timeout: float = key(0.5, c.duration(0.1, 30), "how long one probe may take before it counts as failed")
+    failures: int = key(3, c.integer(1, 20), "consecutive failed probes after which a service is down")
+    ollama_start_grace: float = key(30.0, c.duration(0, HOUR), "failed probes not counted after Ollama starts",
+                                    yaml="start_grace.ollama")
+    webui_start_grace: float = key(180.0, c.duration(0, HOUR), "failed probes not counted after Open WebUI starts",
+                                   yaml="start_grace.webui")
+    model_load_grace: float = key(300.0, c.duration(0, HOUR), "time a model may take to load")
+    backoff_initial: float = key(2.0, c.duration(0.1, HOUR), "wait before the second restart of a hung service",
+                                 yaml="backoff.initial")
+    backoff_max: float = key(300.0, c.duration(1, DAY), "longest wait between restarts (doubling from initial)",
+                             yaml="backoff.max")
+    restart_limit: int = key(5, c.integer(1, 100), "most restarts of one service within window",
+                             yaml="restart_limit.count")
+    restart_window: float = key(600.0, c.duration(10, DAY), "the window restart_limit.count counts in",
+                                yaml="restart_limit.window")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    textfile: str | None = key("/var/lib/prometheus/node-exporter/localaid.prom", c.textfile,
+                               "Prometheus textfile written for node_exporter (*.prom); false: none")
+    listen: str | None = key(None, c.listen_string("127.0.0.1:9101"),   # normalised "host:port"
+                             'also serve /metrics over HTTP on this "host:port"; null: no server')
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    ollama: OllamaConfig = section(OllamaConfig, "Ollama: installation, service environment, models")
+    webui: WebUIConfig = section(WebUIConfig, "Open WebUI: installation and service")
+    gpu: GpuConfig = section(GpuConfig, "the GPU: device nodes and NVML watch")
+    health: HealthConfig = section(HealthConfig, "probes, restarts and their limits")
+    metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics")
+    sources: tuple[str, ...] = ()                # files actually read, in merge order
+
+
+SCHEMA = schema_of(Config)
