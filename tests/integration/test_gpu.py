@@ -221,6 +221,14 @@ def run_udev_rule(c):
     assert c.unit_property("localaid-devices.service", "Result") == "success", journal(c, "localaid-devices.service")
 
 
+def settle_first_devices_job(c) -> None:
+    """localaid.service starts localaid-devices.service as soon as it is installed, racing the
+    test's own look at the nodes: wait for that first run to end, so a test sets the nodes up
+    after it."""
+    wait_for(lambda: c.unit_property("localaid-devices.service", "ExecMainExitTimestampMonotonic") not in ("", "0")
+             and c.is_active("localaid-devices.service") in ("inactive", "failed"), timeout=60)
+
+
 NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 
 
@@ -228,6 +236,10 @@ NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/nvidia-uvm-t
 @pytest.mark.parametrize("mode", ["ensure", "group", "world"])
 def test_modes_repair_restrictive_nodes_and_survive_a_driver_reload(make_container, nvml_lib, mode):
     c = make_gpu_box(make_container, nvml_lib, mode=mode, nodes="bad", start_ollama=False)
+    settle_first_devices_job(c)
+    set_driver(c, uvm=False, mode=0o600)
+    restrictive_nodes(c)
+    c.sh("rm -f /run/fake-kmod/log")
     assert can_open(c, "ollama", "/dev/nvidia0") == "EACCES"
     r = run_devices(c)
     assert r.returncode == 0, journal(c, "localaid-devices.service")
@@ -295,7 +307,9 @@ def test_udev_rule_and_units_installed(make_container, nvml_lib):
 
 def test_mknod_when_there_is_no_nvidia_modprobe(make_container, nvml_lib):
     c = make_gpu_box(make_container, nvml_lib, nodes="bad", start_ollama=False)
+    settle_first_devices_job(c)
     c.run(["rm", "/usr/local/sbin/nvidia-modprobe"])
+    c.sh("rm -f /dev/nvidia-uvm /dev/nvidia-uvm-tools")
     set_driver(c, uvm=True)  # module loaded, node missing
     assert run_devices(c).returncode == 0
     # made for the service users' group: a node that did not exist gave nobody access
@@ -428,3 +442,23 @@ def test_resume_hook_checks_at_once_and_runs_the_ladder(make_container, nvml_lib
     assert detect < 5, detect
     assert "cause=cpu-fallback" not in journal(c, "localaid.service")  # the ladder, not a plain restart
     assert c.run([SLEEP_HOOK, "pre", "suspend"]).returncode == 0
+
+
+def test_a_killed_ladder_is_completed_and_ollama_started_again(make_container, nvml_lib):
+    """The ladder is killed after it stopped Ollama (nvidia_uvm's unload hangs): the unit's
+    ExecStopPost completes it from the step it had recorded, and Ollama runs again."""
+    c = make_gpu_box(make_container, nvml_lib)
+    wait_for(lambda: on_gpu(c), timeout=40, message="tinyllama on the GPU")
+    c.write("/run/fake-kmod/hang-on-uvm-unload", "")
+    c.systemctl("start", "--no-block", "localaid-gpu-recover.service")
+    wait_for(lambda: "modprobe -r nvidia-uvm" in kmod_log(c), timeout=30)
+    assert c.is_active("ollama.service") == "inactive"
+    assert json.loads(c.read("/run/localaid/gpu-recover.steps.json"))["step"] == "reload nvidia_uvm"
+    c.systemctl("kill", "--signal=KILL", "localaid-gpu-recover.service")
+    wait_for(lambda: c.is_active("localaid-gpu-recover.service") in ("inactive", "failed"), timeout=120)
+    wait_for(lambda: c.is_active("ollama.service") == "active", timeout=30)
+    job = journal(c, "localaid-gpu-recover.service")
+    assert 'GPU recovery: completing the ladder a killed run left step="reload nvidia_uvm"' in job, job
+    assert not c.exists("/run/localaid/gpu-recover.steps.json")
+    assert kmod_log(c)[-2:] == ["modprobe -r nvidia-uvm", "modprobe nvidia-uvm"]
+    assert json.loads(c.read("/run/localaid/progress/gpu-recover.json"))["state"] == "done"

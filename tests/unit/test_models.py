@@ -1,5 +1,5 @@
 """`localaid models` VRAM advice (localaid/cli/models.py) and `localaid doctor`'s GPU checks
-(localaid/provision/devices.py doctor_checks): advice for configured models, pulled or not;
+(localaid/provision/devices/ doctor_checks): advice for configured models, pulled or not;
 the per-user device access test only as root."""
 
 from __future__ import annotations

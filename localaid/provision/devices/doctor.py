@@ -1,0 +1,126 @@
+"""`localaid doctor`'s GPU checks: the GPU as NVML sees it, the nodes the driver needs, whether
+each service user really opens them (as root: a child process per user opens every node), and
+whether the configured models fit the card's memory."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Callable
+
+from localaid.procfs import PROC, Driver
+from localaid.provision.devices.access import service_users, user_ids
+from localaid.provision.devices.ladder import GpuHost
+from localaid.provision.devices.nodes import Node, describe, node_stat
+from localaid.records import Check
+
+FIX = "systemctl start localaid-devices.service (or set gpu.devices.mode)"
+
+
+def _open_as(path: str, uid: int, gid: int, groups) -> int:
+    """errno of open(path, O_RDWR) by a child running as uid/gid/groups; 0 on success."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+                code = 0
+            except OSError as e:
+                code = e.errno if 0 < e.errno < 99 else 98
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def access_matrix(config, dev_nodes: list[str]) -> dict[str, dict[str, int]]:
+    """{user: {node: errno}} by really opening each node as each service user."""
+    out = {}
+    for user in service_users(config):
+        ids = user_ids(user)
+        if ids is None:
+            continue
+        uid, gid, groups = ids
+        out[user] = {p: _open_as(p, uid, gid, groups) for p in dev_nodes}
+    return out
+
+
+def checks(config, drv: Driver, nodes: list[Node], root: bool,
+           matrix: Callable[[object, list[str]], dict[str, dict[str, int]]] = access_matrix) -> list[Check]:
+    """The checks for the driver state `drv` and its `nodes` (read by the caller). root: the
+    per-user open test can run (it needs setgroups/setuid)."""
+    from localaid.policy_gpu import gpu_label
+    out = []
+    obs = GpuHost().gpu(config)
+    if obs.state == "ok":
+        out.append(Check("gpu", True, f"{gpu_label(obs)} (driver {obs.driver or '?'})"))
+    elif obs.state == "none":
+        out.append(Check("gpu", None, f"{obs.error or 'no NVIDIA GPU found'}: running on CPU",
+                         "install the NVIDIA driver (Debian: nvidia-driver from non-free) for GPU speed"))
+    else:
+        out.append(Check("gpu", False, obs.error or obs.state,
+                         "GPU lost: reboot; if it recurs check power, cooling and `journalctl -k | grep Xid`"))
+    if not drv.loaded:
+        if obs.state == "ok":
+            out.append(Check("gpu devices", None, f"cannot read the driver's state in {PROC}"))
+    else:
+        out += _node_checks(config, nodes, root, matrix)
+    if obs.state == "ok" and config.ollama.models:
+        out += _vram_checks(config, max(d.memory_total for d in obs.devices))
+    return out
+
+
+def _node_checks(config, nodes: list[Node], root: bool, matrix) -> list[Check]:
+    mode = config.gpu.devices.mode
+    out = []
+    missing = [n.path for n in nodes if node_stat(n.path) is None]
+    if missing:
+        out.append(Check("gpu devices", False, "missing: " + ", ".join(missing),
+                         FIX if mode != "off" else "nvidia-modprobe -u -c0 (gpu.devices.mode is off)"))
+    else:
+        out.append(Check("gpu devices", True, ", ".join(f"{os.path.basename(n.path)} {describe(node_stat(n.path))}"
+                                                        for n in nodes if n.access)))
+    if mode == "world":
+        out.append(Check("gpu devices mode", None, "gpu.devices.mode is world: every local user may use "
+                         "the GPU", "gpu.devices.mode: group (or ensure) limits it to the service users"))
+    present = [n.path for n in nodes if n.access and node_stat(n.path) is not None]
+    if not root:
+        out.append(Check("device access per user", True, "run as root (sudo localaid doctor) to test", skipped=True))
+    for user, results in (matrix(config, present) if root else {}).items():
+        denied = {p: e for p, e in results.items() if e not in (0, errno.ENXIO)}
+        nxio = [p for p, e in results.items() if e == errno.ENXIO]
+        if denied:
+            why = ", ".join(f"{os.path.basename(p)}: {os.strerror(e) if e < 98 else 'error'}" for p, e in denied.items())
+            out.append(Check(f"gpu access {user}", False, f"{user} cannot open {why}", FIX))
+        elif nxio:
+            out.append(Check(f"gpu access {user}", None,
+                             f"{user} may open the nodes, but no driver answers behind "
+                             + ", ".join(os.path.basename(p) for p in nxio) + " (ENXIO)",
+                             "the nodes' majors do not match the loaded driver: reload it or reboot"))
+        else:
+            out.append(Check(f"gpu access {user}", True, f"{user} opens all {len(results)} NVIDIA nodes read-write"))
+    return out
+
+
+def _vram_checks(config, gpu_total: int) -> list[Check]:
+    """VRAM advice for each configured model, sizes from Ollama's list of installed models."""
+    from localaid.adapters import http
+    from localaid.adapters.ollama import installed_size, parse_installed
+    from localaid.vram import vram_note
+    probe, body = http.request(config.ollama.url + "/api/tags", 3.0)
+    if not probe.ok:
+        return [Check("vram", None, f"no VRAM advice: cannot list Ollama's models ({probe.error})",
+                      "start Ollama: systemctl start ollama")]
+    installed = parse_installed(body)
+    out = []
+    for spec in config.ollama.models:
+        size = installed_size(spec.name, installed)
+        fits, text = vram_note(size, gpu_total)
+        advice = "pick a smaller variant (fewer parameters or a lower quantisation)" if size else \
+            f"localaid pull {spec.name} (localaid also pulls configured models itself)"
+        out.append(Check(f"vram {spec.name}", True if fits else None, text, "" if fits else advice))
+    return out
