@@ -19,13 +19,15 @@ stream = sys.stdout  # replaced by tests
 
 _CONTROL = {c: " " for c in range(32) if c != 9} | {127: " "} | {c: " " for c in range(0x80, 0xa0)}
 _CONTROL |= {0x2028: " ", 0x2029: " ", 0x85: " "}
+_CONTROL |= {c: "\ufffd" for c in range(0xD800, 0xE000)}  # lone surrogates cannot be written as UTF-8
 
 
 def printable(text: str) -> str:
     """`text` with control characters (newlines, carriage returns, escapes, NUL) turned into
     spaces: a line from Ollama, the install script or a model registry stays one line, so it
     cannot forge a journal field, a second log line or an sd_notify assignment (STATUS=...\n
-    MAINPID=...)."""
+    MAINPID=...). Lone surrogates (a JSON "\\ud800" from a hostile server) become U+FFFD, which
+    UTF-8 can carry."""
     return text.translate(_CONTROL) if not text.isprintable() else text
 
 

@@ -13,7 +13,7 @@ from localaid.quantity import format_duration
 
 
 def _check_http(cfg: Config, ctx: Ctx) -> None:
-    if (cfg.ollama.install_script.startswith("http://") and not cfg.ollama.allow_http
+    if (cfg.ollama.install_script[:7].lower() == "http://" and not cfg.ollama.allow_http
             and ctx.ok("ollama.install_script", "ollama.allow_http")):
         ctx.report("ollama.install_script", "plain http:// is refused unless ollama.allow_http is true")
 
