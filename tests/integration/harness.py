@@ -522,3 +522,15 @@ def standin_unit(port: int, docroot: str = "/usr/share/doc", description: str = 
             f"ExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1 {port} --directory {docroot}\n"
             f"Restart=always\n{extra}")
 
+
+
+# A unit behind the name ollama.service that binds no port (containers may share the host's
+# network, and other runs may use 11434): something to supervise, or to see not restarted.
+SLEEPING_OLLAMA_UNIT = """\
+[Unit]
+Description=stand-in ollama
+[Service]
+ExecStart=/bin/sleep infinity
+[Install]
+WantedBy=multi-user.target
+"""

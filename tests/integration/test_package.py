@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import guest_deb_path
-from harness import WORK_BASE, Container, reap_stale, wait_for
+from harness import SLEEPING_OLLAMA_UNIT, WORK_BASE, Container, reap_stale, wait_for
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,20 +25,10 @@ webui:
   enabled: false
 """
 
-# Stand-in for the unit Ollama's installer writes: something to supervise. It binds no
-# port: containers share the host network, and other test runs may use 11434.
-STANDIN_OLLAMA = """\
-[Unit]
-Description=stand-in ollama
-[Service]
-ExecStart=/bin/sleep infinity
-[Install]
-WantedBy=multi-user.target
-"""
 
 
 def _standin_ollama(c: Container) -> None:
-    c.write("/etc/systemd/system/ollama.service", STANDIN_OLLAMA)
+    c.write("/etc/systemd/system/ollama.service", SLEEPING_OLLAMA_UNIT)
     c.systemctl("daemon-reload")
     c.systemctl("enable", "--now", "ollama.service")
 

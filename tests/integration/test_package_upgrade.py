@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, guest_deb_path
-from harness import wait_for
+from harness import SLEEPING_OLLAMA_UNIT, wait_for
 
 # The last release (main as it landed before 0.2.0). Bump when a new one lands.
 PREVIOUS_RELEASE = "e96570d"
@@ -33,14 +33,6 @@ health:
   interval: 2s
 """
 CONF_D = "health:\n  failures: 4\n"
-STANDIN_OLLAMA = """\
-[Unit]
-Description=stand-in ollama
-[Service]
-ExecStart=/bin/sleep infinity
-[Install]
-WantedBy=multi-user.target
-"""
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +83,7 @@ def test_upgrade_from_the_previous_release_keeps_config_and_services(make_contai
         f"this build ({new_v}) must have a higher version than the previous release ({old_v})"
     prev_guest = "/mnt-prev/" + previous_deb.name
     c = make_container(with_deb=True, binds=[(str(previous_deb), prev_guest, True)], name="pkg-upgrade")
-    c.write("/etc/systemd/system/ollama.service", STANDIN_OLLAMA)
+    c.write("/etc/systemd/system/ollama.service", SLEEPING_OLLAMA_UNIT)
     c.systemctl("daemon-reload")
     c.systemctl("enable", "--now", "ollama.service")
 
