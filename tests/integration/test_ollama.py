@@ -23,7 +23,10 @@ sys.path.insert(0, str(FAKES))
 
 import server as fake_site  # noqa: E402
 
-MODELS_DIR = "/srv/ollama-models"
+# A space and a % in it: written into the drop-in quoted for systemd (%% for %), it must reach
+# Ollama's environment and ReadWritePaths= as it is (a pull has to land there under ProtectSystem=).
+MODELS_DIR = "/srv/ollama 100% models"
+SECRET = 'hf_S3CR3T "q" $HOME `id` 100%'
 
 
 PORT = free_port()
@@ -33,11 +36,12 @@ ollama:
   port: {port}
   version: "0.9.0"
   install_timeout: 30s
-  models_dir: {models}
+  models_dir: "{models}"
   keep_alive: forever
   num_parallel: 2
   environment:
     OLLAMA_FLASH_ATTENTION: "1"
+    LOCALAID_TEST_TOKEN: '{secret}'
   models:
     - tinyllama
     - name: qwen2.5:0.5b
@@ -67,7 +71,8 @@ def trust_ca(site):
 
 @pytest.fixture(scope="module")
 def container_options(site):
-    return {"config": CONFIG.format(url=site.script_url, models=MODELS_DIR, port=PORT), "setup": trust_ca(site)}
+    return {"config": CONFIG.format(url=site.script_url, models=MODELS_DIR, port=PORT, secret=SECRET),
+            "setup": trust_ca(site)}
 
 
 def setup_state(c) -> dict:
@@ -108,12 +113,22 @@ def test_installing_the_deb_provisions_ollama(container, site):
     unit = c.read("/etc/systemd/system/ollama.service")
     assert "ExecStart=/usr/local/bin/ollama serve" in unit and "OLLAMA_HOST" not in unit
     dropin = c.read("/etc/systemd/system/ollama.service.d/50-localaid.conf")
-    for line in (f'Environment="OLLAMA_HOST=127.0.0.1:{PORT}"', f'Environment="OLLAMA_MODELS={MODELS_DIR}"',
+    escaped = MODELS_DIR.replace("%", "%%")
+    for line in (f'Environment="OLLAMA_HOST=127.0.0.1:{PORT}"', f'Environment="OLLAMA_MODELS={escaped}"',
                  'Environment="OLLAMA_KEEP_ALIVE=-1"', 'Environment="OLLAMA_NUM_PARALLEL=2"',
-                 'Environment="OLLAMA_FLASH_ATTENTION=1"', "After=localaid-devices.service"):
-        assert line in dropin
+                 f'ReadWritePaths="-{escaped}"', "After=localaid-devices.service",
+                 "EnvironmentFile=-/etc/systemd/system/ollama.service.d/50-localaid.env"):
+        assert line in dropin.splitlines(), line
     env = c.unit_property("ollama.service", "Environment")
     assert f"OLLAMA_MODELS={MODELS_DIR}" in env and "OLLAMA_KEEP_ALIVE=-1" in env
+    assert MODELS_DIR in c.unit_property("ollama.service", "ReadWritePaths")
+    # ollama.environment (it may hold tokens): only in the 0600 file, and Ollama gets it as written.
+    envfile = "/etc/systemd/system/ollama.service.d/50-localaid.env"
+    assert c.run(["stat", "-c", "%a %U:%G", envfile]).stdout.strip() == "600 root:root"
+    assert "S3CR3T" not in dropin and "S3CR3T" not in env and "S3CR3T" in c.read(envfile)
+    environ = c.read(f"/proc/{c.unit_property('ollama.service', 'MainPID')}/environ").split("\0")
+    assert "OLLAMA_FLASH_ATTENTION=1" in environ and f"LOCALAID_TEST_TOKEN={SECRET}" in environ
+    assert f"OLLAMA_MODELS={MODELS_DIR}" in environ
     assert c.unit_property("ollama.service", "User") == "ollama"
     # Models directory made for user ollama (Ollama issues #2701, #9877); configured models pulled.
     assert c.run(["stat", "-c", "%U:%G", MODELS_DIR]).stdout.strip() == "ollama:ollama"
@@ -122,7 +137,18 @@ def test_installing_the_deb_provisions_ollama(container, site):
     assert c.exists(f"{MODELS_DIR}/manifests/registry.ollama.ai/library/tinyllama/latest")
     journal = c.journal("localaid-ollama-setup.service")
     assert "installer: >>> Installing ollama to /usr/local" in journal
+    assert "created user ollama (home /usr/share/ollama), as the install script would" in journal
     assert "Traceback" not in journal
+
+
+def test_the_setup_job_is_sandboxed(container):
+    """The install script ran (above) inside localaid-ollama-setup.service's sandbox."""
+    out = container.run(["systemd-analyze", "security", "--no-pager", "localaid-ollama-setup.service"],
+                        check=False).stdout
+    m = re.search(r"Overall exposure level for localaid-ollama-setup\.service: ([0-9.]+)", out)
+    assert m, out[-2000:]
+    assert float(m.group(1)) <= 5.0, out
+    assert container.unit_property("localaid-ollama-setup.service", "ProtectSystem") == "strict"
 
 
 def test_second_run_downloads_nothing_and_leaves_ollama_alone(container, site):

@@ -18,6 +18,8 @@ import pytest
 from localaid import log
 from localaid.config import FrozenMap, OllamaConfig
 from localaid.provision import ollama as prov
+from localaid.provision.job import JobError, Reporter
+from localaid.provision.ollama import script, service
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes" / "ollama"
 sys.path.insert(0, str(FAKES))
@@ -43,7 +45,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture
 def trust(site, monkeypatch):
-    monkeypatch.setattr(prov, "_ssl_context", lambda: ssl.create_default_context(cafile=str(site.certs["ca_crt"])))
+    monkeypatch.setattr(script, "_ssl_context", lambda: ssl.create_default_context(cafile=str(site.certs["ca_crt"])))
     site.mode.update(script="ok", archive="ok")
     yield
     site.mode.update(script="ok", archive="ok")
@@ -63,7 +65,7 @@ class FakeClock:
 
 
 def reporter():
-    return prov.Reporter(job=None)
+    return Reporter(None, terminal=False)
 
 
 # --------------------------------------------------------------------------------- validation
@@ -107,14 +109,14 @@ def test_download_over_https(site, trust):
 
 def test_untrusted_certificate_is_an_error(site):
     site.mode.update(script="ok")
-    with pytest.raises(prov.ProvisionError, match="cannot connect to 127.0.0.1:.*CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(JobError, match="cannot connect to 127.0.0.1:.*CERTIFICATE_VERIFY_FAILED"):
         prov.download(site.script_url, False, 5)
 
 
 def test_404_is_retried_with_clear_messages_then_given_up(site, trust):
     site.mode["script"] = "404"
     fc = FakeClock()
-    rep = prov.Reporter(job=None, terminal=False)
+    rep = Reporter(None, terminal=False)
     with pytest.raises(prov.ScriptError) as e:
         prov.obtain_script(cfg(install_script=site.script_url), rep, budget=60, sleep=fc.sleep, clock=fc.clock)
     assert str(e.value) == (f"install script download failed: HTTP 404 from {site.script_url}; "
@@ -139,11 +141,11 @@ def test_recovers_when_the_site_comes_back(site, trust):
 
 def test_truncated_and_slow_downloads(site, trust):
     site.mode["script"] = "truncated"
-    with pytest.raises(prov.ProvisionError, match="closed early"):
+    with pytest.raises(JobError, match="closed early"):
         prov.download(site.script_url, False, 5)
     site.mode["script"] = "slow"
     t0 = time.monotonic()
-    with pytest.raises(prov.ProvisionError, match=r"no answer from https://127.0.0.1:\d+/install.sh within 1 s"):
+    with pytest.raises(JobError, match=r"no answer from https://127.0.0.1:\d+/install.sh within 1 s"):
         prov.download(site.script_url, False, 1)
     assert time.monotonic() - t0 < 4
 
@@ -187,16 +189,24 @@ def test_dropin_settings_and_quoting():
     for line in ('Environment="OLLAMA_HOST=[::1]:11500"', 'Environment="OLLAMA_MODELS=/home/ai/models"',
                  'Environment="OLLAMA_KEEP_ALIVE=-1"', 'Environment="OLLAMA_NUM_PARALLEL=4"',
                  'Environment="OLLAMA_MAX_LOADED_MODELS=2"', 'Environment="OLLAMA_CONTEXT_LENGTH=8192"',
-                 'Environment="OLLAMA_ORIGINS=http://a,\\"b\\""', 'Environment="X=100%%"',
+                 "EnvironmentFile=-/etc/systemd/system/ollama.service.d/50-localaid.env",
                  "ReadWritePaths=-/home/ai/models", "ProtectHome=read-only",
                  "DeviceAllow=/dev/nvidia0 rw", "DeviceAllow=/dev/nvidiactl rw"):
         assert line in text.splitlines(), line
+    # ollama.environment (it may hold tokens) is in the 0600 environment file, not the drop-in.
+    assert "OLLAMA_ORIGINS" not in text and "CUDA_VISIBLE_DEVICES" not in text
+    env = prov.render_env_file(c).splitlines()
+    for line in ('OLLAMA_ORIGINS="http://a,\\"b\\""', 'CUDA_VISIBLE_DEVICES="0"', 'X="100%"'):
+        assert line in env, line
     assert prov.environment(cfg(keep_alive="30m"))["OLLAMA_KEEP_ALIVE"] == "30m"
+    assert prov.environment(c)["X"] == "100%"
 
 
 def test_dropin_refuses_line_breaks():
-    with pytest.raises(prov.ProvisionError, match="line break"):
-        prov.render_dropin(cfg(environment=FrozenMap({"A": "x\ny"})))
+    with pytest.raises(JobError, match="line break"):
+        prov.render_env_file(cfg(environment=FrozenMap({"A": "x\ny"})))
+    with pytest.raises(JobError, match="line break"):
+        prov.render_dropin(cfg(models_dir="/srv/a\nb"))
 
 
 def test_nvidia_nodes(tmp_path):
@@ -269,7 +279,7 @@ def test_run_script_streams_lines_and_keeps_the_last(quiet_log):
     rep = reporter()
     rc, why = prov.run_script(script, "0.9.1", 30, rep)
     assert (rc, why) == (3, "install script exited with status 3")
-    assert list(rep.detail) == [">>> Installing ollama to /usr/local", "ERROR: bad", "pinned"]
+    assert list(rep.tail) == [">>> Installing ollama to /usr/local", "ERROR: bad", "pinned"]
     assert "<6>installer: >>> Installing ollama to /usr/local\n" in quiet_log.getvalue()
 
 
@@ -290,6 +300,6 @@ def test_run_script_timeout_stops_the_whole_group(tmp_path):
 
 
 def test_preflight_reports_missing_tools(monkeypatch):
-    monkeypatch.setattr(prov, "_which", lambda t: None if t == "zstd" else "/usr/bin/" + t)
+    monkeypatch.setattr(service, "_which", lambda t: None if t == "zstd" else "/usr/bin/" + t)
     problems = prov.preflight(None)
     assert problems == ["missing tools: zstd (apt install zstd)"]

@@ -3,9 +3,14 @@
     site = FakeOllamaSite(workdir).start()      # https://127.0.0.1:<ephemeral port>
     site.script_url                              # .../install.sh (the fake installer, see install.sh.in)
     site.ca_pem                                  # the test CA, to install in a trust store
-    site.mode["script"] = "404"                  # ok | 404 | html | truncated | slow | fail
+    site.mode["script"] = "404"                  # ok | 404 | html | truncated | slow | fail, and the
+                                                 # hostile ones: drip | huge | chunked-huge |
+                                                 # lying-length | lying-chunked | redirect-http |
+                                                 # redirect-HTTP | redirect-ftp | redirect-https
     site.mode["archive"] = "broken"              # ok | broken (HEAD answers, GET is cut short)
     site.requests                                # [(method, path)], to prove a run downloaded nothing
+    site.sent                                    # body bytes the last install.sh answer got out
+    FakeOllamaSite(workdir, plain_http=True)     # also plain http on site.http_url (same answers)
 
 Certificates are made with the `openssl` command: a test CA and a server certificate for
 127.0.0.1/localhost signed by it, so clients verify TLS for real. Archives: release.py.
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import ssl
 import subprocess
 import sys
@@ -60,11 +64,14 @@ def make_ca(directory: str | Path) -> dict[str, Path]:
     return files
 
 
+HOSTILE = ("drip", "huge", "chunked-huge", "lying-length", "lying-chunked", "redirect-http", "redirect-HTTP",
+           "redirect-ftp", "redirect-https")
 HTML = b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>\n"
 
 
 class FakeOllamaSite:
-    def __init__(self, workdir: str | Path, versions=VERSIONS, latest: str | None = None, slow_seconds: float = 30):
+    def __init__(self, workdir: str | Path, versions=VERSIONS, latest: str | None = None, slow_seconds: float = 30,
+                 plain_http: bool = False):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.certs = make_ca(self.dir / "tls")
@@ -74,7 +81,10 @@ class FakeOllamaSite:
         self.archives = {v: release.build_archive(v) for v in self.versions}
         self.mode = {"script": "ok", "archive": "ok"}
         self.requests: list[tuple[str, str]] = []
+        self.sent = 0
+        self.plain_http = plain_http
         self._httpd = None
+        self._plain = None
         self._thread = None
         self._stop = threading.Event()
 
@@ -86,6 +96,11 @@ class FakeOllamaSite:
     @property
     def script_url(self) -> str:
         return self.url + "/install.sh"
+
+    @property
+    def http_url(self) -> str:
+        """The plain-http twin of script_url (plain_http=True)."""
+        return f"http://127.0.0.1:{self._plain.server_address[1]}/install.sh"
 
     @property
     def ca_pem(self) -> str:
@@ -148,8 +163,57 @@ class FakeOllamaSite:
                     return self._reply(200, data)
                 self._reply(404, b"Not Found\n", "text/plain")
 
+            def _stream(self, headers, chunks, chunked=False):
+                """Send `headers`, then each body piece as it comes; count what got out."""
+                site.sent = 0
+                self.send_response(200)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for piece in chunks:
+                        if site._stop.is_set():
+                            return
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                        site.sent += len(piece)
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    pass  # the client hung up: what a bounded reader does
+
+            def _hostile(self, mode):
+                body = site.script()
+                big = (b"#!/bin/sh\n" + b"echo filler\n" * 60000)  # 720 kB a piece
+                if mode == "drip":  # the whole header at once, then a byte every 0.2 s
+                    def drip():
+                        for i in range(len(body)):
+                            time.sleep(0.2)
+                            yield body[i:i + 1]
+                    return self._stream({"Content-Type": "text/x-sh", "Content-Length": str(len(body))}, drip())
+                if mode == "huge":  # honest about its 5 MiB
+                    return self._stream({"Content-Length": str(5 << 20)}, (big[:1 << 20] for _ in range(5)))
+                if mode == "chunked-huge":  # no length at all, 64 MiB in chunks
+                    return self._stream({"Transfer-Encoding": "chunked"}, (big for _ in range(93)), chunked=True)
+                if mode == "lying-length":  # claims 300 bytes, sends 8 MiB of script
+                    return self._stream({"Content-Length": "300"}, [body] + [big] * 12)
+                if mode == "lying-chunked":  # claims 300 bytes beside a chunked 64 MiB body
+                    return self._stream({"Content-Length": "300", "Transfer-Encoding": "chunked"},
+                                        (big for _ in range(93)), chunked=True)
+                port = site._plain.server_address[1] if site._plain else 9
+                target = {"redirect-http": f"http://127.0.0.1:{port}/install.sh",
+                          "redirect-HTTP": f"HTTP://127.0.0.1:{port}/install.sh",
+                          "redirect-ftp": "ftp://127.0.0.1/install.sh",
+                          "redirect-https": site.url + "/install.sh?redirected=1"}[mode]
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def _script(self):
                 mode = site.mode["script"]
+                if mode in HOSTILE and not (mode == "redirect-https" and "redirected" in self.path):
+                    return self._hostile(mode)
                 if mode == "404":
                     return self._reply(404, b"Not Found\n", "text/plain")
                 if mode == "html":
@@ -180,13 +244,23 @@ class FakeOllamaSite:
         self._httpd = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
+        if self.plain_http:
+            class PlainServer(http.server.ThreadingHTTPServer):
+                daemon_threads = True
+
+                def handle_error(self, request, client_address):
+                    pass
+
+            self._plain = PlainServer(("127.0.0.1", 0), Handler)
+            threading.Thread(target=self._plain.serve_forever, daemon=True).start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        for server in (self._httpd, self._plain):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
 
     def __enter__(self):
         return self.start()

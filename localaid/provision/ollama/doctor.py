@@ -1,0 +1,104 @@
+"""`localaid doctor`'s checks for Ollama: install, installer tools, unit, drop-in, models, API."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+
+from localaid import progress
+from localaid.provision.ollama.dropin import is_current
+from localaid.provision.ollama.layout import JOB, LAYOUT, UNIT, Layout
+from localaid.provision.ollama.models import client
+from localaid.provision.ollama.service import TOOLS, installed_version, missing_tools
+from localaid.records import Check
+
+SETUP_HINT = "start it: systemctl start localaid-ollama-setup.service; why: journalctl -u localaid-ollama-setup"
+
+
+def doctor_checks(config, layout: Layout = LAYOUT) -> list[Check]:
+    cfg = config.ollama
+    checks = _install_checks(cfg, layout)
+    checks += _unit_checks(cfg, layout)
+    if cfg.models_dir:
+        checks.append(_models_dir_check(cfg.models_dir))
+    checks += _api_checks(cfg)
+    return checks
+
+
+def _install_checks(cfg, layout: Layout) -> list[Check]:
+    checks = []
+    have = installed_version(layout.bin)
+    if have is None:
+        checks.append(Check("ollama install", False, f"{layout.bin} is missing or does not run", SETUP_HINT))
+    elif cfg.version and have != cfg.version:
+        checks.append(Check("ollama install", None, f"Ollama {have} installed, {cfg.version} configured",
+                            "localaid upgrade ollama --version " + cfg.version))
+    else:
+        checks.append(Check("ollama install", True, f"Ollama {have} at {layout.bin}"))
+    missing = missing_tools()
+    if missing:
+        checks.append(Check("ollama installer tools", False, "missing: " + ", ".join(missing),
+                            "apt install " + " ".join(sorted({TOOLS[t] for t in missing}))))
+    last = progress.read(JOB)
+    if last is not None and last.state == "failed":
+        checks.append(Check("ollama setup", False, last.text, SETUP_HINT))
+    return checks
+
+
+def _unit_checks(cfg, layout: Layout) -> list[Check]:
+    checks = []
+    if not os.path.exists(layout.unit_file):
+        checks.append(Check("ollama unit", False, f"{layout.unit_file} missing (written by the install script)",
+                            SETUP_HINT))
+    else:
+        enabled = os.path.lexists(layout.enabled_link)
+        checks.append(Check("ollama unit", True if enabled else None,
+                            f"{UNIT} " + ("enabled" if enabled else "not enabled: it will not start at boot"),
+                            "" if enabled else "systemctl enable ollama"))
+    if not os.path.exists(layout.dropin):
+        checks.append(Check("ollama drop-in", False, f"{layout.dropin} missing", SETUP_HINT))
+    else:
+        fresh = is_current(cfg, layout)
+        checks.append(Check("ollama drop-in", True if fresh else None,
+                            layout.dropin + (" matches the configuration" if fresh else
+                                             " (or its environment file) differs from the configuration"),
+                            "" if fresh else "systemctl start localaid-ollama-setup.service"))
+    return checks
+
+
+def _models_dir_check(path: str) -> Check:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Check("ollama models dir", False, f"{path} does not exist", SETUP_HINT)
+    if stat.S_ISLNK(st.st_mode):
+        return Check("ollama models dir", False, f"{path} is a symbolic link: localaid gives no link to user ollama",
+                     "set ollama.models_dir to the directory itself")
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    ok = owner == "ollama"
+    return Check("ollama models dir", ok, f"{path} owned by {owner}", "" if ok else f"chown -R ollama:ollama {path}")
+
+
+def _api_checks(cfg) -> list[Check]:
+    from localaid.adapters.ollama import OllamaError, same_model
+    with client(cfg, timeout=3.0) as c:
+        probe = c.alive()
+        if not probe.ok:
+            return [Check("ollama api", False, f"{cfg.url}: {probe.error}", "systemctl status ollama; journalctl -u ollama")]
+        try:
+            version = c.version()
+            installed = [m.name for m in c.tags()]
+        except OllamaError as e:
+            return [Check("ollama api", False, str(e), "journalctl -u ollama")]
+    checks = [Check("ollama api", True, f"Ollama {version} answers at {cfg.url} in {probe.latency * 1000:.0f} ms")]
+    if cfg.models:
+        absent = [s.name for s in cfg.models if not any(same_model(s.name, h) for h in installed)]
+        checks.append(Check("ollama models", None if absent else True,
+                            f"missing: {', '.join(absent)}" if absent else
+                            f"all {len(cfg.models)} configured models present",
+                            f"localaid pull {absent[0]}" if absent else ""))
+    return checks
