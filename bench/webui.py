@@ -363,7 +363,7 @@ def _uv_index(c: Container) -> str:
     """The index options localaid derives from the machine's pip configuration (same function)."""
     code = ("from localaid.provision import webui; from localaid.config import load; import os, sys;"
             "cfg = load('/etc/localaid/localaid.yaml', '/etc/localaid/conf.d');"
-            "h = webui.Host(); e = webui._base_env();"
+            "h = webui.Host(); e = webui.base_env();"
             "a, env = webui.uv_args(cfg, webui.pip_config(h, '/usr/bin/python3', e));"
             "print(' '.join(a))")
     return c.run(["/usr/bin/python3", "-c", code]).stdout.strip()

@@ -178,6 +178,17 @@ def test_admin_created_and_signup_refused(container):
     assert code == 403
     code, body = post(c, "/api/v1/auths/signin", {"email": "boss@example.org", "password": password})
     assert code == 200 and body["role"] == "admin"
+    # the admin exists: its password left the environment file; a restart recreates nothing
+    assert "WEBUI_ADMIN_PASSWORD" not in c.read("/etc/localaid/open-webui.env")
+    assert stat(c, "/etc/localaid/open-webui.env") == "600 root root"
+    c.systemctl("restart", "open-webui.service")
+    wait_for(lambda: serving(c, "0.12.4"), timeout=30)
+    pid = c.unit_property("open-webui.service", "MainPID")
+    assert "WEBUI_ADMIN_PASSWORD=" not in c.read(f"/proc/{pid}/environ")
+    assert post(c, "/api/v1/auths/signin", {"email": "boss@example.org", "password": password})[0] == 200
+    assert post(c, "/api/v1/auths/signup", {"name": "x", "email": "eve@example.org", "password": "p"})[0] == 403
+    users = c.run(["sqlite3", "/var/lib/open-webui/webui.db", "select count(*) from user"]).stdout.strip()
+    assert users == "1"
 
 
 def test_unit_hardening(container):
@@ -186,6 +197,10 @@ def test_unit_hardening(container):
     score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
     print(f"\nopen-webui.service exposure: {score}")
     assert score <= 2.0, out
+    out = c.run(["systemd-analyze", "security", "--no-pager", "localaid-webui-setup.service"], check=False).stdout
+    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    print(f"localaid-webui-setup.service exposure: {score}")
+    assert score <= 4.5 and re.search(r"✓ ProtectSystem=", out), out
 
 
 def test_second_run_does_nothing(container):
@@ -353,6 +368,38 @@ def test_disabled_stops_and_disables(container):
         c.run(["rm", "-f", "/etc/localaid/conf.d/60-off.yaml"])
     assert localaid(c, "provision", "webui").returncode == 0
     assert c.is_active("open-webui.service") == "active"
+
+
+def test_data_dir_elsewhere(container):
+    """webui.data_dir: /srv/owui, and no /var/lib/open-webui at all: the set-up unit (read-only
+    outside /etc and /var) is given the directory by its drop-in and makes it; open-webui.service
+    runs there (its own ReadWritePaths= tolerates the missing default)."""
+    c = container
+    cur = c.run(["readlink", f"{BASE}/current"]).stdout.strip().split("/")[-1]
+    c.systemctl("stop", "open-webui.service")
+    c.run(["mv", "/var/lib/open-webui", "/var/lib/open-webui.away"])
+    c.write("/etc/localaid/conf.d/70-data.yaml", "webui:\n  data_dir: /srv/owui\n")
+    try:
+        # the first run finds /srv read-only: it opens it (drop-in) for the next, which makes the dir
+        first = c.systemctl("start", "localaid-webui-setup.service", check=False, timeout=300)
+        print(f"\nfirst run with /srv/owui: exit {first.returncode}: {progress(c)['text']}")
+        wait_for(lambda: c.systemctl("start", "localaid-webui-setup.service", check=False, timeout=300).returncode
+                 == 0 and serving(c, cur), timeout=120, interval=2, message="open-webui serving from /srv/owui")
+        dropin = c.read("/etc/systemd/system/localaid-webui-setup.service.d/50-localaid.conf")
+        assert "ReadWritePaths=-/srv/owui\n" in dropin, dropin  # narrowed to the dir once it exists
+        assert stat(c, "/srv/owui") == "700 open-webui open-webui"
+        assert c.exists("/srv/owui/webui.db") and not c.exists("/var/lib/open-webui")
+        pid = c.unit_property("open-webui.service", "MainPID")
+        assert c.run(["readlink", f"/proc/{pid}/cwd"]).stdout.strip() == "/srv/owui"
+        # a new database: the admin was created in it, and its password left the environment again
+        password = c.read("/etc/localaid/webui-admin-password").strip()
+        assert post(c, "/api/v1/auths/signin", {"email": "boss@example.org", "password": password})[0] == 200
+        assert "WEBUI_ADMIN_PASSWORD" not in c.read("/etc/localaid/open-webui.env")
+    finally:
+        c.run(["rm", "-f", "/etc/localaid/conf.d/70-data.yaml"])
+        c.run(["sh", "-c", "rm -rf /var/lib/open-webui && mv /var/lib/open-webui.away /var/lib/open-webui"])
+    assert localaid(c, "provision", "webui").returncode == 0
+    assert serving(c, cur) and not c.exists("/etc/systemd/system/localaid-webui-setup.service.d/50-localaid.conf")
 
 
 # ---------------------------------------------------------------------- other machines

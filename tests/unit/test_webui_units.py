@@ -13,6 +13,7 @@ from pathlib import Path
 from localaid.config import Config, FrozenMap, WebUIConfig
 from localaid import log
 from localaid.provision import webui
+from localaid.provision.webui import installer, venv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +62,16 @@ def test_dropin_only_when_needed():
     assert "WorkingDirectory=/srv/owui" in d and "ReadWritePaths=/srv/owui" in d
     assert "DeviceAllow=char-nvidia* rw" in d and "SupplementaryGroups=video render" in d
     assert "PrivateDevices=no" in d
+
+
+def test_a_data_dir_outside_var_is_added_to_the_setup_unit():
+    assert webui.render_setup_dropin(cfg()) == "" and webui.render_setup_dropin(cfg(data_dir="/var/owui")) == ""
+    d = webui.render_setup_dropin(cfg(data_dir="/srv/open webui/100%"))
+    assert 'ReadWritePaths=-"/srv/open webui/100%%"' in d  # quoted, specifier escaped
+    assert "ReadWritePaths=-/srv\n" in webui.render_setup_dropin(cfg(data_dir="/srv/owui"), "/srv")
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string(d)
+    assert unit["Service"]["ReadWritePaths"] == '-"/srv/open webui/100%%"'
 
 
 def test_python_check_messages():
@@ -118,12 +129,12 @@ def test_pip_args_only_own_keys():
 
 
 def test_last_line_of_installer_output():
-    assert webui._last(["Collecting x", "ERROR: No matching distribution found for open-webui==9"]) == \
+    assert installer.last_error(["Collecting x", "ERROR: No matching distribution found for open-webui==9"]) == \
         "ERROR: No matching distribution found for open-webui==9"
     uv = ["error: Request failed after 3 retries", "  Caused by: Failed to fetch: http://127.0.0.1:9/simple/",
           "  Caused by: Connection refused (os error 111)"]
-    assert webui._last(uv) == "error: Request failed after 3 retries (Caused by: Connection refused (os error 111))"
-    assert webui._last(["OSError: [Errno 28] No space left on device: '/x'", "subprocess failed"]) == \
+    assert installer.last_error(uv) == "error: Request failed after 3 retries (Caused by: Connection refused (os error 111))"
+    assert installer.last_error(["OSError: [Errno 28] No space left on device: '/x'", "subprocess failed"]) == \
         "No space left on device"
 
 
@@ -143,6 +154,7 @@ def test_service_unit_contract():
     assert s["WorkingDirectory"] == webui.UNIT_DATA_DIR
     assert s["Restart"] == "always" and s["RestartSec"] == "2"
     assert "/var/lib/open-webui" in s["ReadWritePaths"] and s["PrivateDevices"] == "yes"
+    assert "-/var/lib/open-webui" in s["ReadWritePaths"].split()  # missing with another webui.data_dir
     assert u["Install"]["WantedBy"] == "multi-user.target"
     setup = _unit("localaid-webui-setup.service")
     assert setup["Service"]["Type"] == "oneshot"
@@ -177,6 +189,13 @@ def test_setup_unit_keeps_uvs_cache_linkable():
     links into /var/lib/localaid then fail with EXDEV and it copies every file (measured 25 s vs 1 s)."""
     s = _unit("localaid-webui-setup.service")["Service"]
     assert "CacheDirectory" not in s
+    # ProtectSystem=strict: the caches and the venvs must be in one writable mount (one entry
+    # above both), not one bind mount each
+    assert s["ProtectSystem"] == "strict"
+    writable = [p.lstrip("-") for p in s["ReadWritePaths"].split()]
+    assert [p for p in writable if "/var/lib/localaid/webui/venvs".startswith(p + "/")] == \
+        [p for p in writable if "/var/cache/localaid/uv".startswith(p + "/")] == ["/var"]
+    assert "/etc" in writable and "/run/localaid" in writable  # useradd; progress and maintenance
     assert "localaid-ollama-setup.service" not in _unit("localaid-webui-setup.service")["Unit"]["After"]
 
 
@@ -188,23 +207,23 @@ def test_link_probe_asks_uv_to_copy_across_mounts(tmp_path, monkeypatch):
     os.makedirs(lay.venvs)
     monkeypatch.delenv("UV_LINK_MODE", raising=False)
     ctx = webui.Ctx(config=None, layout=lay)
-    assert webui._link_env(ctx) == {} and ctx.link_ok is True
+    assert venv.link_env(ctx) == {} and ctx.link_ok is True
     assert os.listdir(lay.p(webui.UV_CACHE)) == [] and os.listdir(lay.venvs) == []
 
     def exdev(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
     monkeypatch.setattr(os, "link", exdev)
     ctx = webui.Ctx(config=None, layout=lay)
-    assert webui._link_env(ctx) == {"UV_LINK_MODE": "copy"}
+    assert venv.link_env(ctx) == {"UV_LINK_MODE": "copy"}
     assert "copies every file" in out.getvalue()
     assert os.listdir(lay.p(webui.UV_CACHE)) == []
 
 
 def test_uv_summary_lines_and_durations():
-    m = webui.UV_SUMMARY.match("Prepared 262 packages in 34.11s")
-    assert m and m.group(1) == "Prepared" and webui._uv_seconds(m.group(2)) == 34.11
-    assert webui._uv_seconds("953ms") == 0.95 and webui._uv_seconds("1m 03s") == 63
-    assert webui.UV_SUMMARY.match(" + torch==2.14.1") is None
+    m = installer.UV_SUMMARY.match("Prepared 262 packages in 34.11s")
+    assert m and m.group(1) == "Prepared" and installer.uv_seconds(m.group(2)) == 34.11
+    assert installer.uv_seconds("953ms") == 0.95 and installer.uv_seconds("1m 03s") == 63
+    assert installer.UV_SUMMARY.match(" + torch==2.14.1") is None
 
 
 def test_seed_probe_finds_ensurepips_wheels():

@@ -3,7 +3,8 @@
 The Host double stands in for what needs root and systemd (users, chown, units, the installer
 process, HTTP to the service); every file localaid writes is real, under tmp_path. A "kill -9"
 is an exception raised right after the journal records a step (or inside a systemd call); the
-next provision run must then finish the upgrade or roll it back.
+next provision run must then finish the upgrade or roll it back. (test_webui_kill.py kills a
+real process.)
 """
 
 import dataclasses
@@ -16,6 +17,7 @@ from localaid import paths
 from localaid.config import Config, HealthConfig, WebUIConfig
 from localaid.records import UnitState
 from localaid.provision import webui
+from localaid.provision.host import Result
 
 DATA = "/var/lib/open-webui"
 ORIGINAL_DB = b"SQLite format 3\x00 original rows"
@@ -48,7 +50,7 @@ class FakeHost(webui.Host):
             self.kill_in = None
             raise Killed(what)
 
-    def ensure_user(self, name, home):
+    def ensure_user(self, name, home, comment=""):
         self.calls.append(("useradd", name, home))
 
     def ids(self, name):
@@ -60,7 +62,11 @@ class FakeHost(webui.Host):
     def free_bytes(self, path):
         return self.free
 
-    def run(self, argv, env=None, timeout=600, on_line=None, cwd=None):
+    def run(self, argv, **kw):
+        rc, tail = self._run(argv, kw.get("on_line"))
+        return Result(rc, tuple(tail))
+
+    def _run(self, argv, on_line):
         self.calls.append(("run", tuple(argv)))
         if argv[1:3] == ["-m", "venv"]:
             os.makedirs(os.path.join(argv[3], "bin"), exist_ok=True)
@@ -169,13 +175,13 @@ def config(version="0.12.4", **kw) -> Config:
     return dataclasses.replace(Config(), webui=w, health=dataclasses.replace(HealthConfig(), webui_start_grace=30))
 
 
-def provision(layout, host, cfg) -> int:
-    return webui.provision_main(None, cfg, webui.Ctx(cfg, layout, host))
+def provision(layout, host, cfg, hook=None) -> int:
+    return webui.provision_main(None, cfg, webui.Ctx(cfg, layout, host, hook=hook))
 
 
-def upgrade(layout, host, cfg, version) -> int:
+def upgrade(layout, host, cfg, version, hook=None) -> int:
     args = type("Args", (), {"target_version": version})()
-    return webui.upgrade_main(args, cfg, webui.Ctx(cfg, layout, host))
+    return webui.upgrade_main(args, cfg, webui.Ctx(cfg, layout, host, hook=hook))
 
 
 def db_path(layout) -> str:
@@ -302,23 +308,18 @@ def test_failed_install_leaves_old_serving(env, tmp_path):
 
 @pytest.mark.parametrize("step", ["stop", "backup", "switch", "start"])
 @pytest.mark.parametrize("healthy", [True, False])
-def test_kill_after_each_step_is_resumed(env, tmp_path, monkeypatch, step, healthy):
+def test_kill_after_each_step_is_resumed(env, tmp_path, step, healthy):
     layout, host = env
     installed(layout, host, tmp_path)
     if not healthy:
         host.unhealthy.add("0.12.5")
-    real_advance = webui._advance
 
-    def advance(ctx, j, to_step, **extra):
-        j = real_advance(ctx, j, to_step, **extra)
-        if to_step == step:
+    def hook(at):  # runs once the journal records the step, before the step itself
+        if at == step:
             raise Killed(step)
-        return j
-    monkeypatch.setattr(webui, "_advance", advance)
     with pytest.raises(Killed):
-        upgrade(layout, host, config(), "0.12.5")
-    monkeypatch.setattr(webui, "_advance", real_advance)
-    assert webui.read_journal(layout)["step"] == step
+        upgrade(layout, host, config(), "0.12.5", hook)
+    assert webui.journal(layout).read()["step"] == step
     assert os.path.exists(layout.maintenance)  # left by the killed process (its PID is gone)
     rc = provision(layout, host, config())
     assert not os.path.exists(layout.journal) and not os.path.exists(layout.maintenance)
@@ -335,18 +336,13 @@ def test_kill_during_rollback_is_resumed(env, tmp_path, where):
     layout, host = env
     installed(layout, host, tmp_path)
     host.unhealthy.add("0.12.5")
-    real_rollback = webui._rollback
 
-    def rollback(ctx, j):
-        host.kill_in = where  # the next systemd call of that kind dies
-        return real_rollback(ctx, j)
-    webui._rollback = rollback
-    try:
-        with pytest.raises(Killed):
-            upgrade(layout, host, config(), "0.12.5")
-    finally:
-        webui._rollback = real_rollback
-    assert webui.read_journal(layout)["step"] == "rollback"
+    def hook(at):
+        if at == "rollback":
+            host.kill_in = where  # the next systemd call of that kind dies
+    with pytest.raises(Killed):
+        upgrade(layout, host, config(), "0.12.5", hook)
+    assert webui.journal(layout).read()["step"] == "rollback"
     assert provision(layout, host, config()) == 1
     assert host.serving == "0.12.4" and host.active and open(db_path(layout), "rb").read() == ORIGINAL_DB
     assert not os.path.exists(layout.journal)
@@ -398,7 +394,7 @@ def test_doctor_reports_interrupted_upgrade(env, tmp_path):
     from localaid.records import Check
     layout, host = env
     installed(layout, host, tmp_path)
-    webui.write_journal(layout, {"to": "0.12.5", "from": "0.12.4", "step": "switch"})
+    webui.journal(layout).write({"to": "0.12.5", "from": "0.12.4", "step": "switch"})
     checks = webui.doctor_checks(config(port=1), layout)
     assert all(isinstance(c, Check) for c in checks)
     by_name = {c.name: c for c in checks}
@@ -459,7 +455,7 @@ def test_no_uv_after_a_venv_without_pip_rebuilds_it_with_pip(env, tmp_path):
     def run(argv, **kw):
         if argv[-1] == "uv":
             host.calls.append(("run", tuple(argv)))
-            return 1, ["ERROR: No matching distribution found for uv"]
+            return Result(1, ("ERROR: No matching distribution found for uv",))
         return real_run(argv, **kw)
     host.run = run
     cfg = dataclasses.replace(config(), webui=dataclasses.replace(config().webui, installer="auto"))
@@ -471,3 +467,30 @@ def test_no_uv_after_a_venv_without_pip_rebuilds_it_with_pip(env, tmp_path):
     assert runs[-1][:4] == (os.path.join(venv, "bin", "python"), "-m", "pip", "install")
     marker = json.load(open(os.path.join(venv, webui.COMPLETE_MARKER)))
     assert marker["installer"] == "pip" and webui.current_version(layout) == "0.12.4"
+
+
+def test_a_data_dir_elsewhere(env, tmp_path, monkeypatch):
+    """webui.data_dir outside /var: open-webui's drop-in names it, the set-up unit gets a drop-in
+    that makes and opens it for its sandbox; a run that finds it read-only says so."""
+    layout, host = env
+    cfg = config(data_dir="/srv/owui")
+    assert provision(layout, host, cfg) == 0
+    assert oct(os.stat(layout.p("/srv/owui")).st_mode & 0o777) == "0o700"
+    assert "WorkingDirectory=/srv/owui" in open(layout.dropin).read()
+    assert "ReadWritePaths=-/srv/owui\n" in open(layout.setup_dropin).read()
+    assert "DATA_DIR=/srv/owui" in open(layout.env_file).read()
+    os.unlink(layout.setup_dropin)
+    os.rmdir(layout.p("/srv/owui"))
+    from localaid.provision.webui import service
+
+    def read_only(*a, **kw):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(service.safefs, "ensure_dir", read_only)
+    host.calls.clear()
+    assert provision(layout, host, cfg) == 1
+    assert "read-only" in job(tmp_path)["text"]
+    assert "ReadWritePaths=-/srv\n" in open(layout.setup_dropin).read()  # to make the dir next time
+    assert ("daemon-reload",) in host.calls
+    monkeypatch.undo()
+    assert provision(layout, host, config()) == 0  # back to the default dir: the drop-in goes
+    assert not os.path.exists(layout.setup_dropin) and not os.path.exists(layout.dropin)

@@ -1,0 +1,93 @@
+"""Open WebUI: a pip/uv-built venv per version, a hardened unit, atomic upgrades with rollback.
+
+Runs as root in short-lived units (localaid-webui-setup.service → ``localaid provision webui``)
+or from the command line (``localaid upgrade webui [--version V]``), on the provisioning
+skeleton (localaid.provision.job, .host). The pieces:
+
+    layout     paths, versions, the state of one run (Ctx)
+    installer  interpreter check, ensurepip's wheels, pip's configuration for uv, output
+    venv       building venvs/<version> and handing it to the service user
+    service    user, data dir, secrets, environment file, drop-ins, health, the admin
+    upgrade    the journaled build → stop → backup → switch → start, rollback, pruning
+    doctor     `localaid doctor`'s checks
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from localaid import progress
+from localaid.provision.job import JobError, Lock
+from localaid.provision.webui.doctor import doctor_checks
+from localaid.provision.webui.installer import (
+    CACHE_DIR, PIP_CACHE, UV_CACHE, Seed, WebUIHost, base_env, installer_progress, pip_args, pip_config,
+    python_problem, uv_args)
+from localaid.provision.webui.layout import (
+    COMPLETE_MARKER, ENV_FILE, JOB, SERVICE_USER, UNIT, UNIT_DATA_DIR, Ctx, Layout, current_version,
+    is_complete, journal, switch_current, venv_version, wanted_version)
+from localaid.provision.webui.service import configure, render_dropin, render_env, render_setup_dropin
+from localaid.provision.webui.upgrade import disable, install, prune, run
+
+Host = WebUIHost  # the seam tests replace
+
+__all__ = [
+    "CACHE_DIR", "COMPLETE_MARKER", "ENV_FILE", "JOB", "PIP_CACHE", "SERVICE_USER", "UNIT", "UNIT_DATA_DIR",
+    "UV_CACHE", "Ctx", "Host", "Layout", "Seed", "base_env", "current_version", "doctor_checks",
+    "installer_progress", "is_complete", "journal", "pip_args", "pip_config", "provision_main", "prune",
+    "python_problem", "render_dropin", "render_env", "render_setup_dropin", "switch_current", "upgrade_main",
+    "uv_args", "venv_version",
+]
+
+
+def _lock(ctx) -> Lock:
+    os.makedirs(ctx.layout.base, mode=0o755, exist_ok=True)
+    return Lock(ctx.layout.lock, "localaid Open WebUI job", wait=True, rep=ctx.rep)
+
+
+def provision_main(args, config, ctx: Ctx | None = None) -> int:
+    """`localaid provision webui` (localaid-webui-setup.service): install/configure, idempotent."""
+    ctx = ctx or Ctx(config)
+    try:
+        with _lock(ctx):
+            if not config.webui.enabled:
+                return disable(ctx)
+            ctx.rep.step("configuring Open WebUI", 0.0)
+            changed = configure(ctx)
+            rc = run(ctx)
+            if rc is not None:
+                return rc
+            return install(ctx, wanted_version(config, ctx.layout), config.webui.version, restart=changed)
+    except JobError as e:
+        ctx.rep.failed(str(e), e.tail)
+        return 1
+
+
+def upgrade_main(args, config, ctx: Ctx | None = None) -> int:
+    """`localaid upgrade webui [--version V]`: build beside, back up, switch, verify, or roll back."""
+    ctx = ctx or Ctx(config)
+    if not config.webui.enabled:
+        print("webui.enabled is false in the configuration: nothing to upgrade", file=sys.stderr)
+        return 1
+    target = getattr(args, "target_version", None) or config.webui.version
+    try:
+        with _lock(ctx):
+            configure(ctx)
+            rc = run(ctx)
+            if rc is not None and rc != 0:
+                return rc
+            if current_version(ctx.layout) == target and is_complete(ctx.layout, target):
+                print(f"Open WebUI {target} is already installed and current")
+                return install(ctx, target, config.webui.version)
+            rc = install(ctx, target, config.webui.version)
+            if rc == 0 and target != config.webui.version:
+                print(f"note: webui.version in the configuration is still {config.webui.version}; "
+                      f"localaid keeps {target} until you change it")
+            if rc != 0:
+                p = progress.read(ctx.job)
+                print(f"error: {p.text if p else 'upgrade failed'}", file=sys.stderr)
+            return rc
+    except JobError as e:
+        ctx.rep.failed(str(e), e.tail)
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,231 @@
+"""What Open WebUI's installers need to know, without touching the machine's state: the
+interpreter check, ensurepip's seed wheels, pip's configuration translated for uv, installer
+output read for progress and errors. `WebUIHost` adds the two interpreter probes to the seam."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from localaid import paths
+from localaid.provision.host import SAFE_PATH, Host
+
+PYTHON_MIN, PYTHON_MAX = (3, 11), (3, 13)  # Requires-Python: >=3.11,<3.13 (0.12.x)
+CACHE_DIR = "/var/cache/localaid"  # created by the job (0700), not by the unit's CacheDirectory=: see venv.link_env
+UV_CACHE = CACHE_DIR + "/uv"
+PIP_CACHE = CACHE_DIR + "/pip"
+TELEMETRY_OFF = {"SCARF_NO_ANALYTICS": "true", "DO_NOT_TRACK": "true", "ANONYMIZED_TELEMETRY": "false"}
+UV_SUMMARY = re.compile(r"\s*(Resolved|Prepared|Installed|Uninstalled|Audited)\s+\d+\s+packages?\s+in\s+(.+?)\s*$")
+
+# ensurepip's choice of wheels (Debian: /usr/share/python-wheels through WHEEL_PKG_DIR; other
+# builds: ensurepip/_bundled), without running ensurepip: first line "pip" when `python -m pip`
+# works, then one wheel per line; no wheel lines when any is missing.
+SEED_PROBE = r"""
+import glob, importlib.util, os, re, sys, sysconfig
+print("pip" if importlib.util.find_spec("pip") else "-")
+names = ["pip"] + (["setuptools"] if sys.version_info < (3, 12) else [])
+spec = importlib.util.find_spec("ensurepip")
+dirs = [sysconfig.get_config_var("WHEEL_PKG_DIR")]
+if spec and spec.origin:
+    dirs.append(os.path.join(os.path.dirname(spec.origin), "_bundled"))
+def key(path):
+    m = re.match(r"[^-]+-([0-9.]+)", os.path.basename(path))
+    return tuple(int(x) for x in m.group(1).strip(".").split(".")) if m else ()
+for d in filter(None, dirs):
+    found = [sorted(glob.glob(os.path.join(d, n + "-*.whl")), key=key) for n in names]
+    if all(found):
+        print("\n".join(f[-1] for f in found))
+        break
+"""
+
+
+@dataclass(frozen=True)
+class Seed:
+    wheels: tuple[str, ...] = ()  # ensurepip's wheels, to seed a venv made --without-pip
+    has_pip: bool = False  # the interpreter itself can run `-m pip`
+
+    @property
+    def pip_wheel(self) -> str | None:
+        return next((w for w in self.wheels if os.path.basename(w).startswith("pip-")), None)
+
+    def pip(self, python: str) -> list[str] | None:
+        """argv prefix running pip for `python`: its own, else straight from ensurepip's wheel
+        (a wheel is importable: no venv needed to run it)."""
+        if self.has_pip:
+            return [python, "-m", "pip"]
+        if self.pip_wheel:
+            return [python, os.path.join(self.pip_wheel, "pip")]
+        return None
+
+
+class WebUIHost(Host):
+    """The skeleton's Host plus what only Open WebUI asks of an interpreter (root's, never a
+    venv's once handed over)."""
+
+    def python_version(self, python: str) -> tuple[int, int, int] | None:
+        r = self.run([python, "-c", "import sys; print('%d %d %d' % sys.version_info[:3])"], timeout=30)
+        if not r.ok:
+            return None
+        try:
+            major, minor, micro = (int(x) for x in r.last.split())
+        except ValueError:
+            return None
+        return major, minor, micro
+
+    def seed_wheels(self, python: str) -> Seed:
+        """What `python -m venv` would seed a venv with (ensurepip's wheels: pip, and setuptools
+        before 3.12), and whether `python` has a pip of its own; nothing when not found."""
+        r = self.run([python, "-I", "-c", SEED_PROBE], timeout=30)
+        lines = list(r.tail) if r.ok else []
+        wheels = [line for line in lines[1:] if line.endswith(".whl") and os.path.isfile(line)]
+        return Seed(tuple(wheels) if len(wheels) == len(lines) - 1 else (), bool(lines) and lines[0] == "pip")
+
+
+def python_problem(python: str, found: tuple[int, int, int] | None, version: str) -> str | None:
+    """None when `python` can run Open WebUI `version`, else the message (what to do included)."""
+    need = f"Python {PYTHON_MIN[0]}.{PYTHON_MIN[1]} or {PYTHON_MAX[0]}.{PYTHON_MAX[1] - 1}"
+    fix = (f"install one (Debian 12's python3 is 3.11; on Debian 13, whose python3 is 3.13, install a 3.12 "
+           f"build, e.g. `uv python install 3.12` or a python3.12 package) and set webui.python in "
+           f"{paths.CONFIG_FILE} to its path, or set webui.enabled: false")
+    if found is None:
+        return f"webui.python {python} cannot be run (missing or broken): Open WebUI {version} needs {need}; {fix}"
+    if not (PYTHON_MIN <= found[:2] < PYTHON_MAX):
+        return (f"webui.python {python} is Python {'.'.join(map(str, found))}; Open WebUI {version} needs "
+                f"{need}; {fix}")
+    return None
+
+
+def installer_progress(line: str, state: dict) -> str | None:
+    """Package counts from uv's summary lines and pip's Collecting/Installing lines."""
+    m = re.match(r"\s*(Resolved|Prepared|Installed|Audited|Downloaded|Built)\s+(\d+)\s+package", line)
+    if m:
+        state[m.group(1).lower()] = int(m.group(2))
+        return f"{m.group(1).lower()} {m.group(2)} packages"
+    if line.startswith("Collecting "):
+        state["collected"] = state.get("collected", 0) + 1
+        return f"collecting packages ({state['collected']})"
+    if line.startswith("Installing collected packages:"):
+        n = len(line.split(":", 1)[1].split(","))
+        state["installing"] = n
+        return f"installing {n} packages"
+    if line.startswith("Successfully installed"):
+        n = len(line.split()) - 2
+        state["installed"] = n
+        return f"installed {n} packages"
+    return None
+
+
+def uv_seconds(text: str) -> float | None:
+    """uv's durations: "812ms", "1.52s", "1m 03s" → seconds."""
+    total, found = 0.0, False
+    for num, unit in re.findall(r"([0-9.]+)\s*(ms|s|m|h)\b", text):
+        total += float(num) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+        found = True
+    return round(total, 2) if found else None
+
+
+def last_error(tail) -> str:
+    """The informative part of an installer's output: the error line and its last cause."""
+    lines = [t.strip() for t in tail if t.strip()]
+    for t in reversed(lines):
+        if "No space left on device" in t:
+            return "No space left on device"
+    errors = [i for i, t in enumerate(lines) if re.match(r"(error|ERROR)\b:?", t)]
+    if errors:
+        first = lines[errors[-1]]
+        cause = lines[-1]
+        return (first if cause == first else f"{first} ({cause})")[:400]
+    return (lines[-1] if lines else "no output")[:400]
+
+
+def base_env(uv_cache: str = UV_CACHE, pip_cache: str = PIP_CACHE) -> dict[str, str]:
+    """The installers' environment: ours without Python overrides, caches under /var/cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.setdefault("PATH", SAFE_PATH)
+    env.setdefault("HOME", "/root")
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PIP_NO_INPUT"] = "1"
+    env.setdefault("PIP_CACHE_DIR", pip_cache)
+    env.setdefault("UV_CACHE_DIR", uv_cache)
+    env["UV_NO_PROGRESS"] = "1"
+    return env
+
+
+def pip_config(host: Host, python: str, env: dict, pip: list[str] | None = None) -> dict[str, str] | None:
+    """The machine's pip configuration as pip itself reads it (files and PIP_* variables);
+    None when `python` has no pip (`pip`: another way to run one, see Seed.pip)."""
+    r = host.run([*(pip or [python, "-m", "pip"]), "config", "list"], env=env, timeout=60)
+    if not r.ok:
+        return None
+    out: dict[str, str] = {}
+    for line in r.tail:
+        m = re.match(r"([^=]*)\.([a-z0-9-]+)=(.*)$", line.strip())
+        if not m:
+            continue
+        value = m.group(3).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[m.group(2)] = value  # pip lists files (global, user, site) then PIP_*: later wins
+    return out
+
+
+def _split(value: str) -> list[str]:
+    return [v for v in re.split(r"\s+", value.strip()) if v]
+
+
+def uv_args(config, pipconf: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """uv does not read pip's configuration: translate it (localaid's own keys win)."""
+    w = config.webui
+    args: list[str] = []
+    env: dict[str, str] = {}
+    no_index = bool(getattr(w, "no_index", False)) or pipconf.get("no-index", "").lower() in ("1", "true", "yes", "on")
+    if no_index:
+        args.append("--no-index")
+    else:
+        index = w.index_url or pipconf.get("index-url")
+        if index:
+            args += ["--index-url", index]
+        for url in (w.extra_index_urls or _split(pipconf.get("extra-index-url", ""))):
+            if url.startswith("file://") and not os.path.isdir(url[7:]):
+                continue  # pip ignores a missing local index with a warning; uv would fail
+            args += ["--extra-index-url", url]
+        if "--extra-index-url" in args:
+            # pip picks the best version across all indexes; uv by default only looks at the
+            # first index that has a package (measured: no solution with a partial mirror first).
+            args += ["--index-strategy", "unsafe-best-match"]
+    for link in (w.find_links or _split(pipconf.get("find-links", ""))):
+        if link.startswith("/") and not os.path.exists(link):
+            continue
+        args += ["--find-links", link]
+    for c in _split(pipconf.get("constraint", "")):
+        if os.path.exists(c):
+            args += ["--constraint", c]
+    for h in _split(pipconf.get("trusted-host", "")):
+        args += ["--allow-insecure-host", h]
+    cert = pipconf.get("cert") or os.environ.get("SSL_CERT_FILE")
+    if not cert and os.path.exists("/etc/ssl/certs/ca-certificates.crt"):
+        cert = "/etc/ssl/certs/ca-certificates.crt"
+    if cert:
+        env["SSL_CERT_FILE"] = cert  # uv trusts its bundled roots otherwise (private CAs fail)
+    timeout = pipconf.get("timeout") or pipconf.get("default-timeout")
+    if timeout:
+        env["UV_HTTP_TIMEOUT"] = timeout
+    if pipconf.get("proxy"):
+        env["HTTPS_PROXY"] = env["HTTP_PROXY"] = pipconf["proxy"]
+    return args, env
+
+
+def pip_args(config) -> list[str]:
+    """Options for pip: only localaid's own keys; pip reads the machine's configuration itself."""
+    w = config.webui
+    args: list[str] = []
+    if getattr(w, "no_index", False):
+        args.append("--no-index")
+    if w.index_url:
+        args += ["--index-url", w.index_url]
+    for url in w.extra_index_urls:
+        args += ["--extra-index-url", url]
+    for link in w.find_links:
+        args += ["--find-links", link]
+    return args

@@ -1,0 +1,265 @@
+"""open-webui.service as localaid configures it: user, data dir, secret key, admin password,
+environment file, drop-ins; starting it and waiting until it answers as the wanted version.
+
+The admin password is in the environment file only until the admin exists: Open WebUI reads
+WEBUI_ADMIN_PASSWORD at start to create the first account, and after the first healthy start
+that shows an account, the file is rewritten without it (admin-created records that; the
+password stays in webui.admin.password_file, root's)."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import re
+import secrets
+
+from localaid import fsutil
+from localaid.provision import safefs
+from localaid.provision.job import JobError
+from localaid.provision.webui.installer import TELEMETRY_OFF
+from localaid.provision.webui.layout import SERVICE_USER, SETUP_UNIT, UNIT, UNIT_DATA_DIR
+
+HEADER = "# Written by `localaid provision webui`; edits are overwritten.\n[Service]\n"
+
+
+def env_quote(value: str) -> str:
+    """A value for a systemd EnvironmentFile= line, read back exactly as written."""
+    if re.fullmatch(r"[A-Za-z0-9_.,:/@+%=-]*", value):
+        return value
+    return '"' + re.sub(r'([\\"`$])', r"\\\1", value).replace("\n", "\\n") + '"'
+
+
+def unit_path(path: str) -> str:
+    """A path for a unit file line: % doubled (specifiers), quoted when it holds blanks."""
+    path = path.replace("%", "%%")
+    return f'"{path}"' if re.search(r"\s", path) else path
+
+
+def render_env(config, secret_key: str, admin_password: str | None) -> str:
+    """The EnvironmentFile of open-webui.service (root-only: it holds the key, and the password
+    until the admin exists)."""
+    w = config.webui
+    env: dict[str, str] = {
+        "DATA_DIR": w.data_dir,
+        "HOST": w.host,
+        "PORT": str(w.port),
+        "OLLAMA_BASE_URL": config.ollama.url,
+        "WEBUI_SECRET_KEY": secret_key,
+        "WEBUI_ADMIN_EMAIL": w.admin.email,
+        "WEBUI_ADMIN_NAME": w.admin.name,
+    }
+    if admin_password:
+        env["WEBUI_ADMIN_PASSWORD"] = admin_password
+    # No calls home, no model downloads from Hugging Face at start (measured: /health in 18 s
+    # rather than waiting on an unreachable hub); override in webui.environment.
+    env.update(TELEMETRY_OFF)
+    env.update({"OFFLINE_MODE": "true", "HF_HUB_OFFLINE": "1"})
+    # Plugin requirements are pip-installed by the service user into its own venv: no cache
+    # outside its home (the data dir).
+    env["PIP_CACHE_DIR"] = os.path.join(w.data_dir, ".cache", "pip")
+    env.update(dict(w.environment))
+    lines = ["# Written by `localaid provision webui` from the localaid configuration; edits are overwritten.",
+             "# Change webui.* in /etc/localaid/localaid.yaml instead (extra variables: webui.environment)."]
+    lines += [f"{k}={env_quote(v)}" for k, v in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_dropin(config, gpu_groups: list[str]) -> str:
+    """Machine-specific settings of open-webui.service; empty when the shipped unit fits."""
+    w = config.webui
+    out = []
+    if w.data_dir != UNIT_DATA_DIR:
+        out += [f"WorkingDirectory={unit_path(w.data_dir)}", f"ReadWritePaths={unit_path(w.data_dir)}"]
+    if w.gpu:
+        out += ["# webui.gpu: true: CUDA for local embedding/speech models",
+                "PrivateDevices=no", "DevicePolicy=closed", "DeviceAllow=char-nvidia* rw"]
+        if gpu_groups:
+            out.append("SupplementaryGroups=" + " ".join(gpu_groups))
+    return HEADER + "\n".join(out) + "\n" if out else ""
+
+
+def render_setup_dropin(config, writable: str | None = None) -> str:
+    """localaid-webui-setup.service may write /var (ProtectSystem=strict): a data dir elsewhere
+    is added to what it may write; `writable`, the nearest existing directory above it while it
+    does not exist yet (the job makes it there, then narrows this to the data dir)."""
+    d = config.webui.data_dir
+    if d == "/var" or d.startswith("/var/"):
+        return ""
+    return HEADER + f"# webui.data_dir is outside /var\nReadWritePaths=-{unit_path(writable or d)}\n"
+
+
+def _existing(root: str, path: str) -> str:
+    """`path`, or the nearest directory above it that exists (under the layout's root)."""
+    while path != "/" and not os.path.isdir(root + path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _kept_secret(ctx, path: str, owner: str | None, size: int) -> tuple[str, bool]:
+    """The secret in `path`, or a new one written there (0600, `owner`'s): (value, new)."""
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+        if value:
+            return value, False
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    value = secrets.token_urlsafe(size)
+    fsutil.atomic_write(path, value + "\n", mode=0o600)
+    ctx.host.chown(path, owner)
+    return value, True
+
+
+def ensure_secret(ctx) -> str:
+    return _kept_secret(ctx, ctx.layout.secret, SERVICE_USER, 32)[0]
+
+
+def ensure_admin_password(ctx) -> str:
+    path = ctx.layout.p(ctx.config.webui.admin.password_file)
+    pw, new = _kept_secret(ctx, path, None, 18)
+    if new:
+        ctx.rep.say("generated the Open WebUI admin password", file=path, email=ctx.config.webui.admin.email)
+    return pw
+
+
+def gpu_groups(config) -> list[str]:
+    out = []
+    for name in (config.gpu.devices.group, "video", "render"):
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            continue
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def write_if_changed(path: str, text: str, mode: int) -> bool:
+    """Write `text` unless the file already holds it with `mode`; an empty text removes it."""
+    try:
+        with open(path) as f:
+            same = f.read() == text
+        if same and (os.stat(path).st_mode & 0o7777) == mode:
+            return False
+    except FileNotFoundError:
+        if not text:
+            return False
+    if not text:
+        os.unlink(path)
+        return True
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    fsutil.atomic_write(path, text, mode=mode)
+    return True
+
+
+def write_env(ctx, with_password: bool) -> bool:
+    """The environment file, with the admin password while no admin exists. True if changed."""
+    key, password = ensure_secret(ctx), ensure_admin_password(ctx)
+    text = render_env(ctx.config, key, password if with_password else None)
+    return write_if_changed(ctx.layout.env_file, text, 0o600)
+
+
+def configure(ctx) -> bool:
+    """User, data dir, secret, admin password, env file, drop-ins. True when the unit's
+    configuration changed (a running service must be restarted to see it)."""
+    w, layout, host = ctx.config.webui, ctx.layout, ctx.host
+    host.ensure_user(SERVICE_USER, w.data_dir, "Open WebUI (localaid)")
+    setup_dropin = render_setup_dropin(ctx.config, _existing(layout.root, w.data_dir))
+    if write_if_changed(layout.setup_dropin, setup_dropin, 0o644):
+        host.daemon_reload()
+    uid, gid = host.ids(SERVICE_USER)
+    try:
+        safefs.ensure_dir(ctx.data_dir(), 0o700, uid, gid)
+    except OSError as e:
+        if e.errno == errno.EROFS:
+            raise JobError(f"webui.data_dir {w.data_dir} is read-only for {SETUP_UNIT}; it may write there "
+                           f"from its next start on (drop-in {layout.setup_dropin})") from None
+        if e.errno == errno.ELOOP:
+            raise JobError(f"webui.data_dir {w.data_dir} is a symbolic link: set it to the directory "
+                           f"itself") from None
+        raise
+    if write_if_changed(layout.setup_dropin, render_setup_dropin(ctx.config), 0o644):
+        host.daemon_reload()  # the data dir exists now: only it, from the next start on
+    for d in (layout.base, layout.venvs, layout.backups):
+        os.makedirs(d, mode=0o755, exist_ok=True)
+    os.chmod(layout.backups, 0o700)
+    changed = write_env(ctx, with_password=not os.path.exists(layout.admin_marker))
+    if write_if_changed(layout.dropin, render_dropin(ctx.config, gpu_groups(ctx.config)), 0o644):
+        changed = True
+        host.daemon_reload()
+    return changed
+
+
+# ---------------------------------------------------------------------------------- running
+def base_url(config) -> str:
+    w = config.webui
+    hostname = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(w.host, w.host)
+    return f"http://{'[' + hostname + ']' if ':' in hostname else hostname}:{w.port}"
+
+
+def start_timeout(config) -> float:
+    return max(60.0, config.health.webui_start_grace)
+
+
+def wait_healthy(ctx, version: str, timeout: float) -> str | None:
+    """Wait for /health and /ready (and /api/version == version). None when healthy, else why."""
+    host, base = ctx.host, base_url(ctx.config)
+    start = host.monotonic()
+    first = host.unit_state(UNIT).n_restarts
+    last, shown = "no answer yet", None
+    while host.monotonic() - start < timeout:
+        st = host.unit_state(UNIT)
+        if st.n_restarts - first >= 2 or (st.active_state == "failed" and not st.job):
+            return f"open-webui.service keeps failing ({st.active_state}, result {st.result or '-'}, " \
+                   f"{st.n_restarts - first} restarts): journalctl -u open-webui"
+        status, _ = host.get(base + "/health")
+        if status == 200:
+            ctx.timings.setdefault("to_health", round(host.monotonic() - start, 2))
+            rstatus, _ = host.get(base + "/ready")
+            vstatus, body = host.get(base + "/api/version")
+            got = body.get("version") if isinstance(body, dict) else None
+            if rstatus == 200 and vstatus == 200 and got == version:
+                ctx.timings["to_ready"] = round(host.monotonic() - start, 2)
+                return None
+            last = f"/ready {rstatus}, version {got}"
+        else:
+            last = f"/health {status or 'no answer'}"
+        if last != shown:
+            ctx.rep.progress("running", f"waiting for Open WebUI {version} to answer ({last})", 0.9)
+            shown = last
+        host.sleep(0.5)
+    return f"Open WebUI {version} not healthy after {timeout:.0f} s ({last})"
+
+
+def enable(ctx) -> None:
+    if not os.path.exists(ctx.layout.enabled_marker):
+        ctx.host.enable(UNIT)
+        fsutil.atomic_write(ctx.layout.enabled_marker, "localaid enabled open-webui.service\n")
+
+
+def settle_admin(ctx, version: str, again: bool = True) -> None:
+    """After a healthy start: once /api/config shows an account, the password leaves the
+    environment file (the running service has read it; nothing restarts). Without any account
+    (a database reset by hand) the password goes back in, and one restart creates the admin."""
+    layout = ctx.layout
+    status, body = ctx.host.get(base_url(ctx.config) + "/api/config")
+    if status != 200 or not isinstance(body, dict):
+        return  # cannot tell: leave things as they are
+    if not body.get("onboarding"):
+        if not os.path.exists(layout.admin_marker):
+            fsutil.atomic_write(layout.admin_marker, f"{ctx.config.webui.admin.email}\n", mode=0o600)
+        if write_env(ctx, with_password=False):
+            ctx.rep.say("the Open WebUI admin exists: its password left the environment file",
+                        file=layout.env_file)
+        return
+    if os.path.exists(layout.admin_marker):
+        os.unlink(layout.admin_marker)
+    if not write_env(ctx, with_password=True) or not again:
+        return  # it had the password and made no account: doctor says so
+    ctx.rep.warn("Open WebUI has no account (a new database?): restarting it to create the admin",
+                 email=ctx.config.webui.admin.email)
+    ctx.host.restart(UNIT)
+    if wait_healthy(ctx, version, start_timeout(ctx.config)) is None:
+        settle_admin(ctx, version, again=False)
