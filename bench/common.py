@@ -42,3 +42,37 @@ def install_with_standins(c, deb: Path, config: str, driver: str) -> None:
     c.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold", f"/mnt/{deb.name}"],
           timeout=600)
     wait_for(lambda: "open-webui ok" in c.unit_property("localaid", "StatusText"), timeout=60)
+
+
+def deb_of_ref(ref: str) -> Path:
+    """The .deb of git `ref` (a commit, tag, HEAD~1 ...), for side-by-side runs against an earlier
+    build: tools/build-deb in a temporary `git worktree` of this clone, removed afterwards. The
+    .deb is kept as out/baseline/<commit>/<name> and reused while that commit's file is there."""
+    import shutil
+    import tempfile
+    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "--verify", ref + "^{commit}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"not a commit: {ref}: {r.stderr.strip()}")
+    commit = r.stdout.strip()
+    keep = REPO / "out" / "baseline" / commit
+    found = sorted(keep.glob("localaid_*.deb")) if keep.is_dir() else []
+    if found:
+        return found[-1]
+    tmp = Path(tempfile.mkdtemp(prefix="localaid-ref-"))
+    tree = tmp / "tree"
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"git worktree add {commit} failed:\n{r.stderr[-2000:]}")
+        r = subprocess.run([str(tree / "tools/build-deb"), "--no-lintian"], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"tools/build-deb of {commit} failed:\n{r.stderr[-3000:]}")
+        built = Path(r.stdout.split()[-1])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built, keep / built.name)
+        return keep / built.name
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -2,14 +2,21 @@
 """Idle footprint of localaid.service: memory, CPU, tasks and log volume while nothing happens.
 
 Boots the cached Debian root file system in systemd-nspawn (tests/integration/harness.py),
-installs the .deb with apt, gives it a healthy stand-in Ollama (a tiny HTTP server answering
-/, /api/version, /api/tags and /api/ps, installed as /usr/local/bin/ollama with its unit) and
-Open WebUI disabled, waits for localaid to settle, then samples its main process for a window.
+installs the .deb with apt, gives it a healthy stand-in Ollama (a tiny HTTP/1.1 server answering
+/, /api/version, /api/tags and /api/ps, keeping connections open as Ollama does, installed as
+/usr/local/bin/ollama with its unit) and Open WebUI disabled, waits for localaid to settle, then
+samples its main process (and systemd, PID 1 of the container) for a window.
 
     sudo bench/idle_footprint.py                      # builds the .deb and rootfs if needed
     sudo bench/idle_footprint.py --deb out/localaid_0.1.0_all.deb --seconds 60 --suite trixie
+    sudo bench/idle_footprint.py --baseline HEAD~1    # and the build of HEAD~1, side by side
+    sudo bench/idle_footprint.py --baseline-deb /path/to/previous/localaid_0.1.0_all.deb
 
-Prints a Markdown table (``--json`` for a machine-readable line). Needs root.
+With a baseline, both builds are measured one after the other in fresh containers of the same
+root file system with the same settings (the baseline first), and one table shows both.
+--baseline REF builds REF's .deb in a temporary git worktree (bench/common.py: deb_of_ref).
+
+Prints a Markdown table (``--json`` for one machine-readable line per build). Needs root.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests/integration"))
 
+from common import deb_of_ref  # noqa: E402
 from harness import Container, ContainerError  # noqa: E402
 
 STANDIN = r'''#!/usr/bin/python3
@@ -39,6 +47,7 @@ BODIES = {"/": (b"Ollama is running", "text/plain"),
           "/api/tags": (json.dumps({"models": []}).encode(), "application/json"),
           "/api/ps": (json.dumps({"models": []}).encode(), "application/json")}
 class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # Go's net/http (Ollama) keeps connections open
     def do_GET(self):
         body, ctype = BODIES.get(self.path.split("?")[0], (b"404 page not found", "text/plain"))
         self.send_response(200 if self.path.split("?")[0] in BODIES else 404)
@@ -94,20 +103,14 @@ def proc_sample(c: Container, pid: str) -> dict:
             "cpu_ticks": int(stat[11]) + int(stat[12])}  # utime + stime
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--deb", type=Path, help="localaid .deb (default: tools/build-deb)")
-    ap.add_argument("--rootfs", type=Path, help="root file system (default: tools/build-rootfs)")
-    ap.add_argument("--suite", default="bookworm", choices=["bookworm", "trixie"])
-    ap.add_argument("--warmup", type=float, default=15.0, help="seconds to settle after active")
-    ap.add_argument("--seconds", type=float, default=30.0, help="measurement window")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+def pid1_ticks(c: Container) -> int:
+    stat = c.read("/proc/1/stat").rsplit(")", 1)[1].split()
+    return int(stat[11]) + int(stat[12])
 
-    deb = (a.deb or tool("build-deb", "--no-lintian")).resolve()
-    rootfs = a.rootfs or tool("build-rootfs", "--suite", a.suite)
+
+def measure(deb: Path, rootfs: Path, a) -> dict:
+    """One build's idle footprint, in a fresh container."""
     port = free_port()
-
     with Container(rootfs, binds=[(deb, f"/mnt/{deb.name}", True)], name="bench-idle") as c:
         c.write("/usr/local/bin/ollama", STANDIN, mode=0o755)
         c.write("/etc/systemd/system/ollama.service", UNIT.format(port=port))
@@ -118,28 +121,25 @@ def main() -> int:
         c.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold", f"/mnt/{deb.name}"],
               timeout=600)
         apt_s = time.monotonic() - t0
-        try:
-            c.wait_for_unit("localaid.service", "active", timeout=60)
-        except ContainerError as e:
-            print(e, file=sys.stderr)
-            return 1
+        c.wait_for_unit("localaid.service", "active", timeout=60)
         time.sleep(a.warmup)
         pid = c.unit_property("localaid", "MainPID")
         nrestarts0 = c.unit_property("localaid", "NRestarts")
         lines0 = len(c.journal("localaid", output="cat").splitlines())
-        s0, t_start = proc_sample(c, pid), time.monotonic()
+        p0, s0, t_start = pid1_ticks(c), proc_sample(c, pid), time.monotonic()
         time.sleep(a.seconds)
-        s1, elapsed = proc_sample(c, pid), time.monotonic() - t_start
+        s1, p1, elapsed = proc_sample(c, pid), pid1_ticks(c), time.monotonic() - t_start
         lines1 = len(c.journal("localaid", output="cat").splitlines())
         if c.unit_property("localaid", "MainPID") != pid or c.unit_property("localaid", "NRestarts") != nrestarts0:
-            print("localaid restarted during the measurement", file=sys.stderr)
-            return 1
+            raise ContainerError("localaid restarted during the measurement")
         clk = int(c.run(["getconf", "CLK_TCK"]).stdout)
-        result = {
+        return {
+            "deb": str(deb),
             "suite": a.suite,
             "python": c.run(["python3", "-c", "import platform; print(platform.python_version())"]).stdout.strip(),
             "window_s": round(elapsed, 1),
             "cpu_percent": round(100.0 * (s1["cpu_ticks"] - s0["cpu_ticks"]) / clk / elapsed, 2),
+            "systemd_cpu_percent": round(100.0 * (p1 - p0) / clk / elapsed, 2),
             "rss_mb": round(s1["rss_kb"] / 1024, 1),
             "peak_rss_mb": round(s1["hwm_kb"] / 1024, 1),
             "anon_mb": round(s1["anon_kb"] / 1024, 1),
@@ -151,15 +151,45 @@ def main() -> int:
             "status": c.unit_property("localaid", "StatusText"),
             "apt_install_s": round(apt_s, 1),
         }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--deb", type=Path, help="localaid .deb (default: tools/build-deb)")
+    base = ap.add_mutually_exclusive_group()
+    base.add_argument("--baseline", metavar="REF", help="also measure the build of this git ref (e.g. HEAD~1)")
+    base.add_argument("--baseline-deb", type=Path, metavar="PATH", help="also measure this .deb")
+    ap.add_argument("--rootfs", type=Path, help="root file system (default: tools/build-rootfs)")
+    ap.add_argument("--suite", default="bookworm", choices=["bookworm", "trixie"])
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds to settle after active")
+    ap.add_argument("--seconds", type=float, default=180.0, help="measurement window per build")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+
+    deb = (a.deb or tool("build-deb", "--no-lintian")).resolve()
+    baseline = deb_of_ref(a.baseline) if a.baseline else a.baseline_deb.resolve() if a.baseline_deb else None
+    rootfs = a.rootfs or tool("build-rootfs", "--suite", a.suite)
+    builds = ([(f"baseline {a.baseline or baseline.name}", baseline)] if baseline else []) + [("this build", deb)]
+    results = []
+    for label, path in builds:
+        print(f"measuring {label}: {path} ({a.seconds:g} s after {a.warmup:g} s warm-up)", file=sys.stderr)
+        try:
+            results.append((label, measure(path, rootfs, a)))
+        except ContainerError as e:
+            print(f"{label}: {e}", file=sys.stderr)
+            return 1
     if a.json:
-        print(json.dumps(result))
-    else:
-        print(f"localaid idle footprint ({result['suite']}, Python {result['python']}, "
-              f"{result['window_s']} s window after {a.warmup:.0f} s warm-up)\n")
-        print("| metric | value |\n| --- | --- |")
-        for k, v in result.items():
-            if k not in ("suite", "python", "window_s"):
-                print(f"| {k} | {v} |")
+        for label, r in results:
+            print(json.dumps({"build": label, **r}))
+        return 0
+    first = results[0][1]
+    print(f"localaid idle footprint ({first['suite']}, Python {first['python']}, "
+          f"{a.seconds:g} s window after {a.warmup:g} s warm-up, one container per build)\n")
+    print("| metric | " + " | ".join(label for label, _ in results) + " |")
+    print("| --- |" + " --- |" * len(results))
+    for k in first:
+        if k not in ("suite", "python", "deb"):
+            print(f"| {k} | " + " | ".join(str(r[k]) for _, r in results) + " |")
     return 0
 
 

@@ -15,6 +15,10 @@ from localaid.adapters import http
 from localaid.adapters.systemd import SystemdError
 from localaid.records import JOB_UNITS, Action
 
+# What localaid does to a supervised service when it is down or hung; the rest (set-up and
+# recovery jobs, model preloads) are not restarts and are counted apart.
+RESTART_KINDS = frozenset({"restart", "kill-restart", "start"})
+
 
 class Actor:
     def __init__(self, systemd, clock=time.monotonic):
@@ -23,7 +27,9 @@ class Actor:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="act")
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
-        self.counts: dict[tuple[str, str, str], int] = {}  # (service/target, kind, cause) -> n
+        # (subject, kind, cause) -> n; the subject is the service for a restart, else the target
+        # (job, model): report.metrics_text files each kind under its own metric.
+        self.counts: dict[tuple[str, str, str], int] = {}
         self.recent: list[dict] = []  # last actions, newest last, for status.json
 
     @property
@@ -137,7 +143,7 @@ class Actor:
             emit = log.notice
         emit(f"{a.kind} {a.target}: {outcome}", cause=a.cause, evidence=a.evidence)
         with self._lock:
-            key = (a.service or a.target, a.kind, a.cause)
+            key = ((a.service or a.target) if a.kind in RESTART_KINDS else a.target, a.kind, a.cause)
             self.counts[key] = self.counts.get(key, 0) + 1
             self.recent.append({"at": time.time(), "kind": a.kind, "target": a.target, "cause": a.cause,
                                 "evidence": a.evidence, "outcome": outcome})

@@ -3,20 +3,26 @@
 A source that has not answered by the deadline counts as failed for this cycle ("timeout"), and
 is not asked again while its earlier call is still stuck, so a hung D-Bus or HTTP peer can never
 stall the loop or pile up threads.
+
+Idle, a cycle costs no D-Bus call (unit states come from a UnitWatch that systemd's signals keep
+current, with a full read every 30 s) and no new connection (each probe keeps its HTTP/1.1
+connection). A service that is not plainly ok has its unit read every cycle, as does one whose
+probe just failed (in the same cycle): whenever the policy looks closely, the details are fresh.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import MappingProxyType
 
-from localaid import paths, progress
+from localaid import log, paths, progress
 from localaid.adapters import http
-from localaid.adapters.systemd import make_state
+from localaid.adapters.systemd import NOT_FOUND, make_state
 from localaid.records import (
-    JOB_UNITS, OLLAMA, UNITS, WEBUI, GpuObs, JobObs, Observation, Probe, ServiceObs,
+    JOB_UNITS, OLLAMA, UNITS, WEBUI, GpuObs, JobObs, Observation, Probe, ServiceObs, UnitState,
 )
 
 
@@ -27,10 +33,15 @@ class Observer:
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="observe")
         self._pending: dict[str, Future] = {}
-        self._details: dict[str, tuple] = {}  # unit -> (summary, fetched at, details)
+        self.units = UnitWatch(systemd, list(UNITS.values()) + list(JOB_UNITS.values()),
+                               services=UNITS.values(), clock=clock)
+        self._clients: dict[str, http.Client] = {}  # probe key -> kept-alive connection
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.units.close()
+        for c in self._clients.values():
+            c.close()
 
     def _submit(self, key: str, fn, *args) -> Future | None:
         old = self._pending.get(key)
@@ -40,6 +51,22 @@ class Observer:
         self._pending[key] = fut
         return fut
 
+    def _probe(self, key: str, url: str, timeout: float) -> Future | None:
+        client = self._clients.get(key)
+        if client is None or client.url != url:
+            old = self._pending.get(key)
+            if client is not None and (old is None or old.done()):
+                client.close()
+            client = self._clients[key] = http.Client(url)
+        return self._submit(key, client.request, timeout)
+
+    def _drop_clients(self, keep) -> None:
+        """Close the connections of probes not made this cycle (Open WebUI's /ready once it is up)."""
+        for key in [k for k in self._clients if k not in keep]:
+            old = self._pending.get(key)
+            if old is None or old.done():
+                self._clients.pop(key).close()
+
     def observe(self, config, generation: int = 1, in_flight: frozenset[str] = frozenset(),
                 ollama_cgroup: str = "", webui_starting: bool = False,
                 refresh: frozenset[str] = frozenset()) -> Observation:
@@ -48,18 +75,19 @@ class Observer:
         units = [UNITS[OLLAMA]] + ([UNITS[WEBUI]] if config.webui.enabled else [])
         jobs = list(JOB_UNITS.items())
         futs: dict[str, Future | None] = {
-            "units": self._submit("units", self._units, units + [u for _, u in jobs], refresh),
-            "ollama": self._submit("ollama", http.request, config.ollama.url + "/", hc.timeout),
-            "ps": self._submit("ps", http.request, config.ollama.url + "/api/ps", hc.timeout),
+            "units": self._submit("units", self.units.states, units + [u for _, u in jobs], refresh),
+            "ollama": self._probe("ollama", config.ollama.url + "/", hc.timeout),
+            "ps": self._probe("ps", config.ollama.url + "/api/ps", hc.timeout),
         }
         if config.webui.enabled:
             base = f"http://{_connect_host(config.webui.host)}:{config.webui.port}"
-            futs["webui"] = self._submit("webui", http.request, base + "/health", hc.timeout)
+            futs["webui"] = self._probe("webui", base + "/health", hc.timeout)
             if webui_starting:
-                futs["ready"] = self._submit("ready", http.request, base + "/ready", hc.timeout)
+                futs["ready"] = self._probe("ready", base + "/ready", hc.timeout)
         if self.gpu is not None and config.gpu.watch:
             futs["gpu"] = self._submit("gpu", self.gpu.observe, ollama_cgroup)
         wait([f for f in futs.values() if f is not None], timeout=hc.timeout + 0.25)
+        self._drop_clients(futs)
 
         def result(key):
             f = futs.get(key)
@@ -84,13 +112,13 @@ class Observer:
         ps_probe, ps_body = probe("ps")
         wp, _ = probe("webui")
         rp, _ = probe("ready")
-        # A failed probe of a unit whose details are from an earlier cycle: fetch them now. A quick
-        # restart (by the admin, an upgrade) leaves the summary "active running" before and
-        # after, and the policy needs the new start time to grant the start-up grace.
+        # A failed probe of a unit not read from systemd this cycle: read it now. A quick restart
+        # (by the admin, an upgrade) leaves the summary "active running" before and after, and
+        # the policy needs the new start time to grant the start-up grace.
         failed = {UNITS[s] for s, p in ((OLLAMA, ollama_probe), (WEBUI, wp)) if p is not None and not p.ok}
-        stale = frozenset(u for u in failed if u in unit_states and self._details.get(u, (0, started))[1] < started)
+        stale = frozenset(u for u in failed if u in unit_states and self.units.fetched_at(u) < started)
         if stale:
-            f = self._submit("details", self._refetch, stale)
+            f = self._submit("details", self.units.states, sorted(stale), stale)
             if f is not None and not wait([f], timeout=0.25).not_done and f.exception() is None:
                 unit_states = {**unit_states, **f.result()}
         services = {
@@ -112,40 +140,161 @@ class Observer:
                            jobs=MappingProxyType(job_obs), maintenance=maintenance(),
                            generation=generation, in_flight=in_flight)
 
-    DETAIL_MAX_AGE = 10.0
 
-    def _units(self, names, refresh: frozenset[str]):
-        """States of all units: one ListUnitsByNames call, plus the per-service details (main PID,
-        restarts, start time, result) only when a unit's summary changed, its probe failed, or
-        the cached details are older than DETAIL_MAX_AGE. Idle, that is one D-Bus call a cycle."""
+class UnitWatch:
+    """States of a fixed set of units, read from systemd again only when it said they changed.
+
+    states() first dispatches the signals received since the last call. A signal only marks its
+    unit as changed; the values are read with the same calls as always (ListUnitsByNames, and
+    for a service its start time, main PID, restarts and result), so they are as fresh as a poll
+    at that moment, and a signal that raced a read can never roll a fresher value back. What is
+    read: the units marked changed, the ones the caller wants `fresh`, and all of them on the
+    first call, after (re)subscribing, after a D-Bus error, on a daemon-reload or a change of
+    unit files, and every `resync_every` seconds, so that a missed signal cannot blind the
+    daemon for long. Idle, that is no D-Bus call at all between resyncs.
+
+    A unit changed through the adapter (start, kill ...) is read again at the next call. Without
+    signals (subscribing failed: said in the journal), every call reads every unit, as a poll,
+    and subscribing is retried every `resync_every`.
+    """
+
+    RESYNC_EVERY = 30.0
+    # A not-loaded unit read by us is loaded by systemd for the answer (UnitNew) and dropped
+    # again at once: a UnitNew that soon after our own read is ours, not a new unit file.
+    OWN_LOAD = 2.0
+
+    def __init__(self, systemd, names, services=(), clock=time.monotonic, resync_every: float = RESYNC_EVERY):
+        self.systemd = systemd
+        self.names = tuple(names)
+        self.services = frozenset(services)  # units whose details (start time, PID ...) are read
+        self.clock = clock
+        self.resync_every = resync_every
+        self._lock = threading.Lock()  # one reader at a time
+        self._dirty_lock = threading.Lock()  # invalidate() must not wait for a stuck reader
+        self._sub = None
+        self._summary: dict[str, tuple] = {}
+        self._detail: dict[str, dict] = {}
+        self._fetched: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        self._resync_at = float("-inf")
+        self._subscribe_at = float("-inf")
+        self._sub_error: str | None = None
+        self.reads = 0  # ListUnitsByNames calls made: for tests and benches
+        systemd.on_change(self.invalidate)
+
+    @property
+    def events(self) -> bool:
+        """True while systemd's signals are followed (False: polling)."""
+        return self._sub is not None
+
+    def fetched_at(self, name: str) -> float:
+        """When `name` was last read from systemd (-inf: never)."""
+        return self._fetched.get(name, float("-inf"))
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Read `name` (None: every unit) again at the next call."""
+        with self._dirty_lock:
+            if name is None:
+                self._resync_at = float("-inf")
+            else:
+                self._dirty.add(name)
+
+    def close(self) -> None:
+        if not self._lock.acquire(timeout=0.5):  # a read stuck in D-Bus: the process is ending anyway
+            return
+        try:
+            if self._sub is not None:
+                self._sub.close()
+                self._sub = None
+        finally:
+            self._lock.release()
+
+    def states(self, names=None, fresh=frozenset()) -> dict[str, UnitState]:
+        """States of `names` (default: all watched units); raises SystemdError."""
+        names = self.names if names is None else tuple(names)
+        with self._lock:
+            now = self.clock()
+            self._follow(now)
+            with self._dirty_lock:
+                if self._sub is None or now >= self._resync_at:
+                    need = set(names)
+                    self._resync_at = now + self.resync_every
+                    full = True
+                else:
+                    need = {n for n in names if n in self._dirty or n in fresh or n not in self._summary}
+                    full = False
+                self._dirty -= need  # taken now: a change while we read marks it again
+            if need:
+                try:
+                    self._read(sorted(need), fresh, now, changed_only=self._sub is None)
+                except Exception:
+                    with self._dirty_lock:
+                        self._dirty |= need
+                        if full:
+                            self._resync_at = float("-inf")
+                    raise
+            return {n: make_state(n, self._summary[n], self._detail.get(n, {})) for n in names}
+
+    def _read(self, names: list[str], fresh, now: float, changed_only: bool) -> None:
+        """One ListUnitsByNames for `names`, and the details of the loaded services among them.
+        Polling (changed_only), a service's details are read only when its summary changed, it
+        is wanted fresh or they are a resync period old, as before there were signals."""
+        self.reads += 1
         summaries = self.systemd.summaries(names)
-        now = self.clock()
-        out = {}
         for name in names:
-            summary = summaries.get(name, ("not-found", "inactive", "dead", False))
-            detail = {}
-            if name in UNITS.values() and summary[0] == "loaded":
-                cached = self._details.get(name)
-                if cached is None or cached[0] != summary or now - cached[1] > self.DETAIL_MAX_AGE \
-                        or name in refresh:
-                    cached = self._fetch_details(name, summary)
-                detail = cached[2]
-            out[name] = make_state(name, summary, detail)
-        return out
+            summary = summaries.get(name, NOT_FOUND)
+            if name in self.services and summary[0] == "loaded":
+                if not changed_only or name in fresh or name not in self._detail \
+                        or summary != self._summary.get(name) \
+                        or now - self.fetched_at(name) >= self.resync_every:
+                    self._detail[name] = self.systemd.details(name)
+                    self._fetched[name] = now
+            else:
+                self._detail.pop(name, None)
+                self._fetched[name] = now
+            self._summary[name] = summary
 
-    def _fetch_details(self, name: str, summary: tuple) -> tuple:
-        """(summary, fetched at, details) of a service unit, kept for the next cycles."""
-        cached = (summary, self.clock(), self.systemd.details(name))
-        self._details[name] = cached
-        return cached
+    def _follow(self, now: float) -> None:
+        """Subscribe when not (yet, or any more) subscribed; dispatch the signals received."""
+        if self._sub is not None and not self._sub.alive:
+            self._sub.close()
+            self._sub = None
+            log.warning("systemd connection closed (re-executed?): subscribing again, reading every unit")
+        if self._sub is None and now >= self._subscribe_at:
+            try:
+                self._sub = self.systemd.subscribe(self.names, self._on_event)
+            except Exception as e:  # SystemdError, or GLib refusing the subscription
+                self._subscribe_at = now + self.resync_every
+                text = str(e) or type(e).__name__
+                if text != self._sub_error:
+                    log.error("cannot follow systemd's unit signals: reading every unit each cycle",
+                              error=text, retry=f"{self.resync_every:g}s")
+                self._sub_error = text
+            else:
+                with self._dirty_lock:
+                    self._resync_at = float("-inf")  # changes before the subscription went unsignalled
+                if self._sub_error is not None:
+                    log.notice("following systemd's unit signals again")
+                    self._sub_error = None
+        if self._sub is not None:
+            self._sub.pump()
+            if self._sub.errors:
+                for err in self._sub.errors:
+                    log.error("systemd signal not understood: reading every unit", error=err)
+                self._sub.errors.clear()
+                self.invalidate()
 
-    def _refetch(self, names: frozenset[str]):
-        """Fresh details for units whose summary this cycle already read."""
-        out = {}
-        for name in names:
-            summary, _, detail = self._fetch_details(name, self._details[name][0])
-            out[name] = make_state(name, summary, detail)
-        return out
+    def _on_event(self, kind: str, name: str | None) -> None:
+        if kind in ("reload", "files"):
+            self.invalidate()
+        elif kind == "changed":
+            self.invalidate(name)
+        elif kind == "new":
+            # A unit file that appeared: a not-found unit loads now. Any other UnitNew is a unit
+            # systemd had dropped (inactive, unreferenced) and loaded again: nothing changed.
+            if self._summary.get(name, NOT_FOUND)[0] != "loaded" and \
+                    self.clock() - self.fetched_at(name) >= self.OWN_LOAD:
+                self.invalidate(name)
 
 
 def _connect_host(host: str) -> str:

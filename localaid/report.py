@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 
 from localaid import __version__, fsutil, paths
+from localaid.act import RESTART_KINDS
 from localaid.records import Decision, Observation
 
 
@@ -71,8 +72,19 @@ def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_secon
            [({"service": st.name}, int(st.state == "ok")) for st in decision.services])
     metric("probe_latency_seconds", "gauge", "Latency of the last health probe.",
            [({"service": n}, f"{so.probe.latency:.4f}") for n, so in obs.services.items() if so.probe])
-    metric("restarts_total", "counter", "Actions localaid took, by service, kind and cause (since start).",
-           [({"service": s, "kind": k, "cause": c}, n) for (s, k, c), n in sorted(counts.items())])
+    # Only restarts of the supervised services: an alert on them must not fire on every install,
+    # whose set-up jobs are counted apart.
+    metric("restarts_total", "counter", "Restarts (and starts of a failed service) localaid made, by service, "
+           "kind and cause (since start).",
+           [({"service": s, "kind": k, "cause": c}, n) for (s, k, c), n in sorted(counts.items())
+            if k in RESTART_KINDS])
+    metric("job_starts_total", "counter", "Set-up and recovery jobs (localaid-*.service) localaid started, by job "
+           "and cause (since start).",
+           [({"job": s, "cause": c}, n) for (s, k, c), n in sorted(counts.items()) if k == "start-job"])
+    metric("actions_total", "counter", "Other actions localaid took (model preloads ...), by kind, target and cause "
+           "(since start).",
+           [({"kind": k, "target": s, "cause": c}, n) for (s, k, c), n in sorted(counts.items())
+            if k not in RESTART_KINDS and k != "start-job"])
     metric("cycle_seconds", "gauge", "Duration of the last supervision cycle.", [({}, f"{cycle_seconds:.4f}")])
     gpu = obs.gpu
     metric("gpu_state", "gauge", "GPU watch state (1 for the current one).", [({"state": gpu.state}, 1)])

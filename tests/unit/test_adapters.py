@@ -183,3 +183,157 @@ def test_parse_ps_tolerates_garbage():
     assert http_adapter.parse_ps(None) == ()
     assert http_adapter.parse_ps({"models": None}) == ()
     assert http_adapter.parse_ps([1, 2]) == ()
+
+
+# ------------------------------------------------------------------------ http keep-alive
+class _KeepAlive(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    connections = []  # one entry per connection the server accepted
+    stall = threading.Event()  # set: answer nothing (a hung server with the connection open)
+
+    def setup(self):
+        super().setup()
+        _KeepAlive.connections.append(self.client_address)
+
+    def do_GET(self):
+        if _KeepAlive.stall.is_set():
+            time.sleep(1.0)
+            return
+        body = b'{"models": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def keepalive_server():
+    _KeepAlive.connections = []
+    _KeepAlive.stall.clear()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_client_keeps_one_connection(keepalive_server):
+    c = http_adapter.Client(keepalive_server + "/api/ps")
+    try:
+        for _ in range(5):
+            probe, body = c.request(1.0)
+            assert probe.ok and body == {"models": []}
+        assert len(_KeepAlive.connections) == 1 and c.connects == 1
+    finally:
+        c.close()
+
+
+def test_client_does_not_wait_for_a_delayed_ack(keepalive_server):
+    """http.server writes the headers and the body apart with Nagle's algorithm on: without an
+    immediate ACK every kept-alive exchange took ~40 ms (the kernel's delayed ACK)."""
+    c = http_adapter.Client(keepalive_server + "/api/ps")
+    try:
+        latencies = sorted(c.request(1.0)[0].latency for _ in range(7))
+        assert latencies[3] < 0.02, latencies
+    finally:
+        c.close()
+
+
+def _one_answer_then_close():
+    """A server that answers each connection once, keep-alive headers and all, then closes it:
+    what a server's idle timeout does to a kept connection between two probes."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(5)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = s.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+            time.sleep(0.05)
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return s, accepted
+
+
+def test_client_reconnects_when_the_server_closed_the_kept_connection():
+    s, accepted = _one_answer_then_close()
+    c = http_adapter.Client(f"http://127.0.0.1:{s.getsockname()[1]}/")
+    try:
+        assert c.request(1.0)[0].ok
+        time.sleep(0.2)  # closed by the server while idle: seen before the request
+        assert c.request(1.0)[0].ok
+        assert c.connects == 2
+    finally:
+        c.close()
+        s.close()
+
+
+def test_client_retries_once_when_the_close_is_only_seen_by_the_request(monkeypatch):
+    s, accepted = _one_answer_then_close()
+    c = http_adapter.Client(f"http://127.0.0.1:{s.getsockname()[1]}/")
+    try:
+        assert c.request(1.0)[0].ok
+        time.sleep(0.2)
+        monkeypatch.setattr(http_adapter, "_still_open", lambda conn: True)  # a close racing the request
+        probe, _ = c.request(1.0)
+        assert probe.ok and c.connects == 2
+    finally:
+        c.close()
+        s.close()
+
+
+def test_client_timeout_is_bounded_and_drops_the_connection(keepalive_server):
+    c = http_adapter.Client(keepalive_server + "/")
+    try:
+        assert c.request(1.0)[0].ok
+        _KeepAlive.stall.set()  # hung, on the kept connection
+        t = time.monotonic()
+        probe, _ = c.request(0.2)
+        assert not probe.ok and probe.error == "timeout after 0.2 s"
+        assert time.monotonic() - t < 0.5
+        t = time.monotonic()
+        probe, _ = c.request(0.2)  # a new connection, and a timeout again: no retry past the deadline
+        assert probe.error == "timeout after 0.2 s" and time.monotonic() - t < 0.5
+        assert c.connects == 2
+        _KeepAlive.stall.clear()
+        time.sleep(1.0)
+        assert c.request(1.0)[0].ok and c.connects == 3
+    finally:
+        c.close()
+
+
+def test_client_hung_server_that_accepts_but_never_answers():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(5)
+    c = http_adapter.Client(f"http://127.0.0.1:{s.getsockname()[1]}/")
+    try:
+        for _ in range(2):
+            t = time.monotonic()
+            probe, _ = c.request(0.3)
+            assert not probe.ok and "timeout" in probe.error
+            assert time.monotonic() - t < 0.6
+    finally:
+        c.close()
+        s.close()
+
+
+def test_client_refused_and_http_error(server):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    assert http_adapter.Client(f"http://127.0.0.1:{port}/").request(0.5)[0].error == "connection refused"
+    probe, _ = http_adapter.Client(server + "/500").request(1.0)
+    assert (probe.ok, probe.status, probe.error) == (False, 500, "HTTP 500")

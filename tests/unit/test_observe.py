@@ -1,24 +1,59 @@
-"""Observer: what it asks systemd each cycle (real HTTP probes against a closed loopback port)."""
+"""Observer: what it asks systemd each cycle (real HTTP probes against loopback servers).
+
+The systemd double answers like the D-Bus adapter and hands signals to the UnitWatch the way
+the adapter's Subscription does; tests/unit/test_unit_watch.py runs the real adapter against a
+stand-in systemd on a D-Bus socket."""
 
 import http.server
+import io
 import socket
 import threading
 from dataclasses import replace
 
+from localaid import log
+from localaid.adapters.systemd import SystemdError
 from localaid.config import Config
+from localaid.observe import Observer, UnitWatch
 from localaid.records import OLLAMA
-from localaid.observe import Observer
+
+
+class Subscription:
+    def __init__(self, on_event):
+        self.on_event = on_event
+        self.queued = []
+        self.errors = []
+        self.alive = True
+
+    def pump(self):
+        n = len(self.queued)
+        for event in self.queued:
+            self.on_event(*event)
+        self.queued.clear()
+        return n
+
+    def close(self):
+        self.alive = False
 
 
 class Systemd:
-    """Answers like the D-Bus adapter; counts the per-unit detail fetches."""
+    """Answers like the D-Bus adapter; counts the summary reads and per-unit detail fetches."""
 
     def __init__(self):
         self.enter = 100_000_000  # µs, as systemd reports ActiveEnterTimestampMonotonic
         self.detail_calls = 0
+        self.summary_calls = 0
+        self.sub = None
 
     def summaries(self, names):
+        self.summary_calls += 1
         return {n: ("loaded", "active", "running", False) for n in names}
+
+    def subscribe(self, names, on_event):
+        self.sub = Subscription(on_event)
+        return self.sub
+
+    def on_change(self, fn):
+        self.changed = fn
 
     def details(self, name):
         self.detail_calls += 1
@@ -56,33 +91,120 @@ def test_failed_probe_refetches_stale_unit_details_in_the_same_cycle():
         obs.close()
 
 
-def test_healthy_cycles_fetch_details_only_when_stale():
-    """Answering probes: one summary call a cycle, the details again only after DETAIL_MAX_AGE."""
-    class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
+class _Ok(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps connections open, as Ollama does
 
-        def log_message(self, *a):
-            pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    def log_message(self, *a):
+        pass
+
+
+def _healthy(sd, now):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    now = [1000.0]
-    sd = Systemd()
     c = Config()
     c = replace(c, ollama=replace(c.ollama, port=srv.server_address[1]), webui=replace(c.webui, enabled=False))
-    obs = Observer(sd, clock=lambda: now[0])
+    return srv, c, Observer(sd, clock=lambda: now[0])
+
+
+def test_healthy_cycles_ask_systemd_nothing_until_it_signals_a_change():
+    """Answering probes: the first cycle reads every unit, the next ones none (no D-Bus call) until
+    systemd signals a change of a unit or RESYNC_EVERY passed."""
+    now = [1000.0]
+    sd = Systemd()
+    srv, c, obs = _healthy(sd, now)
     try:
         for _ in range(5):
             assert obs.observe(c).services[OLLAMA].probe.ok
             now[0] += 1.0
-        assert sd.detail_calls == 1
-        now[0] += Observer.DETAIL_MAX_AGE
+        assert (sd.summary_calls, sd.detail_calls) == (1, 1)
+        sd.sub.queued.append(("changed", "ollama.service"))
+        sd.enter = 200_000_000
+        assert obs.observe(c).services[OLLAMA].unit.active_enter_mono == 200.0
+        assert (sd.summary_calls, sd.detail_calls) == (2, 2)
+        sd.sub.queued.append(("changed", "localaid-devices.service"))
         obs.observe(c)
-        assert sd.detail_calls == 2
+        assert (sd.summary_calls, sd.detail_calls) == (3, 2)  # a job unit: its summary only
+        now[0] += UnitWatch.RESYNC_EVERY
+        obs.observe(c)
+        assert (sd.summary_calls, sd.detail_calls) == (4, 3)
+    finally:
+        srv.shutdown()
+        obs.close()
+
+
+def test_a_unit_changed_through_the_adapter_is_read_at_the_next_cycle():
+    """After a start or restart, the next cycle must see the queued job (the policy would otherwise
+    take a set-up job just started for one that already ended), signal or not."""
+    now = [1000.0]
+    sd = Systemd()
+    srv, c, obs = _healthy(sd, now)
+    try:
+        obs.observe(c)
+        sd.changed("localaid-ollama-setup.service")
+        obs.observe(c)
+        assert sd.summary_calls == 2
+        sd.changed(None)  # daemon-reload, enable: everything
+        obs.observe(c)
+        assert (sd.summary_calls, sd.detail_calls) == (3, 2)
+    finally:
+        srv.shutdown()
+        obs.close()
+
+
+def test_reload_signal_and_closed_connection_read_every_unit():
+    now = [1000.0]
+    sd = Systemd()
+    srv, c, obs = _healthy(sd, now)
+    try:
+        obs.observe(c)
+        sd.sub.queued.append(("reload", None))
+        obs.observe(c)
+        assert (sd.summary_calls, sd.detail_calls) == (2, 2)
+        first = sd.sub
+        first.alive = False  # systemd re-executed: the private connection closed
+        obs.observe(c)
+        assert sd.sub is not first and (sd.summary_calls, sd.detail_calls) == (3, 3)
+    finally:
+        srv.shutdown()
+        obs.close()
+
+
+def test_without_signals_every_cycle_polls_and_says_so_once(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(log, "stream", out)
+    now = [1000.0]
+    sd = Systemd()
+
+    def refuse(names, on_event):
+        raise SystemdError("Subscribe: Access denied")
+    sd.subscribe = refuse
+    srv, c, obs = _healthy(sd, now)
+    try:
+        for _ in range(3):
+            obs.observe(c)
+            now[0] += 1.0
+        assert sd.summary_calls == 3 and sd.detail_calls == 1  # details only when the summary changes
+        assert out.getvalue().count("cannot follow systemd's unit signals") == 1
+        assert not obs.units.events
+    finally:
+        srv.shutdown()
+        obs.close()
+
+
+def test_probes_keep_their_connections():
+    now = [1000.0]
+    sd = Systemd()
+    srv, c, obs = _healthy(sd, now)
+    try:
+        for _ in range(4):
+            assert obs.observe(c).services[OLLAMA].probe.ok
+        assert {k: cl.connects for k, cl in obs._clients.items()} == {"ollama": 1, "ps": 1}
     finally:
         srv.shutdown()
         obs.close()

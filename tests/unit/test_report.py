@@ -51,6 +51,40 @@ def test_metrics_text_format():
             float(ln.rsplit(" ", 1)[1])
 
 
+def test_restarts_total_counts_only_restarts_of_the_supervised_services(monkeypatch):
+    """An alert on localaid_restarts_total must not fire on every install: set-up jobs and model
+    preloads have metrics of their own."""
+    import io
+
+    from localaid import log
+    from localaid.act import Actor
+    from localaid.records import Action
+    monkeypatch.setattr(log, "stream", io.StringIO())
+
+    class Sd:
+        def __getattr__(self, name):
+            return lambda *a: ("dead",) if name == "summaries" else None
+
+    actor = Actor(Sd())
+    actor.run([Action("start-job", "ollama-setup", "provision"), Action("start-job", "webui-setup", "provision"),
+               Action("start-job", "gpu-recover", "xid", service="ollama"),
+               Action("restart", "ollama.service", "boot-race", service="ollama"),
+               Action("start", "open-webui.service", "failed", service="open-webui")], None)
+    actor._record(Action("preload", "llama3", "warm", service="ollama"), "ok")
+    cfg = Config()
+    obs = _obs()
+    lines = report.metrics_text(obs, policy.decide(cfg, obs, History()), actor.counts, 0.01).splitlines()
+    restarts = sorted(ln for ln in lines if ln.startswith("localaid_restarts_total{"))
+    assert restarts == ['localaid_restarts_total{service="ollama",kind="restart",cause="boot-race"} 1',
+                        'localaid_restarts_total{service="open-webui",kind="start",cause="failed"} 1']
+    assert sorted(ln for ln in lines if ln.startswith("localaid_job_starts_total{")) == [
+        'localaid_job_starts_total{job="gpu-recover",cause="xid"} 1',
+        'localaid_job_starts_total{job="ollama-setup",cause="provision"} 1',
+        'localaid_job_starts_total{job="webui-setup",cause="provision"} 1']
+    assert 'localaid_actions_total{kind="preload",target="llama3",cause="warm"} 1' in lines
+    assert "# TYPE localaid_job_starts_total counter" in lines
+
+
 def test_metrics_textfile_only_into_existing_directory(tmp_path):
     report.write_metrics(str(tmp_path / "missing" / "x.prom"), "a 1\n")
     assert not (tmp_path / "missing").exists()
