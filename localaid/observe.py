@@ -306,23 +306,13 @@ def _connect_host(host: str) -> str:
 
 
 def maintenance() -> frozenset[str]:
-    """Services an upgrade is working on: /run/localaid/maintenance/<service> holding its PID.
-
-    A file whose process is gone is stale (the upgrade was killed) and is ignored.
+    """Services an upgrade is working on: /run/localaid/maintenance/<service> naming the job's
+    process (PID and start time). A marker whose process is gone, or whose PID now belongs to
+    another process, is stale (the job was killed) and is ignored: it never freezes supervision.
     """
     try:
         names = os.listdir(paths.MAINTENANCE_DIR)
     except FileNotFoundError:
         return frozenset()
-    live = set()
-    for name in names:
-        try:
-            with open(os.path.join(paths.MAINTENANCE_DIR, name)) as f:
-                pid = int(f.read().split()[0])
-            os.kill(pid, 0)
-        except PermissionError:
-            pass  # alive, just not ours to signal (we hold no CAP_KILL)
-        except (OSError, ValueError, IndexError):
-            continue
-        live.add(name)
-    return frozenset(live)
+    return frozenset(n for n in names if not n.startswith(".")
+                     and progress.owner_alive(os.path.join(paths.MAINTENANCE_DIR, n)))

@@ -120,16 +120,21 @@ def write_metrics(path: str | None, text: str) -> None:
 class MetricsServer:
     """A loopback /metrics endpoint (metrics.listen) serving the text of the last cycle.
 
-    It only hands out a string the loop prepared: a slow scraper cannot slow the loop down.
+    It only hands out a string the loop prepared: a slow scraper cannot slow the loop down, and
+    a client that connects and says nothing (or trickles) cannot pile up threads: each connection
+    gets `timeout` seconds, and at most `max_clients` are served at once (more are closed at once;
+    Prometheus scrapes again at its next interval).
     """
 
-    def __init__(self, listen: str):
+    def __init__(self, listen: str, timeout: float = 5.0, max_clients: int = 4):
+        import socket
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         from localaid.config import parse_listen
         host, port = parse_listen(listen)
         server = self
+        slots = threading.BoundedSemaphore(max_clients)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -146,13 +151,26 @@ class MetricsServer:
             def log_message(self, *args):  # the journal gets actions, not scrapes
                 pass
 
-        cls = ThreadingHTTPServer
-        if ":" in host:
-            import socket
-            cls = type("Server6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        Handler.timeout = timeout  # socket timeout for every read and write of a request
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+
+            def process_request(self, request, client_address):
+                if not slots.acquire(blocking=False):
+                    self.shutdown_request(request)  # at the cap: no thread for this one
+                    return
+                super().process_request(request, client_address)
+
+            def process_request_thread(self, request, client_address):
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
+
         self.text = ""
-        self.httpd = cls((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = Server((host, port), Handler)
         threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True).start()
 
     def close(self) -> None:

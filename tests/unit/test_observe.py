@@ -208,3 +208,19 @@ def test_probes_keep_their_connections():
     finally:
         srv.shutdown()
         obs.close()
+
+
+def test_a_stale_or_reused_maintenance_marker_never_freezes_supervision(tmp_path, monkeypatch):
+    import os
+
+    from localaid import observe, paths, progress
+    monkeypatch.setattr(paths, "MAINTENANCE_DIR", str(tmp_path))
+    progress.write_owner(str(tmp_path / "open-webui"))               # a live job: this process
+    (tmp_path / "ollama").write_text(f"{os.getpid()} 1\n")           # our PID, another start: reused
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    (tmp_path / "gone").write_text(f"{child} 0\n")                    # a killed job
+    (tmp_path / ".tmp").write_text(f"{os.getpid()}\n")                # an atomic write's temp file
+    assert observe.maintenance() == frozenset({"open-webui"})

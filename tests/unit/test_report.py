@@ -153,3 +153,36 @@ def test_status_shows_uuid_processes_and_xid_watch():
     assert "Xid events since start: 13 ×2, 79 ×1" in text.splitlines()
     doc["gpu"]["devices"][0]["processes"] = None
     assert "  compute processes: not listed by the driver" in status.render(doc, 1.0, "active").splitlines()
+
+
+def test_metrics_server_bounds_silent_clients_in_time_and_threads():
+    import socket
+    import threading
+    import time
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = report.MetricsServer(f"127.0.0.1:{port}", timeout=0.5, max_clients=2)
+    srv.text = "localaid_up 1\n"
+    try:
+        base = threading.active_count()
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        time.sleep(0.2)
+        assert threading.active_count() <= base + 2  # 20 silent clients, at most 2 threads
+        # the ones over the cap were closed at once
+        closed = 0
+        for c in silent:
+            c.settimeout(0.2)
+            try:
+                closed += c.recv(1) == b""
+            except OSError:
+                pass
+        assert closed >= 18
+        time.sleep(0.6)  # the two served ones time out
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+        assert body == b"localaid_up 1\n"
+        for c in silent:
+            c.close()
+    finally:
+        srv.close()
