@@ -109,9 +109,10 @@ class Outage:
             self.longest = max(self.longest, time.monotonic() - self.failing_since)
 
 
-def timed(c: Container, argv: list[str], timeout: float = 3600, check: bool = True) -> tuple[float, object]:
+def timed(c: Container, argv: list[str], timeout: float = 3600, check: bool = True,
+          user: str | None = None) -> tuple[float, object]:
     t0 = time.monotonic()
-    r = c.run(argv, check=check, timeout=timeout)
+    r = c.run(argv, check=check, timeout=timeout, user=user)
     return time.monotonic() - t0, r
 
 
@@ -175,11 +176,11 @@ def main() -> int:
         uv = f"{BASE}/tools/bin/uv"
         if not c.exists(uv):
             uv = c.run(["sh", "-c", "command -v uv"]).stdout.strip()
-        idx = "--no-index --find-links /opt/wheelhouse" if not a.real else _uv_index(c)
+        uv_env, idx = ("", "--no-index --find-links /opt/wheelhouse") if not a.real else _uv_index(c)
         spec = f"open-webui=={a.version}"
         if a.real and not a.no_bare:
             c.run(["systemctl", "stop", "open-webui.service"])
-            bare = bare_cold(c, idx, spec, port)
+            bare = bare_cold(c, uv_env, idx, spec, port)
             out.update(bare_cold=bare)
             phase_rows.append(("bare prototype, cold", bare["total"], bare))
             rows.append(("bare prototype, cold caches: venv + pip install uv + uv pip install + first start, "
@@ -187,15 +188,18 @@ def main() -> int:
 
         # 2. same set, warm caches: bare uv, bare pip, localaid's build again (nothing else running)
         c.run(["systemctl", "stop", "open-webui.service"])
-        env = "UV_CACHE_DIR=/var/cache/localaid/uv PIP_CACHE_DIR=/var/cache/localaid/pip SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
+        # bare, but as the user localaid builds as (its caches are that user's), without a sandbox
+        env = (f"HOME=/var/tmp UV_CACHE_DIR={BASE}/venvs/.cache/uv PIP_CACHE_DIR={BASE}/venvs/.cache/pip "
+               f"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt {uv_env}")
         pip_idx = "--find-links /opt/wheelhouse" if not a.real else ""
         t_uv, r = timed(c, ["sh", "-c", f"rm -rf /var/tmp/bare-uv && {env} /usr/bin/python3 -m venv /var/tmp/bare-uv && "
-                                        f"{env} {uv} pip install -q --python /var/tmp/bare-uv/bin/python {idx} {spec}"])
+                                        f"{env} {uv} pip install -q --python /var/tmp/bare-uv/bin/python {idx} {spec}"],
+                        user="open-webui")
         t_pip = None
         if not a.no_pip:
             t_pip, r2 = timed(c, ["sh", "-c", f"rm -rf /var/tmp/bare-pip && /usr/bin/python3 -m venv /var/tmp/bare-pip && "
                                               f"{env} /var/tmp/bare-pip/bin/pip install -q --progress-bar off {pip_idx} {spec}"],
-                              check=False)
+                              check=False, user="open-webui")
         c.run(["sh", "-c", "rm -rf /var/tmp/bare-uv /var/tmp/bare-pip"])
         c.run(["sh", "-c", f"rm -rf {BASE}/venvs/{a.version} {BASE}/current"])
         t_la, r = timed(c, ["systemctl", "start", "localaid-webui-setup.service"], check=False)
@@ -248,7 +252,7 @@ def main() -> int:
 
 
 PHASES = [  # (key in localaid's phases / the bare run, label)
-    ("setup", "venv ∥ uv bootstrap ∥ pip config (wall)"),
+    ("setup", "venv ∥ pip config + uv bootstrap (wall; each step a build unit as open-webui)"),
     ("venv", "  venv (python3 -m venv)"),
     ("uv_bootstrap", "  uv bootstrap (pip install uv)"),
     ("pip_config", "  pip config read"),
@@ -258,7 +262,6 @@ PHASES = [  # (key in localaid's phases / the bare run, label)
     ("uv_prepared", "  download + unpack into the cache"),
     ("uv_installed", "  link into the venv"),
     ("verify", "verify (dist-info)"),
-    ("chown", "hand directories to open-webui (chown)"),
     ("to_ready", "first start → /health and /ready"),
 ]
 
@@ -320,14 +323,14 @@ def drop_caches() -> None:
         pass
 
 
-def bare_cold(c: Container, idx: str, spec: str, port: int) -> dict[str, float]:
+def bare_cold(c: Container, uv_env: str, idx: str, spec: str, port: int) -> dict[str, float]:
     """The prototype's path by hand, caches empty: venv, pip install uv, uv pip install, first start."""
     proto, cache, data, p2 = "/var/tmp/proto", "/var/tmp/proto-cache", "/var/tmp/proto-data", free_port()
     c.run(["sh", "-c", f"rm -rf {proto} {cache} {data} && mkdir -p {data}"])
     envfile = c.read("/etc/localaid/open-webui.env")
     envfile = re.sub(r"(?m)^(DATA_DIR|PORT|PIP_CACHE_DIR)=.*$", "", envfile)
     c.write("/var/tmp/proto.env", envfile + f"DATA_DIR={data}\nPORT={p2}\n", mode=0o600)
-    env = f"UV_CACHE_DIR={cache} PIP_CACHE_DIR={cache}/pip SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
+    env = f"UV_CACHE_DIR={cache} PIP_CACHE_DIR={cache}/pip SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt {uv_env}"
     drop_caches()
     out: dict[str, float] = {}
     t0 = time.monotonic()
@@ -359,14 +362,16 @@ def _seconds(text: str) -> float | None:
     return total if found else None
 
 
-def _uv_index(c: Container) -> str:
-    """The index options localaid derives from the machine's pip configuration (same function)."""
-    code = ("from localaid.provision import webui; from localaid.config import load; import os, sys;"
+def _uv_index(c: Container) -> tuple[str, str]:
+    """The index settings localaid derives from the machine's pip configuration (same functions):
+    its UV_* variables as a shell prefix (localaid passes index URLs by environment), uv's options."""
+    code = ("from localaid.provision import webui; from localaid.config import load; import shlex;"
             "cfg = load('/etc/localaid/localaid.yaml', '/etc/localaid/conf.d');"
-            "h = webui.Host(); e = webui.base_env();"
-            "a, env = webui.uv_args(cfg, webui.pip_config(h, '/usr/bin/python3', e));"
+            "a, env = webui.uv_args(cfg, webui.pip_config(webui.Host(), '/usr/bin/python3'));"
+            "print(' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items()));"
             "print(' '.join(a))")
-    return c.run(["/usr/bin/python3", "-c", code]).stdout.strip()
+    lines = c.run(["/usr/bin/python3", "-c", code]).stdout.splitlines()
+    return lines[0].strip(), lines[1].strip() if len(lines) > 1 else ""
 
 
 if __name__ == "__main__":

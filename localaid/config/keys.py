@@ -114,6 +114,8 @@ class WebUIConfig:
         (), c.list_of(c.url(_HTTP, "an http(s):// URL or an absolute path", paths=True), "URLs or paths"),
         "places to look for wheel files: http(s):// URLs or absolute paths")
     no_index: bool = key(False, c.boolean, "use only find_links, never a package index")
+    allow_source_builds: bool = key(False, c.boolean,
+                                    "build packages that have no wheel from source (their build scripts run)")
     keep_venvs: int = key(2, c.integer(1, 10), "virtual environments kept after an upgrade, for rollback")
     keep_backups: int = key(5, c.integer(1, 100), "database backups kept in data_dir")
     admin: AdminConfig = section(AdminConfig, "the administrator account created on first start")

@@ -121,11 +121,11 @@ def test_rollback_replaces_planted_links_and_writes_nothing_outside(world):
     for name in DB_NAMES[1:]:
         assert not os.path.lexists(os.path.join(data, name))  # side files (links) removed, not followed
     assert host.serving == "0.12.4" and webui.current_version(layout) == "0.12.4"
-    # the venv: its marker is root's regular file, its directories the service user's, and the
-    # walk that handed them over did not enter the link
+    # the venv: its marker is root's regular file (written over the planted link), the directory
+    # the service user's (root made it for the build, which ran as that user), the link left as is
     venv = layout.venv("0.12.5")
     assert webui.is_complete(layout, "0.12.5")
-    assert os.lstat(os.path.join(venv, "lib")).st_uid == SERVICE_IDS[0]
+    assert os.lstat(venv).st_uid == SERVICE_IDS[0] and os.lstat(venv).st_mode & 0o777 == 0o755
     assert os.path.islink(os.path.join(venv, "lib", "python3.11", "site-packages", "evil-dir"))
     backup = [f for f in os.listdir(layout.backups) if f.endswith(".db")]
     assert len(backup) == 1 and os.stat(os.path.join(layout.backups, backup[0])).st_mode & 0o777 == 0o600

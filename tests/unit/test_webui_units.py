@@ -2,8 +2,6 @@
 output, pip configuration for uv, unit files."""
 
 import configparser
-import errno
-import io
 import dataclasses
 import os
 import re
@@ -11,9 +9,8 @@ import sys
 from pathlib import Path
 
 from localaid.config import Config, FrozenMap, WebUIConfig
-from localaid import log
 from localaid.provision import webui
-from localaid.provision.webui import installer, venv
+from localaid.provision.webui import installer, sandbox, venv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,8 +61,12 @@ def test_dropin_only_when_needed():
     assert "PrivateDevices=no" in d
 
 
-def test_a_data_dir_outside_var_is_added_to_the_setup_unit():
-    assert webui.render_setup_dropin(cfg()) == "" and webui.render_setup_dropin(cfg(data_dir="/var/owui")) == ""
+def test_a_data_dir_elsewhere_is_added_to_the_setup_unit():
+    assert webui.render_setup_dropin(cfg()) == ""
+    assert webui.render_setup_dropin(cfg(), "/var/lib/open-webui") == ""
+    # the unit may write /var/lib/open-webui only: anything else, under /var too, needs the drop-in
+    assert "ReadWritePaths=-/var/owui\n" in webui.render_setup_dropin(cfg(data_dir="/var/owui"))
+    assert "ReadWritePaths=-/var/lib\n" in webui.render_setup_dropin(cfg(), "/var/lib")  # to make it first
     d = webui.render_setup_dropin(cfg(data_dir="/srv/open webui/100%"))
     assert 'ReadWritePaths=-"/srv/open webui/100%%"' in d  # quoted, specifier escaped
     assert "ReadWritePaths=-/srv\n" in webui.render_setup_dropin(cfg(data_dir="/srv/owui"), "/srv")
@@ -104,28 +105,39 @@ def test_uv_args_translate_pip_configuration(tmp_path):
     wheels.mkdir()
     pipconf = {"index-url": "https://mirror.example/simple",
                "extra-index-url": f"file://{tmp_path}/missing https://extra.example/simple",
-               "find-links": f"{wheels} /nonexistent/wheels",
+               "find-links": f"{wheels} /nonexistent/wheels https://w.example/links",
                "constraint": str(constraint), "cert": "/etc/my-ca.pem", "trusted-host": "mirror.example",
                "timeout": "180"}
     args, env = webui.uv_args(cfg(), pipconf)
-    assert args == ["--index-url", "https://mirror.example/simple",
-                    "--extra-index-url", "https://extra.example/simple",
-                    "--index-strategy", "unsafe-best-match",
-                    "--find-links", str(wheels), "--constraint", str(constraint),
-                    "--allow-insecure-host", "mirror.example"]
+    # no index or wheel place on the command line (they may hold credentials): uv reads them from
+    # its environment; what is no secret stays an option
+    assert args == ["--index-strategy", "unsafe-best-match", "--constraint", str(constraint),
+                    "--allow-insecure-host", "mirror.example", "--no-build"]
+    assert env["UV_INDEX_URL"] == "https://mirror.example/simple"
+    assert env["UV_EXTRA_INDEX_URL"] == "https://extra.example/simple"  # a missing file:// index dropped
+    assert env["UV_FIND_LINKS"] == f"{wheels},https://w.example/links"  # comma-separated, as uv reads it
     assert env["SSL_CERT_FILE"] == "/etc/my-ca.pem" and env["UV_HTTP_TIMEOUT"] == "180"
     # localaid's own keys win over the machine's pip configuration
-    args, _ = webui.uv_args(cfg(index_url="https://own.example/simple", find_links=("/w",)), pipconf)
-    assert args[:2] == ["--index-url", "https://own.example/simple"] and "--find-links" not in args
-    args, _ = webui.uv_args(cfg(find_links=(str(wheels),)), {"no-index": "true"})
-    assert args == ["--no-index", "--find-links", str(wheels)]
+    args, env = webui.uv_args(cfg(index_url="https://own.example/simple", find_links=("/w",)), pipconf)
+    assert env["UV_INDEX_URL"] == "https://own.example/simple"
+    assert "UV_FIND_LINKS" not in env  # /w is missing
+    args, env = webui.uv_args(cfg(find_links=(str(wheels),), allow_source_builds=True), {"no-index": "true"})
+    assert args == ["--no-index"] and env["UV_FIND_LINKS"] == str(wheels) and "UV_INDEX_URL" not in env
 
 
-def test_pip_args_only_own_keys():
-    assert webui.pip_args(cfg()) == []
-    assert webui.pip_args(cfg(index_url="https://i/simple", extra_index_urls=("https://e/simple",),
-                              find_links=("/w",))) == \
-        ["--index-url", "https://i/simple", "--extra-index-url", "https://e/simple", "--find-links", "/w"]
+def test_pip_env_carries_the_machines_configuration_and_own_keys():
+    machine = {"index-url": "https://m.example/simple", "extra-index-url": "https://e1.example/simple",
+               "find-links": "/opt/wheels", "no-index": "false", "constraint": "/etc/c.txt"}
+    assert webui.pip_env(cfg(), machine) == {
+        "PIP_INDEX_URL": "https://m.example/simple", "PIP_EXTRA_INDEX_URL": "https://e1.example/simple",
+        "PIP_FIND_LINKS": "/opt/wheels", "PIP_NO_INDEX": "false", "PIP_CONSTRAINT": "/etc/c.txt"}
+    env = webui.pip_env(cfg(index_url="https://i/simple", extra_index_urls=("https://e/simple",),
+                            find_links=("/w",), no_index=True), machine)
+    assert env["PIP_INDEX_URL"] == "https://i/simple"  # replaces the machine's
+    assert env["PIP_EXTRA_INDEX_URL"] == "https://e1.example/simple https://e/simple"  # adds to it, as pip does
+    assert env["PIP_FIND_LINKS"] == "/opt/wheels /w" and env["PIP_NO_INDEX"] == "1"
+    assert webui.pip_flags(cfg()) == ["--only-binary", ":all:"]
+    assert webui.pip_flags(cfg(allow_source_builds=True)) == []
 
 
 def test_last_line_of_installer_output():
@@ -184,39 +196,51 @@ def test_layout_under_a_root(tmp_path):
     assert webui.current_version(lay) is None
 
 
-def test_setup_unit_keeps_uvs_cache_linkable():
-    """CacheDirectory= in a unit with a mount namespace bind-mounts /var/cache/localaid: uv's hard
-    links into /var/lib/localaid then fail with EXDEV and it copies every file (measured 25 s vs 1 s)."""
+def test_setup_unit_writes_only_what_the_job_writes():
+    """No /etc but localaid's and the drop-ins (the package makes the user), no /var but the state,
+    the data dir and the old caches; no CAP_SETUID/SETGID: installers run in units of their own,
+    started by PID 1 as the service user. CacheDirectory= stays out (its bind mount broke uv's
+    hard links; the caches live beside the venvs now)."""
     s = _unit("localaid-webui-setup.service")["Service"]
-    assert "CacheDirectory" not in s
-    # ProtectSystem=strict: the caches and the venvs must be in one writable mount (one entry
-    # above both), not one bind mount each
-    assert s["ProtectSystem"] == "strict"
-    writable = [p.lstrip("-") for p in s["ReadWritePaths"].split()]
-    assert [p for p in writable if "/var/lib/localaid/webui/venvs".startswith(p + "/")] == \
-        [p for p in writable if "/var/cache/localaid/uv".startswith(p + "/")] == ["/var"]
-    assert "/etc" in writable and "/run/localaid" in writable  # useradd; progress and maintenance
+    assert "CacheDirectory" not in s and s["ProtectSystem"] == "strict"
+    writable = s["ReadWritePaths"].split()
+    assert writable == ["/etc/localaid", "/etc/systemd/system", "-/var/lib/open-webui", "-/var/cache/localaid"]
+    assert s["StateDirectory"] == "localaid" and s["RuntimeDirectory"] == "localaid"
+    assert s["RuntimeDirectoryPreserve"] == "yes"  # shared with localaid.service
+    caps = set(s["CapabilityBoundingSet"].split())
+    assert caps == {"CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE"}
     assert "localaid-ollama-setup.service" not in _unit("localaid-webui-setup.service")["Unit"]["After"]
+    # the web app cannot reach the installers' cache (it could not gain from it: builds run as it)
+    hidden = _unit("open-webui.service")["Service"]["InaccessiblePaths"].split()
+    assert "-/var/lib/localaid/webui/venvs/.cache" in hidden
 
 
-def test_link_probe_asks_uv_to_copy_across_mounts(tmp_path, monkeypatch):
-    out = io.StringIO()
-    monkeypatch.setattr(log, "stream", out)
+def test_build_units_write_the_new_venv_and_the_caches_only(tmp_path):
     lay = webui.Layout(root=str(tmp_path), state_dir="/var/lib/localaid", run_dir="/run/localaid")
-    os.makedirs(lay.p(webui.UV_CACHE))
-    os.makedirs(lay.venvs)
-    monkeypatch.delenv("UV_LINK_MODE", raising=False)
-    ctx = webui.Ctx(config=None, layout=lay)
-    assert venv.link_env(ctx) == {} and ctx.link_ok is True
-    assert os.listdir(lay.p(webui.UV_CACHE)) == [] and os.listdir(lay.venvs) == []
-
-    def exdev(src, dst):
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-    monkeypatch.setattr(os, "link", exdev)
-    ctx = webui.Ctx(config=None, layout=lay)
-    assert venv.link_env(ctx) == {"UV_LINK_MODE": "copy"}
-    assert "copies every file" in out.getvalue()
-    assert os.listdir(lay.p(webui.UV_CACHE)) == []
+    for v in ("0.12.4", "0.12.5"):
+        os.makedirs(lay.venv(v))
+    os.makedirs(lay.uv_cache)
+    ctx = webui.Ctx(config=cfg(), layout=lay)
+    j = venv.venv_jail(ctx, "0.12.5")
+    assert j.unit == "localaid-webui-build-venv-0.12.5.service" and j.user == "open-webui"
+    # one writable mount above the new venv and uv's cache (hard links between them), the other
+    # venv read-only in it, the data dir out of sight
+    assert j.writable == (lay.venvs,) and lay.uv_cache.startswith(lay.venvs + "/")
+    assert j.readonly == (lay.venv("0.12.4"),) and j.hidden == (ctx.data_dir(),)
+    assert j.env_file.startswith(lay.build_env_dir + "/")
+    props = sandbox.properties(j, 1800)
+    for p in ("User=open-webui", "Group=open-webui", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
+              "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "RuntimeMaxSec=1830s",
+              f"ReadWritePaths={lay.venvs}", f"ReadOnlyPaths=-{lay.venv('0.12.4')}",
+              f"InaccessiblePaths=-{ctx.data_dir()}", f"EnvironmentFile={j.env_file}"):
+        assert p in props, p
+    assert [p for p in props if p.startswith("ReadWritePaths=")] == [f"ReadWritePaths={lay.venvs}"]
+    argv = sandbox.command(j, ["/bin/true"], 60)
+    assert argv[:7] == ["systemd-run", f"--unit={j.unit}", "--quiet", "--wait", "--pipe", "--collect",
+                        "--service-type=exec"] and argv[-2:] == ["--", "/bin/true"]
+    uv = venv.jail(ctx, "uv", [lay.tools, lay.pip_cache])
+    assert uv.writable == (lay.tools, lay.pip_cache) and uv.readonly == ()
+    assert sandbox.unit_name("venv-1.0+cpu/x") == "localaid-webui-build-venv-1.0_cpu_x.service"
 
 
 def test_uv_summary_lines_and_durations():

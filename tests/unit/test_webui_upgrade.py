@@ -10,6 +10,7 @@ real process.)
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 
@@ -21,6 +22,17 @@ from localaid.provision.host import Result
 
 DATA = "/var/lib/open-webui"
 ORIGINAL_DB = b"SQLite format 3\x00 original rows"
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """systemd's EnvironmentFile= reading of what sandbox.env_quote writes."""
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value[1:-1])
+        out[key] = value
+    return out
 
 
 class Killed(BaseException):
@@ -44,6 +56,8 @@ class FakeHost(webui.Host):
         self.kill_in: str | None = None
         self.pip_conf_lines: list[str] = []
         self.seed = webui.Seed()  # no ensurepip wheels found: venvs made with pip, uv in a tools venv
+        self.argvs: list[list[str]] = []  # every command line, as ps would show it
+        self.units: list[dict] = []  # the build units: name, properties, environment, command
 
     def _maybe_kill(self, what: str) -> None:
         if self.kill_in == what:
@@ -63,6 +77,20 @@ class FakeHost(webui.Host):
         return self.free
 
     def run(self, argv, **kw):
+        argv = list(argv)
+        self.argvs.append(argv)
+        if argv[0] == "systemctl":
+            self.calls.append(("systemctl", *argv[1:]))
+            return Result(0, ())
+        if argv[0] == "systemd-run":  # a build step in its transient unit (sandbox.py): run its command
+            cut = argv.index("--")
+            props = [a.split("=", 1)[1] for a in argv[:cut] if a.startswith("--property=")]
+            env_file = next(p.split("=", 1)[1] for p in props if p.startswith("EnvironmentFile="))
+            with open(env_file) as f:
+                env = parse_env_file(f.read())
+            self.units.append({"unit": argv[1].split("=", 1)[1], "props": props, "env": env,
+                               "argv": argv[cut + 1:], "env_mode": os.stat(env_file).st_mode & 0o777})
+            argv = argv[cut + 1:]
         rc, tail = self._run(argv, kw.get("on_line"))
         return Result(rc, tuple(tail))
 
@@ -371,8 +399,8 @@ def test_prune_keeps_current_and_newest(env, tmp_path):
             os.rename(os.path.join(layout.backups, name),
                       os.path.join(layout.backups, name.replace("webui-", f"webui-{i}-", 1))) \
                 if name.count("-") < 4 else None
-    venvs = sorted(os.listdir(layout.venvs))
-    assert venvs == ["0.12.6", "0.12.7"]
+    assert layout.versions() == ["0.12.6", "0.12.7"]
+    assert os.path.isdir(layout.uv_cache)  # the installers' cache beside the venvs is no venv to prune
     assert len([f for f in os.listdir(layout.backups) if f.endswith(".db")]) == 2
     # an unfinished venv that is not current is removed
     os.makedirs(layout.venv("9.9.9"))
@@ -416,9 +444,12 @@ def test_uv_path_bootstraps_uv_and_translates_pip_configuration(env, tmp_path):
     assert any(r[-1] == "uv" and r[0] == os.path.join(layout.tools, "bin", "python") for r in runs)
     install = next(r for r in runs if r[0] == uv)
     assert install[1:5] == ("pip", "install", "--python", os.path.join(layout.venv("0.12.4"), "bin", "python"))
-    assert install[5:] == ("--no-index", "--find-links", str(wheels), "open-webui==0.12.4")
+    assert install[5:] == ("--no-index", "--no-build", "open-webui==0.12.4")  # wheels only by default
+    unit = next(u for u in host.units if u["argv"][0] == uv)
+    assert unit["env"]["UV_FIND_LINKS"] == str(wheels)  # where packages come from: the environment
+    assert unit["env"]["PIP_NO_INDEX"] == "true" and unit["env"]["PIP_FIND_LINKS"] == str(wheels)
     marker = json.load(open(os.path.join(layout.venv("0.12.4"), webui.COMPLETE_MARKER)))
-    assert marker["installer"] == "uv" and host.serving == "0.12.4"
+    assert marker["installer"] == "uv" and host.serving == "0.12.4" and marker["wheels_only"] is True
 
 
 def test_uv_path_seeds_venv_with_ensurepips_wheels_and_bootstraps_uv_without_a_venv(env, tmp_path):
@@ -435,15 +466,16 @@ def test_uv_path_seeds_venv_with_ensurepips_wheels_and_bootstraps_uv_without_a_v
         (cfg.webui.python, os.path.join(wheels[0], "pip"))
     assert (cfg.webui.python, "-m", "venv", venv, "--without-pip") in runs
     assert not any(r[1:3] == ("-m", "venv") and r[3] == layout.tools for r in runs)  # no tools venv
-    assert (*pip, "install", "--quiet", "--no-warn-script-location", "--target", layout.tools, "uv") in runs
+    assert (*pip, "install", "--quiet", "--no-warn-script-location", "--target", layout.tools,
+            "--only-binary", ":all:", "uv") in runs
     assert (*pip, "config", "list") in runs
     seed = (uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps", *wheels)
-    install = (uv, "pip", "install", "--python", python, "--no-index", "open-webui==0.12.4")
+    install = (uv, "pip", "install", "--python", python, "--no-index", "--no-build", "open-webui==0.12.4")
     assert runs.index(seed) < runs.index(install)
     site = os.path.join(venv, "lib", "python3.11", "site-packages")
     assert os.path.isdir(os.path.join(site, "pip-0.dist-info"))
     marker = json.load(open(os.path.join(venv, webui.COMPLETE_MARKER)))
-    assert marker["installer"] == "uv" and {"setup", "seed", "install", "chown"} <= set(marker["phases"])
+    assert marker["installer"] == "uv" and {"setup", "seed", "install", "pip_config"} <= set(marker["phases"])
     assert host.serving == "0.12.4"
 
 

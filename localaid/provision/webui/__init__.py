@@ -5,8 +5,10 @@ or from the command line (``localaid upgrade webui [--version V]``), on the prov
 skeleton (localaid.provision.job, .host). The pieces:
 
     layout     paths, versions, the state of one run (Ctx)
-    installer  interpreter check, ensurepip's wheels, pip's configuration for uv, output
-    venv       building venvs/<version> and handing it to the service user
+    installer  interpreter check, ensurepip's wheels, installer output, the Host seam
+    sandbox    the transient unit each installer step runs in, as the service user
+    indexes    the machine's pip configuration and webui.* keys as the installers' environment
+    venv       building venvs/<version> (as the service user) and the disk space it needs
     service    user, data dir, secrets, environment file, drop-ins, health, the admin
     upgrade    the journaled build → stop → backup → switch → start, rollback, pruning
     doctor     `localaid doctor`'s checks
@@ -20,9 +22,8 @@ import sys
 from localaid import progress
 from localaid.provision.job import JobError, Lock
 from localaid.provision.webui.doctor import doctor_checks
-from localaid.provision.webui.installer import (
-    CACHE_DIR, PIP_CACHE, UV_CACHE, Seed, WebUIHost, base_env, installer_progress, pip_args, pip_config,
-    python_problem, uv_args)
+from localaid.provision.webui.indexes import build_env, pip_config, pip_env, pip_flags, uv_args
+from localaid.provision.webui.installer import Seed, WebUIHost, installer_progress, python_problem
 from localaid.provision.webui.layout import (
     COMPLETE_MARKER, ENV_FILE, JOB, SERVICE_USER, UNIT, UNIT_DATA_DIR, Ctx, Layout, current_version,
     is_complete, journal, switch_current, venv_version, wanted_version)
@@ -32,11 +33,10 @@ from localaid.provision.webui.upgrade import disable, install, prune, run
 Host = WebUIHost  # the seam tests replace
 
 __all__ = [
-    "CACHE_DIR", "COMPLETE_MARKER", "ENV_FILE", "JOB", "PIP_CACHE", "SERVICE_USER", "UNIT", "UNIT_DATA_DIR",
-    "UV_CACHE", "Ctx", "Host", "Layout", "Seed", "base_env", "current_version", "doctor_checks",
-    "installer_progress", "is_complete", "journal", "pip_args", "pip_config", "provision_main", "prune",
-    "python_problem", "render_dropin", "render_env", "render_setup_dropin", "switch_current", "upgrade_main",
-    "uv_args", "venv_version",
+    "COMPLETE_MARKER", "ENV_FILE", "JOB", "SERVICE_USER", "UNIT", "UNIT_DATA_DIR", "Ctx", "Host", "Layout", "Seed",
+    "build_env", "current_version", "doctor_checks", "installer_progress", "is_complete", "journal", "pip_config",
+    "pip_env", "pip_flags", "provision_main", "prune", "python_problem", "render_dropin", "render_env",
+    "render_setup_dropin", "switch_current", "upgrade_main", "uv_args", "venv_version",
 ]
 
 

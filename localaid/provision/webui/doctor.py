@@ -39,7 +39,7 @@ def doctor_checks(config, layout: Layout | None = None) -> list[Check]:
                             f"Open WebUI {cur} ({m.get('installer', '?')}, {m.get('packages', '?')} "
                             f"packages)" + ("" if ok else f"; configured: {wanted}"),
                             "" if ok else "localaid upgrade webui"))
-    others = sorted(v for v in (os.listdir(layout.venvs) if os.path.isdir(layout.venvs) else []) if v != cur)
+    others = [v for v in layout.versions() if v != cur]
     if others:
         checks.append(Check("open-webui old venvs", True, "kept for rollback: " + ", ".join(others)))
     host = WebUIHost()

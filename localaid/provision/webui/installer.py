@@ -1,6 +1,8 @@
 """What Open WebUI's installers need to know, without touching the machine's state: the
-interpreter check, ensurepip's seed wheels, pip's configuration translated for uv, installer
-output read for progress and errors. `WebUIHost` adds the two interpreter probes to the seam."""
+interpreter check, ensurepip's seed wheels, installer output read for progress and errors.
+`WebUIHost` adds to the seam the two interpreter probes (root runs only the configured
+interpreter, never a venv's) and `sandboxed()`, which runs an installer step as the service user
+in a transient unit (sandbox.py). The package indexes: indexes.py."""
 
 from __future__ import annotations
 
@@ -9,12 +11,10 @@ import re
 from dataclasses import dataclass
 
 from localaid import paths
-from localaid.provision.host import SAFE_PATH, Host
+import localaid.provision.webui.sandbox as sandbox
+from localaid.provision.host import Host, Result
 
 PYTHON_MIN, PYTHON_MAX = (3, 11), (3, 13)  # Requires-Python: >=3.11,<3.13 (0.12.x)
-CACHE_DIR = "/var/cache/localaid"  # created by the job (0700), not by the unit's CacheDirectory=: see venv.link_env
-UV_CACHE = CACHE_DIR + "/uv"
-PIP_CACHE = CACHE_DIR + "/pip"
 TELEMETRY_OFF = {"SCARF_NO_ANALYTICS": "true", "DO_NOT_TRACK": "true", "ANONYMIZED_TELEMETRY": "false"}
 UV_SUMMARY = re.compile(r"\s*(Resolved|Prepared|Installed|Uninstalled|Audited)\s+\d+\s+packages?\s+in\s+(.+?)\s*$")
 
@@ -60,8 +60,8 @@ class Seed:
 
 
 class WebUIHost(Host):
-    """The skeleton's Host plus what only Open WebUI asks of an interpreter (root's, never a
-    venv's once handed over)."""
+    """The skeleton's Host plus what only Open WebUI asks of an interpreter (the configured one:
+    root never runs a venv's) and the build sandbox."""
 
     def python_version(self, python: str) -> tuple[int, int, int] | None:
         r = self.run([python, "-c", "import sys; print('%d %d %d' % sys.version_info[:3])"], timeout=30)
@@ -80,6 +80,30 @@ class WebUIHost(Host):
         lines = list(r.tail) if r.ok else []
         wheels = [line for line in lines[1:] if line.endswith(".whl") and os.path.isfile(line)]
         return Seed(tuple(wheels) if len(wheels) == len(lines) - 1 else (), bool(lines) and lines[0] == "pip")
+
+    def sandboxed(self, argv: list[str], jail: sandbox.Jail, env: dict[str, str], timeout: float,
+                  on_line=None) -> Result:
+        """Run `argv` as jail.user in the transient unit jail.unit (sandbox.py), its output
+        streamed to `on_line`. A timeout stops the unit itself, not only systemd-run."""
+        self.stop_unit(jail.unit)  # a build a killed job left running: never two at once
+        sandbox.write_env(jail.env_file, env)
+        try:
+            r = self.run(sandbox.command(jail, argv, timeout), timeout=timeout, on_line=on_line)
+        finally:
+            sandbox.remove_env(jail.env_file)
+        if r.timed_out:
+            self.stop_unit(jail.unit)
+            return Result(r.rc, (*r.tail, f"(the build unit {jail.unit} was stopped)"), True)
+        why = sandbox.exec_failure(r.rc, jail.unit)
+        return Result(r.rc, (*r.tail, why)) if why else r
+
+    def same_fs(self, a: str, b: str) -> bool:
+        """Whether two existing paths share one file system (and so its free space)."""
+        return os.stat(a).st_dev == os.stat(b).st_dev
+
+    def stop_unit(self, unit: str) -> None:
+        """Stop `unit` and wait for it to be gone (nothing when it is not loaded)."""
+        self.run(["systemctl", "stop", "--quiet", unit], timeout=120)
 
 
 def python_problem(python: str, found: tuple[int, int, int] | None, version: str) -> str | None:
@@ -137,95 +161,3 @@ def last_error(tail) -> str:
         cause = lines[-1]
         return (first if cause == first else f"{first} ({cause})")[:400]
     return (lines[-1] if lines else "no output")[:400]
-
-
-def base_env(uv_cache: str = UV_CACHE, pip_cache: str = PIP_CACHE) -> dict[str, str]:
-    """The installers' environment: ours without Python overrides, caches under /var/cache."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.setdefault("PATH", SAFE_PATH)
-    env.setdefault("HOME", "/root")
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    env["PIP_NO_INPUT"] = "1"
-    env.setdefault("PIP_CACHE_DIR", pip_cache)
-    env.setdefault("UV_CACHE_DIR", uv_cache)
-    env["UV_NO_PROGRESS"] = "1"
-    return env
-
-
-def pip_config(host: Host, python: str, env: dict, pip: list[str] | None = None) -> dict[str, str] | None:
-    """The machine's pip configuration as pip itself reads it (files and PIP_* variables);
-    None when `python` has no pip (`pip`: another way to run one, see Seed.pip)."""
-    r = host.run([*(pip or [python, "-m", "pip"]), "config", "list"], env=env, timeout=60)
-    if not r.ok:
-        return None
-    out: dict[str, str] = {}
-    for line in r.tail:
-        m = re.match(r"([^=]*)\.([a-z0-9-]+)=(.*)$", line.strip())
-        if not m:
-            continue
-        value = m.group(3).strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[m.group(2)] = value  # pip lists files (global, user, site) then PIP_*: later wins
-    return out
-
-
-def _split(value: str) -> list[str]:
-    return [v for v in re.split(r"\s+", value.strip()) if v]
-
-
-def uv_args(config, pipconf: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """uv does not read pip's configuration: translate it (localaid's own keys win)."""
-    w = config.webui
-    args: list[str] = []
-    env: dict[str, str] = {}
-    no_index = bool(getattr(w, "no_index", False)) or pipconf.get("no-index", "").lower() in ("1", "true", "yes", "on")
-    if no_index:
-        args.append("--no-index")
-    else:
-        index = w.index_url or pipconf.get("index-url")
-        if index:
-            args += ["--index-url", index]
-        for url in (w.extra_index_urls or _split(pipconf.get("extra-index-url", ""))):
-            if url.startswith("file://") and not os.path.isdir(url[7:]):
-                continue  # pip ignores a missing local index with a warning; uv would fail
-            args += ["--extra-index-url", url]
-        if "--extra-index-url" in args:
-            # pip picks the best version across all indexes; uv by default only looks at the
-            # first index that has a package (measured: no solution with a partial mirror first).
-            args += ["--index-strategy", "unsafe-best-match"]
-    for link in (w.find_links or _split(pipconf.get("find-links", ""))):
-        if link.startswith("/") and not os.path.exists(link):
-            continue
-        args += ["--find-links", link]
-    for c in _split(pipconf.get("constraint", "")):
-        if os.path.exists(c):
-            args += ["--constraint", c]
-    for h in _split(pipconf.get("trusted-host", "")):
-        args += ["--allow-insecure-host", h]
-    cert = pipconf.get("cert") or os.environ.get("SSL_CERT_FILE")
-    if not cert and os.path.exists("/etc/ssl/certs/ca-certificates.crt"):
-        cert = "/etc/ssl/certs/ca-certificates.crt"
-    if cert:
-        env["SSL_CERT_FILE"] = cert  # uv trusts its bundled roots otherwise (private CAs fail)
-    timeout = pipconf.get("timeout") or pipconf.get("default-timeout")
-    if timeout:
-        env["UV_HTTP_TIMEOUT"] = timeout
-    if pipconf.get("proxy"):
-        env["HTTPS_PROXY"] = env["HTTP_PROXY"] = pipconf["proxy"]
-    return args, env
-
-
-def pip_args(config) -> list[str]:
-    """Options for pip: only localaid's own keys; pip reads the machine's configuration itself."""
-    w = config.webui
-    args: list[str] = []
-    if getattr(w, "no_index", False):
-        args.append("--no-index")
-    if w.index_url:
-        args += ["--index-url", w.index_url]
-    for url in w.extra_index_urls:
-        args += ["--extra-index-url", url]
-    for link in w.find_links:
-        args += ["--find-links", link]
-    return args

@@ -1,14 +1,21 @@
 """Where Open WebUI's pieces live, which version serves, and the state a job carries (Ctx).
 
     /var/lib/localaid/webui/
-        venvs/<version>/          one venv per version; ``.localaid-complete`` is written last
+        venvs/<version>/          one venv per version, built by the service user in a sandbox;
+                                  ``.localaid-complete`` (root's) is written last
+        venvs/.cache/{uv,pip}     the installers' caches (the service user's): in the same
+                                  directory as the venvs, so that the build unit has both in one
+                                  writable mount and uv hard-links from its cache (no 7 GB copy)
         current -> venvs/<v>      switched atomically (rename of a new symlink over the old)
-        backups/webui-<v>-<utc>.db   webui.db copies taken before a version first starts
+        backups/webui-<v>-<utc>.db   webui.db copies taken before a version first starts (root
+                                  0700: out of reach of the web app whose upgrade they undo)
         secret-key                WEBUI_SECRET_KEY, generated once (0600, the service user's)
         admin-created             the admin exists: its password left the environment file
         upgrade.json              the journal of an upgrade under way (step by step)
         installed.json            version installed and the configured pin it answered
-        tools/                    a venv holding uv when none is on PATH
+        tools/                    uv, pip-installed there (by the service user) when none is on PATH
+    `apt purge` keeps backups/ and secret-key (debian/localaid.postrm says where they are).
+    /run/localaid/webui-build/    the build units' environment files (root 0700), while they run
     /etc/localaid/open-webui.env  EnvironmentFile of open-webui.service (0600 root)
     /etc/systemd/system/open-webui.service.d/50-localaid.conf   data dir, GPU access
     /etc/systemd/system/localaid-webui-setup.service.d/50-localaid.conf   a data dir outside /var
@@ -74,6 +81,34 @@ class Layout:
         return os.path.join(self.base, "tools")
 
     @property
+    def cache(self) -> str:
+        return os.path.join(self.venvs, ".cache")
+
+    @property
+    def uv_cache(self) -> str:
+        return os.path.join(self.cache, "uv")
+
+    @property
+    def pip_cache(self) -> str:
+        return os.path.join(self.cache, "pip")
+
+    @property
+    def legacy_cache(self) -> str:
+        """Where earlier releases kept root's installer caches (removed by the next build)."""
+        return self.p("/var/cache/localaid")
+
+    @property
+    def build_env_dir(self) -> str:
+        return self.p(os.path.join(self.run_dir, "webui-build"))
+
+    def versions(self) -> list[str]:
+        """The entries of venvs/ that are venvs (not the caches)."""
+        try:
+            return sorted(v for v in os.listdir(self.venvs) if not v.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    @property
     def journal(self) -> str:
         return os.path.join(self.base, "upgrade.json")
 
@@ -126,7 +161,6 @@ class Ctx:
     host: WebUIHost = field(default_factory=WebUIHost)
     job: str = JOB
     timings: dict = field(default_factory=dict)  # phase -> seconds, for the journal and bench/webui.py
-    link_ok: bool | None = None  # uv can hard-link from its cache into the venvs (probed once)
     hook: object = None  # called with each step's name before it runs (tests kill there)
     rep: Reporter | None = None
     rolled_back: str | None = None  # what a rollback of this run achieved, for its last word

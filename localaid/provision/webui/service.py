@@ -19,15 +19,9 @@ from localaid.provision import safefs
 from localaid.provision.job import JobError
 from localaid.provision.webui.installer import TELEMETRY_OFF
 from localaid.provision.webui.layout import SERVICE_USER, SETUP_UNIT, UNIT, UNIT_DATA_DIR
+from localaid.provision.webui.sandbox import env_quote
 
 HEADER = "# Written by `localaid provision webui`; edits are overwritten.\n[Service]\n"
-
-
-def env_quote(value: str) -> str:
-    """A value for a systemd EnvironmentFile= line, read back exactly as written."""
-    if re.fullmatch(r"[A-Za-z0-9_.,:/@+%=-]*", value):
-        return value
-    return '"' + re.sub(r'([\\"`$])', r"\\\1", value).replace("\n", "\\n") + '"'
 
 
 def unit_path(path: str) -> str:
@@ -70,7 +64,10 @@ def render_dropin(config, gpu_groups: list[str]) -> str:
     w = config.webui
     out = []
     if w.data_dir != UNIT_DATA_DIR:
-        out += [f"WorkingDirectory={unit_path(w.data_dir)}", f"ReadWritePaths={unit_path(w.data_dir)}"]
+        # HOME too: the user's home (made by the package) is the default data dir
+        home = re.sub(r'(["\\])', r"\\\1", w.data_dir.replace("%", "%%"))
+        out += [f"WorkingDirectory={unit_path(w.data_dir)}", f"ReadWritePaths={unit_path(w.data_dir)}",
+                f'Environment="HOME={home}"']
     if w.gpu:
         out += ["# webui.gpu: true: CUDA for local embedding/speech models",
                 "PrivateDevices=no", "DevicePolicy=closed", "DeviceAllow=char-nvidia* rw"]
@@ -80,13 +77,14 @@ def render_dropin(config, gpu_groups: list[str]) -> str:
 
 
 def render_setup_dropin(config, writable: str | None = None) -> str:
-    """localaid-webui-setup.service may write /var (ProtectSystem=strict): a data dir elsewhere
-    is added to what it may write; `writable`, the nearest existing directory above it while it
-    does not exist yet (the job makes it there, then narrows this to the data dir)."""
+    """localaid-webui-setup.service may write /var/lib/open-webui, not other directories
+    (ProtectSystem=strict): another data dir is added to what it may write; `writable`, the
+    nearest existing directory above it while it does not exist yet (the job makes it there,
+    then narrows this to the data dir)."""
     d = config.webui.data_dir
-    if d == "/var" or d.startswith("/var/"):
+    if d == UNIT_DATA_DIR and writable in (None, d):
         return ""
-    return HEADER + f"# webui.data_dir is outside /var\nReadWritePaths=-{unit_path(writable or d)}\n"
+    return HEADER + f"# webui.data_dir is not {UNIT_DATA_DIR}\nReadWritePaths=-{unit_path(writable or d)}\n"
 
 
 def _existing(root: str, path: str) -> str:
@@ -161,11 +159,31 @@ def write_env(ctx, with_password: bool) -> bool:
     return write_if_changed(ctx.layout.env_file, text, 0o600)
 
 
+def ensure_user(ctx) -> None:
+    """The service user, made by the package (postinst); useradd here only as a fallback, which
+    cannot work where /etc is read-only (as in localaid-webui-setup.service): then say so."""
+    try:
+        ctx.host.ensure_user(SERVICE_USER, ctx.config.webui.data_dir, "Open WebUI (localaid)")
+    except JobError as e:
+        etc = ctx.layout.p("/etc")
+        try:
+            read_only = bool(os.statvfs(etc).f_flag & os.ST_RDONLY) or not os.access(etc, os.W_OK)
+        except OSError:
+            read_only = False
+        if not read_only:
+            raise
+        raise JobError(f"user {SERVICE_USER} does not exist, and /etc is read-only here ({SETUP_UNIT} may "
+                       f"not change it): the package creates the user when it is installed; reinstall it "
+                       f"(apt install --reinstall localaid) or create it: useradd --system --user-group "
+                       f"--home-dir {UNIT_DATA_DIR} --no-create-home --shell /usr/sbin/nologin {SERVICE_USER}",
+                       e.tail) from None
+
+
 def configure(ctx) -> bool:
     """User, data dir, secret, admin password, env file, drop-ins. True when the unit's
     configuration changed (a running service must be restarted to see it)."""
     w, layout, host = ctx.config.webui, ctx.layout, ctx.host
-    host.ensure_user(SERVICE_USER, w.data_dir, "Open WebUI (localaid)")
+    ensure_user(ctx)
     setup_dropin = render_setup_dropin(ctx.config, _existing(layout.root, w.data_dir))
     if write_if_changed(layout.setup_dropin, setup_dropin, 0o644):
         host.daemon_reload()

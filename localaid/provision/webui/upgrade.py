@@ -12,6 +12,7 @@ webui.db lives in the service user's data dir: root reads and writes it only thr
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -22,6 +23,7 @@ from localaid.provision.webui.layout import (
     COMPLETE_MARKER, SERVICE_USER, UNIT, current_version, is_complete, journal, switch_current)
 from localaid.provision.webui.service import enable, settle_admin, start_timeout, wait_healthy
 from localaid.provision.webui.venv import build_venv, phase_text
+from localaid.quantity import format_size
 
 DB = "webui.db"
 DB_SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -33,7 +35,8 @@ def _maintenance(ctx) -> Maintenance:
 
 # ---------------------------------------------------------------------------------- database
 def backup_db(ctx, version_from: str | None) -> dict:
-    """Copy webui.db (and a WAL left by a crash) into backups/ (0600); {} without a database."""
+    """Copy webui.db (and a WAL left by a crash) into backups/ (0600); {} without a database.
+    A failure (a full disk) is a JobError saying where and why; nothing half-written stays."""
     uid, _ = ctx.host.ids(SERVICE_USER)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     name = f"webui-{version_from or 'none'}-{stamp}.db"
@@ -50,41 +53,56 @@ def backup_db(ctx, version_from: str | None) -> dict:
                 raise JobError(f"{os.path.join(ctx.config.webui.data_dir, DB + suffix)} {e.strerror}: "
                                f"not backed up") from None
             try:
-                if suffix and os.fstat(fd).st_size == 0:
+                size = os.fstat(fd).st_size
+                if suffix and size == 0:
                     continue
                 safefs.write(bfd, name + suffix, fd, 0o600)
+            except OSError as e:
+                for f in (name, name + "-wal"):
+                    safefs.unlink(bfd, f)
+                free = ctx.host.free_bytes(ctx.layout.backups)
+                raise JobError(f"cannot back up {DB + suffix} ({format_size(size)}) to {ctx.layout.backups}: "
+                               f"{e.strerror or e} ({format_size(free)} free there)") from None
             finally:
                 os.close(fd)
-            if not suffix:
-                out = {"backup": os.path.join(ctx.layout.backups, name),
-                       "db_sha256": safefs.digest(bfd, name), "wal": None}
-            else:
-                out["wal"] = os.path.join(ctx.layout.backups, name + suffix)
+            path, sha = os.path.join(ctx.layout.backups, name + suffix), safefs.digest(bfd, name + suffix)
+            out.update({"backup": path, "db_sha256": sha, "wal": None} if not suffix
+                       else {"wal": path, "wal_sha256": sha})
     return out
 
 
 def restore_db(ctx, j: dict) -> None:
-    """Put the backup of `j` back as webui.db (the service user's, 0600), side files cleared."""
+    """Put the backup of `j` back as webui.db (the service user's, 0600), side files cleared.
+    A backup is copied only when its bytes are the ones recorded when it was taken."""
     if not j.get("backup"):
         return
     uid, gid = ctx.host.ids(SERVICE_USER)
     db = os.path.join(ctx.data_dir(), DB)
     with safefs.directory(ctx.data_dir()) as dfd:
         if safefs.digest(dfd, DB, owner=uid) != j["db_sha256"]:
-            _copy_back(j["backup"], dfd, DB, uid, gid)
+            _copy_back(j["backup"], j["db_sha256"], dfd, DB, uid, gid)
         for suffix in DB_SIDE_FILES:
             safefs.unlink(dfd, DB + suffix)
         if j.get("wal"):
-            _copy_back(j["wal"], dfd, DB + "-wal", uid, gid)
+            _copy_back(j["wal"], j.get("wal_sha256"), dfd, DB + "-wal", uid, gid)
         got = safefs.digest(dfd, DB, owner=uid) or "missing"
     if got != j["db_sha256"]:
         raise JobError(f"restored {db} does not match its backup ({got[:12]} != {j['db_sha256'][:12]})")
 
 
-def _copy_back(backup: str, dfd: int, name: str, uid: int, gid: int) -> None:
+def _copy_back(backup: str, sha256: str | None, dfd: int, name: str, uid: int, gid: int) -> None:
     with safefs.directory(os.path.dirname(backup)) as bfd:
-        fd = safefs.open_file(bfd, os.path.basename(backup))
+        fd = safefs.open_file(bfd, os.path.basename(backup), owner=0)
         try:
+            if sha256 is not None:
+                h = hashlib.sha256()
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    for chunk in iter(lambda: f.read(safefs.CHUNK), b""):
+                        h.update(chunk)
+                if h.hexdigest() != sha256:
+                    raise JobError(f"backup {backup} is not the file taken before the upgrade "
+                                   f"({h.hexdigest()[:12]} != {sha256[:12]}): not restored")
+                os.lseek(fd, 0, os.SEEK_SET)
             safefs.write(dfd, name, fd, 0o600, uid, gid)
         finally:
             os.close(fd)
@@ -146,7 +164,9 @@ def rollback(ctx, j: dict) -> None:
         back = "no previous version to return to"
     what = f"rolled back to {frm}" if back is None else f"rollback: {back}"
     failed = "failed to start" if j.get("failed_step", "start") == "start" else f"failed at {j['failed_step']}"
-    ctx.rolled_back = f"Open WebUI {to} {failed} ({why}); {what}, database restored"
+    db = "database restored" if j.get("backup") else \
+        "database untouched" if j.get("failed_step") in ("stop", "backup") else "no database to restore"
+    ctx.rolled_back = f"Open WebUI {to} {failed} ({why}); {what}, {db}"
 
 
 def _label(j: dict) -> str:
@@ -260,10 +280,7 @@ def prune(ctx) -> None:
             except FileNotFoundError:
                 pass
     cur = current_version(layout)
-    try:
-        versions = os.listdir(layout.venvs)
-    except FileNotFoundError:
-        return
+    versions = layout.versions()  # not the caches beside them
     complete = [v for v in versions if is_complete(layout, v)]
     for v in versions:  # leftovers of failed builds
         if v not in complete and v != cur:

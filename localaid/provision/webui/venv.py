@@ -1,10 +1,12 @@
-"""Build venvs/<version> with uv (or pip), then hand its directories to the service user.
+"""Build venvs/<version> with uv (or pip) as the service user, in a sandbox of its own.
 
-Trust boundary: the service user may write into its venv (Open WebUI pip-installs plugin
-requirements at run time), so root never executes code from a venv once it has been handed
-over, and touches it afterwards only through safefs (no link followed). Root builds, reads the
-version from dist-info files, gives the service user the directories (not the files: those may
-be hard links into uv's cache), and writes the completion marker last.
+Trust boundary: code from a package index (uv itself when pip-installed, the packages, build
+scripts when webui.allow_source_builds) runs only as the service user, in transient units that
+may write the new venv and the installers' caches and nothing else (sandbox.py). The service
+user owns its venvs (Open WebUI pip-installs plugin requirements into its own at run time), so
+root never executes code from a venv and touches one only through safefs (no link followed):
+it makes the empty directory for the service user, reads the version from dist-info names, and
+writes the completion marker last.
 """
 
 from __future__ import annotations
@@ -13,67 +15,135 @@ import json
 import os
 import threading
 import time
-from typing import Callable
 
 from localaid import log
 from localaid.provision import safefs
 from localaid.provision.job import JobError
+import localaid.provision.webui.sandbox as sandbox
+from localaid.provision.webui.indexes import build_env, pip_config, pip_flags, uv_args
 from localaid.provision.webui.installer import (
-    CACHE_DIR, PIP_CACHE, UV_CACHE, UV_SUMMARY, Seed, base_env, installer_progress, last_error, pip_args,
-    pip_config, python_problem, uv_args, uv_seconds)
+    UV_SUMMARY, Seed, installer_progress, last_error, python_problem, uv_seconds)
 from localaid.provision.webui.layout import (
     COMPLETE_MARKER, DISTRIBUTION, SERVICE_USER, current_version, is_complete, venv_version)
 from localaid.quantity import format_size
 
 MIN_FREE = 512 * 2**20  # below this nothing useful can be built
 FIRST_INSTALL_HINT = 8 * 10**9  # 0.12.4 with CUDA torch: 6.8 GB (uv) – 7.3 GB (pip), measured
+DB_FILES = ("webui.db", "webui.db-wal")  # what the backup copies
+
+
+# ------------------------------------------------------------------------------- sandboxes
+def jail(ctx, what: str, writable: list[str], readonly: list[str] = ()) -> sandbox.Jail:
+    """A build unit that writes `writable` only; the data dir is out of its sight."""
+    unit = sandbox.unit_name(what)
+    data, base = ctx.data_dir(), ctx.layout.base
+    hidden = () if (base + "/").startswith(data.rstrip("/") + "/") else (data,)
+    return sandbox.Jail(unit, SERVICE_USER, os.path.join(ctx.layout.build_env_dir, unit + ".env"),
+                        tuple(writable), tuple(readonly), hidden)
+
+
+def venv_jail(ctx, version: str) -> sandbox.Jail:
+    """venvs/ writable as one mount (the new venv and the caches in it: uv hard-links between
+    them), every other venv in it read-only."""
+    layout = ctx.layout
+    others = [layout.venv(v) for v in layout.versions() if v != version]
+    return jail(ctx, f"venv-{version}", [layout.venvs], others)
 
 
 def find_uv(ctx, env: dict, seed: Seed | None = None) -> str | None:
-    """uv from PATH, or from localaid's tools directory (pip-installed there once, from the same
-    index). pip runs from the interpreter, or straight from ensurepip's wheel: no venv to seed."""
-    found = ctx.host.which("uv")
+    """uv from PATH, or from localaid's tools directory: pip-installed there once (by the
+    service user, from the same indexes, wheels only unless allowed). pip runs from the
+    interpreter, or straight from ensurepip's wheel: no venv to seed."""
+    host, w, tools = ctx.host, ctx.config.webui, ctx.layout.tools
+    found = host.which("uv")
     if found:
         return found
-    tools, w = ctx.layout.tools, ctx.config.webui
     tools_uv = os.path.join(tools, "bin", "uv")
-    if os.path.exists(tools_uv):
+    if os.path.lexists(tools_uv):
         return tools_uv
     ctx.rep.progress("running", "installing uv (the fast installer) with pip")
-    safefs.remove_tree(tools)
+    uid, gid = host.ids(SERVICE_USER)
+    j = jail(ctx, "uv", [tools, ctx.layout.pip_cache])
+
+    def fresh() -> None:
+        safefs.remove_tree(tools)
+        safefs.ensure_dir(tools, 0o755, uid, gid)
+    fresh()
     pip = seed.pip(w.python) if seed else None
     r = None
     if pip:
-        r = ctx.host.run([*pip, "install", "--quiet", "--no-warn-script-location", "--target", tools,
-                          *pip_args(ctx.config), "uv"], env=env, timeout=w.install_timeout)
-    if r is None or not r.ok or not os.path.exists(tools_uv):  # no pip to run directly: a venv that has one
-        safefs.remove_tree(tools)
-        r = ctx.host.run([w.python, "-m", "venv", tools], env=env, timeout=300)
+        r = host.sandboxed([*pip, "install", "--quiet", "--no-warn-script-location", "--target", tools,
+                            *pip_flags(ctx.config), "uv"], j, env, w.install_timeout)
+    if r is None or not r.ok or not os.path.lexists(tools_uv):  # no pip to run directly: a venv that has one
+        fresh()
+        r = host.sandboxed([w.python, "-m", "venv", tools], j, env, 300)
         if r.ok:
-            r = ctx.host.run([os.path.join(tools, "bin", "python"), "-m", "pip", "install", "--quiet",
-                              *pip_args(ctx.config), "uv"], env=env, timeout=w.install_timeout)
-    if not r.ok or not os.path.exists(tools_uv):
+            r = host.sandboxed([os.path.join(tools, "bin", "python"), "-m", "pip", "install", "--quiet",
+                                *pip_flags(ctx.config), "uv"], j, env, w.install_timeout)
+    if not r.ok or not os.path.lexists(tools_uv):
         safefs.remove_tree(tools)
         log.warning("uv unavailable", detail=" | ".join(r.tail[-3:]))
         return None
     return tools_uv
 
 
+# ------------------------------------------------------------------------------- disk space
+def db_size(ctx) -> int:
+    """What the backup of webui.db (and a WAL beside it) takes."""
+    try:
+        with safefs.directory(ctx.data_dir()) as dfd:
+            return sum(safefs.size(dfd, name) or 0 for name in DB_FILES)
+    except OSError:
+        return 0
+
+
+def prune_caches(ctx) -> int:
+    """Empty the installers' caches (what `uv cache clean` and `pip cache purge` do) and the
+    caches of earlier releases; the bytes that freed."""
+    layout, host = ctx.layout, ctx.host
+    before = host.free_bytes(layout.venvs)
+    for d in (layout.uv_cache, layout.pip_cache, layout.legacy_cache):
+        safefs.remove_tree(d)
+    return max(0, host.free_bytes(layout.venvs) - before)
+
+
 def preflight(ctx, version: str) -> None:
-    layout = ctx.layout
+    """Room for the new venv (as big as the current one, or MIN_FREE) and for the database's
+    backup; when short, the installers' caches go first (and the job says so)."""
+    layout, host = ctx.layout, ctx.host
     os.makedirs(layout.venvs, mode=0o755, exist_ok=True)
-    free = ctx.host.free_bytes(layout.venvs)
+    os.makedirs(layout.backups, mode=0o700, exist_ok=True)
     cur = current_version(layout)
     need = MIN_FREE
     if cur and os.path.isdir(layout.venv(cur)):
         need = max(need, int(1.1 * safefs.tree_size(layout.venv(cur))))
-    if free < need:
-        raise JobError(f"not enough disk space for Open WebUI {version} in {layout.venvs}: "
-                       f"{format_size(free)} free, about {format_size(need)} needed; free some space "
+    db = db_size(ctx)
+    one_fs = host.same_fs(layout.venvs, layout.backups)
+
+    def shortage() -> str | None:
+        free, free_b = host.free_bytes(layout.venvs), host.free_bytes(layout.backups)
+        if one_fs and free < need + db:
+            return (f"{format_size(free)} free in {layout.venvs}, about {format_size(need)} needed for the venv"
+                    + (f" and {format_size(db)} for the backup of webui.db" if db else ""))
+        if not one_fs and free < need:
+            return f"{format_size(free)} free in {layout.venvs}, about {format_size(need)} needed for the venv"
+        if not one_fs and free_b < db:
+            return (f"{format_size(free_b)} free in {layout.backups}, {format_size(db)} needed for the backup "
+                    f"of webui.db")
+        return None
+
+    short = shortage()
+    if short:
+        freed = prune_caches(ctx)
+        ctx.rep.warn(f"little disk space ({short}): emptied the installers' caches (uv cache clean, pip cache "
+                     f"purge), freed {format_size(freed)}", cache=layout.cache)
+        short = shortage()
+    if short:
+        raise JobError(f"not enough disk space for Open WebUI {version}: {short}; free some space "
                        f"(old venvs: `localaid doctor` lists them) and retry")
-    if cur is None and free < FIRST_INSTALL_HINT:
-        ctx.rep.warn("little disk space for a first Open WebUI install", free=format_size(free),
-                     typical=format_size(FIRST_INSTALL_HINT))
+    if cur is None and host.free_bytes(layout.venvs) < FIRST_INSTALL_HINT:
+        ctx.rep.warn("little disk space for a first Open WebUI install",
+                     free=format_size(host.free_bytes(layout.venvs)), typical=format_size(FIRST_INSTALL_HINT))
 
 
 def phase_text(phases: dict) -> str | None:
@@ -81,11 +151,12 @@ def phase_text(phases: dict) -> str | None:
     return " ".join(f"{k}={v:.1f}" for k, v in phases.items() if v is not None) or None
 
 
+# ------------------------------------------------------------------------------------ build
 def build_venv(ctx, version: str) -> None:
     """Build venvs/<version> with uv or pip; idempotent (a complete venv is left alone).
 
-    With uv, what does not need the venv runs beside its creation: uv's bootstrap (first install
-    only) and the reading of the machine's pip configuration. The venv is made without pip and
+    With uv, what does not need the venv runs beside its creation: reading the machine's pip
+    configuration, then uv's bootstrap (first install only). The venv is made without pip and
     seeded by uv with the very wheels ensurepip would have installed (pip, and setuptools before
     3.12): the same venv, without the seconds ensurepip spends running pip to install pip."""
     layout, w, host = ctx.layout, ctx.config.webui, ctx.host
@@ -98,10 +169,13 @@ def build_venv(ctx, version: str) -> None:
     preflight(ctx, version)
     ctx.timings["preflight"] = round(host.monotonic() - t_check, 2)
     venv = layout.venv(version)
+    uid, gid = host.ids(SERVICE_USER)
     safefs.remove_tree(venv)  # a half-built venv from an interrupted run
-    env = base_env(layout.p(UV_CACHE), layout.p(PIP_CACHE))
-    for d in (CACHE_DIR, UV_CACHE, PIP_CACHE):
-        os.makedirs(layout.p(d), mode=0o700, exist_ok=True)
+    if os.path.isdir(layout.legacy_cache):
+        safefs.remove_tree(layout.legacy_cache)
+        ctx.rep.say("removed the installer caches of an earlier release", path=layout.legacy_cache)
+    for d in (layout.cache, layout.uv_cache, layout.pip_cache):
+        safefs.ensure_dir(d, 0o700, uid, gid)
     t0 = host.monotonic()
     phases: dict[str, float | None] = {}
     mark = [t0]
@@ -111,55 +185,46 @@ def build_venv(ctx, version: str) -> None:
         phases[name] = round(phases.get(name, 0.0) + now - mark[0], 2)
         mark[0] = now
 
-    def timed(name: str, fn, box: list) -> Callable[[], None]:
-        def run():
-            t = host.monotonic()
-            try:
-                box.append(fn())
-            finally:
-                phases[name] = round(host.monotonic() - t, 2)
-        return run
+    def timed(name: str, fn) -> object:
+        t = host.monotonic()
+        try:
+            return fn()
+        finally:
+            phases[name] = round(host.monotonic() - t, 2)
 
     ctx.rep.step(f"creating the venv for Open WebUI {version}", 0.02)
     use_uv = w.installer in ("auto", "uv")
     seed = host.seed_wheels(w.python) if use_uv else Seed()
-    uv_box: list = []
-    conf_box: list = []
-    helpers = []
-    if use_uv:
-        helpers = [threading.Thread(target=timed("uv_bootstrap", lambda: find_uv(ctx, env, seed), uv_box),
-                                    daemon=True),
-                   threading.Thread(target=timed("pip_config", lambda: pip_config(host, w.python, env,
-                                                                                 seed.pip(w.python)), conf_box),
-                                    daemon=True)]
-        for t in helpers:
-            t.start()
+    box: dict = {}
+
+    def helper() -> None:  # the pip configuration (root's, by the system's pip), then uv
+        box["conf"] = timed("pip_config", lambda: pip_config(host, w.python, seed.pip(w.python)))
+        if use_uv:
+            box["uv"] = timed("uv_bootstrap", lambda: find_uv(ctx, _env(ctx, box["conf"]), seed))
+    thread = threading.Thread(target=helper, daemon=True)
+    thread.start()
     try:
-        make_venv(ctx, venv, env, with_pip=not seed.wheels)
+        make_venv(ctx, venv, _env(ctx, {}), with_pip=not seed.wheels)
         phases["venv"] = round(host.monotonic() - t0, 2)
     finally:
-        for t in helpers:
-            t.join()
-    phase("setup")  # wall time of venv ∥ uv bootstrap ∥ pip configuration
+        thread.join()
+    phase("setup")  # wall time of venv ∥ pip configuration + uv bootstrap
+    conf = box.get("conf") or {}
+    env = _env(ctx, conf)
     python = os.path.join(venv, "bin", "python")
-    uv = uv_box[0] if uv_box else None
+    uv = box.get("uv")
     if use_uv and uv is None and w.installer == "uv":
         safefs.remove_tree(venv)
         raise JobError("webui.installer is uv, but uv is not on PATH and could not be pip-installed; "
                        "set webui.installer: auto or pip")
-    run_env = env
-    if uv:
-        if seed.wheels:
-            r = host.run([uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps",
-                          *seed.wheels], env=dict(env, **link_env(ctx)), timeout=300)
-            if not r.ok:
-                ctx.rep.warn("cannot seed the venv with ensurepip's wheels: using ensurepip",
-                             detail=" | ".join(r.tail[-3:]))
-                make_venv(ctx, venv, env, with_pip=True)
-            phase("seed")
-        conf = conf_box[0] if conf_box and conf_box[0] is not None else pip_config(host, python, env)
-        args, extra_env = uv_args(ctx.config, conf or {})
-        run_env = dict(env, **extra_env, **link_env(ctx))
+    if uv and seed.wheels:
+        r = host.sandboxed([uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps",
+                            *seed.wheels], venv_jail(ctx, version), env, 300)
+        if not r.ok:
+            ctx.rep.warn("cannot seed the venv with ensurepip's wheels: using ensurepip",
+                         detail=" | ".join(r.tail[-3:]))
+            make_venv(ctx, venv, env, with_pip=True)
+        phase("seed")
     elif seed.wheels:  # uv wanted but unavailable: pip installs, and the venv needs its own pip
         make_venv(ctx, venv, env, with_pip=True)
         phase("venv_pip")
@@ -179,12 +244,13 @@ def build_venv(ctx, version: str) -> None:
             ctx.rep.progress("running", f"installing Open WebUI {version} with {tool}: {text}")
 
     if uv:
-        argv = [uv, "pip", "install", "--python", python, *args, spec]
+        argv = [uv, "pip", "install", "--python", python, *uv_args(ctx.config, conf)[0], spec]
     else:
-        argv = [python, "-m", "pip", "install", "--progress-bar", "off", *pip_args(ctx.config), spec]
+        argv = [python, "-m", "pip", "install", "--progress-bar", "off", *pip_flags(ctx.config), spec]
     ctx.rep.step(f"installing Open WebUI {version} with {tool}", 0.05)
-    ctx.rep.say("installing Open WebUI", version=version, installer=tool, venv=venv)
-    r = host.run(argv, env=run_env, timeout=w.install_timeout, on_line=on_line)
+    ctx.rep.say("installing Open WebUI", version=version, installer=tool, venv=venv, user=SERVICE_USER,
+                wheels_only=not w.allow_source_builds)
+    r = host.sandboxed(argv, venv_jail(ctx, version), env, w.install_timeout, on_line)
     if not r.ok:
         hint = space_hint(ctx, venv)
         safefs.remove_tree(venv)
@@ -195,24 +261,31 @@ def build_venv(ctx, version: str) -> None:
         safefs.remove_tree(venv)
         raise JobError(f"the venv holds open-webui {got}, not {version}")
     phase("verify")
-    uid, gid = host.ids(SERVICE_USER)
-    safefs.chown_dirs(venv, uid, gid)  # from here on the venv is the service user's
-    phase("chown")
     elapsed = host.monotonic() - t0
     n = counts.get("installed") or counts.get("installing") or counts.get("resolved")
     ctx.timings.update(phases)
-    doc = {"version": version, "installer": tool, "python": w.python, "packages": n,
-           "seconds": round(elapsed, 1), "phases": phases, "built": time.time()}
+    doc = {"version": version, "installer": tool, "python": w.python, "packages": n, "user": SERVICE_USER,
+           "wheels_only": not w.allow_source_builds, "seconds": round(elapsed, 1), "phases": phases,
+           "built": time.time()}
     with safefs.directory(venv) as dfd:
         safefs.write(dfd, COMPLETE_MARKER, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o644)
     ctx.rep.say("Open WebUI venv ready", version=version, packages=n, seconds=f"{elapsed:.1f}",
                 phases=phase_text(phases))
 
 
+def _env(ctx, conf: dict) -> dict[str, str]:
+    return build_env(ctx.config, conf, ctx.layout.uv_cache, ctx.layout.pip_cache)
+
+
 def make_venv(ctx, venv: str, env: dict, with_pip: bool) -> None:
-    w = ctx.config.webui
+    """An empty directory for the service user, made into a venv by it."""
+    w, host = ctx.config.webui, ctx.host
+    uid, gid = host.ids(SERVICE_USER)
     safefs.remove_tree(venv)
-    r = ctx.host.run([w.python, "-m", "venv", venv] + ([] if with_pip else ["--without-pip"]), env=env, timeout=300)
+    safefs.ensure_dir(venv, 0o755, uid, gid)
+    version = os.path.basename(venv)
+    r = host.sandboxed([w.python, "-m", "venv", venv] + ([] if with_pip else ["--without-pip"]),
+                       venv_jail(ctx, version), env, 300)
     if not r.ok:
         safefs.remove_tree(venv)
         hint = space_hint(ctx, venv)
@@ -222,39 +295,15 @@ def make_venv(ctx, venv: str, env: dict, with_pip: bool) -> None:
         raise JobError(f"`{w.python} -m venv {venv}` failed: {last_error(r.tail)}{hint}", r.tail)
 
 
-def link_env(ctx) -> dict[str, str]:
-    """uv hard-links files from its cache into the venv. Across file systems or mount points
-    (a unit's CacheDirectory= bind mount did that: EXDEV) it copies every file instead — seconds
-    per GB and twice the disk. Probe once per run and say so; tell uv to copy right away."""
-    if "UV_LINK_MODE" in os.environ:
-        return {}
-    if ctx.link_ok is None:
-        cache, venvs = ctx.layout.p(UV_CACHE), ctx.layout.venvs
-        probe = os.path.join(cache, f".link-probe-{os.getpid()}")
-        target = os.path.join(venvs, f".link-probe-{os.getpid()}")
-        try:
-            with open(probe, "w"):
-                pass
-            os.link(probe, target)
-            ctx.link_ok = True
-        except OSError as e:
-            ctx.link_ok = False
-            log.warning("uv cannot hard-link from its cache into the venvs: it copies every file (slower, "
-                        "twice the disk)", cache=cache, venvs=venvs, error=e.strerror or e)
-        finally:
-            for f in (probe, target):
-                try:
-                    os.unlink(f)
-                except OSError:
-                    pass
-    return {} if ctx.link_ok else {"UV_LINK_MODE": "copy"}
-
-
 def space_hint(ctx, venv: str) -> str:
     """Python's venv module hides ensurepip's ENOSPC: look at the file system ourselves."""
-    try:
-        free = ctx.host.free_bytes(venv)
-    except OSError:
+    for path in (venv, os.path.dirname(venv)):  # the venv may be gone (or a mount point)
+        try:
+            free = ctx.host.free_bytes(path)
+            break
+        except OSError:
+            continue
+    else:
         return ""
     if free < 64 * 2**20:
         return f" (No space left on device: {format_size(free)} free under {venv})"
