@@ -9,7 +9,8 @@ that every problem is reported at once):
 - a configuration file owned by anyone but root, or writable by its group or by every user;
 - the same for the directory holding it (a writable directory lets its files be replaced) and,
   further up, for every directory above it, which may however be world-writable when it has the
-  sticky bit (as /tmp has): there nobody can rename or replace what root owns.
+  sticky bit (as /tmp has): there nobody can rename or replace what root owns. conf.d itself,
+  all of whose files are read, may not be writable by others even with the sticky bit.
 
 Each refusal names the file or directory and the command that fixes it (``chmod go-w PATH``,
 ``chown root: PATH``).  conf.d is checked only when it holds a *.yaml file to read.  Run as
@@ -78,11 +79,14 @@ def _up(directory: str) -> Iterator[str]:
         directory = parent
 
 
-def dir_problems(directory: str, trusted: int, seen: set[tuple[int, int]], itself: bool = False) -> list[str]:
+def dir_problems(directory: str, trusted: int, seen: set[tuple[int, int]], itself: bool = False,
+                 sticky_here: bool = False) -> list[str]:
     """Reasons to refuse what ``directory`` holds: it, and every directory above it, checked both
     as named and with symbolic links resolved.  A directory already in ``seen`` (device, inode) is
     not reported again: one load reports /etc/localaid once, not for each file.  itself=True words
-    the first reason for the directory being loaded (conf.d) rather than for a file in it."""
+    the first reason for the directory being loaded (conf.d) rather than for a file in it.
+    sticky_here=True also accepts a sticky ``directory`` itself (the holder of one named file: in
+    /tmp nobody but root can replace root's file; conf.d, whose every file is read, never)."""
     out = []
     for start in dict.fromkeys((os.path.abspath(directory), os.path.realpath(directory))):
         for i, d in enumerate(_up(start)):
@@ -90,7 +94,7 @@ def dir_problems(directory: str, trusted: int, seen: set[tuple[int, int]], itsel
                 st = os.stat(d)
             except OSError:
                 continue                   # a missing directory holds nothing to worry about
-            wrong, fixes = _why(st, trusted, sticky_ok=i > 0)
+            wrong, fixes = _why(st, trusted, sticky_ok=i > 0 or sticky_here)
             if wrong and (st.st_dev, st.st_ino) not in seen:
                 seen.add((st.st_dev, st.st_ino))
                 subject = "" if itself and i == 0 else f"directory {d} is "
@@ -113,5 +117,5 @@ def holder_problems(path: str, trusted: int, seen: set[tuple[int, int]]) -> list
     links to when it is a symbolic link (the main file may be one)."""
     out = []
     for d in dict.fromkeys((os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path)))):
-        out += dir_problems(d, trusted, seen)
+        out += dir_problems(d, trusted, seen, sticky_here=True)
     return out

@@ -12,7 +12,10 @@ import json
 from conftest import install_deb
 from harness import wait_for
 
-NOT_INSTALLED = ("ollama not installed (setup failed:", "open-webui not installed (setup failed:")
+# Ollama's job retries its download inside its own time budget before it fails (and is then
+# retried by the daemon): either way its fragment says what is wrong and that it retries.
+OLLAMA = ("ollama installing (install script download failed: cannot connect", "ollama not installed (setup failed:")
+WEBUI = "open-webui not installed (setup failed:"
 
 
 def test_shipped_defaults_offline_say_so_retry_and_leave_nothing_half_done(make_container, deb):
@@ -23,9 +26,9 @@ def test_shipped_defaults_offline_say_so_retry_and_leave_nothing_half_done(make_
 
     def both_failed():
         t = c.unit_property("localaid", "StatusText")
-        return t if all(s in t for s in NOT_INSTALLED) else None
-    line = wait_for(both_failed, timeout=150, interval=1.0, message="both set-up jobs reported as failed")
-    assert "stopped by admin" not in line and "retry in" in line
+        return t if WEBUI in t and any(o in t for o in OLLAMA) else None
+    line = wait_for(both_failed, timeout=150, interval=1.0, message="both set-up jobs reported as failing")
+    assert "stopped by admin" not in line and "retry" in line
     assert len(line) <= 320, f"STATUS is {len(line)} characters: {line}"
     assert c.is_active("localaid.service") == "active"
 
@@ -33,8 +36,8 @@ def test_shipped_defaults_offline_say_so_retry_and_leave_nothing_half_done(make_
     r = c.run(["localaid", "status", "--json"], check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     doc = json.loads(r.stdout)
-    assert {s["name"]: s["state"] for s in doc["services"]} == {"ollama": "not installed",
-                                                                "open-webui": "not installed"}
+    states = {s["name"]: s["state"] for s in doc["services"]}
+    assert states["open-webui"] == "not installed" and states["ollama"] in ("installing", "not installed")
 
     # Nothing half-installed.
     assert not c.exists("/usr/local/bin/ollama")

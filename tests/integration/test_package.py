@@ -229,7 +229,7 @@ def test_remove_then_purge(make_container):
     # An Open WebUI as localaid leaves it (a venv's entry point, its env file, enabled and running);
     # localaid stopped first, since with webui.enabled false it would take the service down itself.
     c.systemctl("stop", "localaid.service")
-    c.sh("useradd -r -U open-webui && mkdir -p /var/lib/localaid/webui/current/bin /var/lib/localaid/webui/venvs "
+    c.sh("(getent passwd open-webui || useradd -r -U open-webui) && mkdir -p /var/lib/localaid/webui/current/bin /var/lib/localaid/webui/venvs "
          "&& chown open-webui: /var/lib/open-webui")
     c.write("/var/lib/localaid/webui/current/bin/open-webui", "#!/usr/bin/python3\nimport http.server\n"
             "http.server.ThreadingHTTPServer(('127.0.0.1', 3999), http.server.SimpleHTTPRequestHandler)"

@@ -90,14 +90,25 @@ def test_empty_unsafe_conf_d_reads_nothing_and_is_not_reported(tmp_path):
     assert _load(d).health.interval == 2.0
 
 
-@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775])
-def test_directory_holding_the_main_file_must_not_be_writable_even_sticky(tmp_path, mode):
+@pytest.mark.parametrize("mode", [0o777, 0o775])
+def test_directory_holding_the_main_file_must_not_be_writable(tmp_path, mode):
     d = _tree(tmp_path, conf_d={"10.yaml": "{}\n"})
     d.chmod(mode)
     who = "its group" if mode == 0o775 else "its group and every user"
     # reported once, for the first file it holds (conf.d lies in it too)
     assert _errors(d) == [f"@/localaid.yaml: refused: directory @ is writable by {who} (mode {mode:04o}); "
                           f"{WHY} (fix: chmod go-w @)"]
+
+
+def test_a_sticky_directory_may_hold_the_main_file_but_conf_d_may_not_be_sticky(tmp_path):
+    """In a sticky directory (as /tmp: `localaid config check /tmp/new.yaml`) nobody but root can
+    rename or replace root's file; conf.d, all of whose files are read, must not be writable."""
+    d = _tree(tmp_path, conf_d={"10.yaml": "{}\n"})
+    d.chmod(0o1777)
+    assert _load(d).health.interval == 2.0
+    (d / "conf.d").chmod(0o1777)
+    assert _errors(d) == [f"@/conf.d: refused: writable by its group and every user (mode 1777); "
+                          f"{WHY} (fix: chmod go-w @/conf.d)"]
 
 
 def test_directories_above_may_be_world_writable_only_when_sticky(tmp_path):
