@@ -117,7 +117,7 @@ class WebUIConfig:
     allow_source_builds: bool = key(False, c.boolean,
                                     "build packages that have no wheel from source (their build scripts run)")
     keep_venvs: int = key(2, c.integer(1, 10), "virtual environments kept after an upgrade, for rollback")
-    keep_backups: int = key(5, c.integer(1, 100), "database backups kept in data_dir")
+    keep_backups: int = key(5, c.integer(1, 100), "database backups kept (in /var/lib/localaid/webui/backups)")
     admin: AdminConfig = section(AdminConfig, "the administrator account created on first start")
     gpu: bool = key(False, c.boolean, "let Open WebUI use the GPU")
     environment: FrozenMap = key(FrozenMap(), c.environment(WEBUI_MANAGED_ENV),
