@@ -154,8 +154,13 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
         become(h.state if h.state != "unknown" else "starting", h.reason)
         return actions, h, notes
     answered_since_start = h.last_ok is not None and h.last_ok >= unit.active_enter_mono
+    h = _sample_cpu(h, so, now)
     if uptime < grace and not answered_since_start:
         become("starting", f"started {fmt_seconds(uptime)} ago, grace {fmt_seconds(grace)}", failures=0)
+        return actions, h, notes
+    if (not answered_since_start and uptime < hc.busy_start_limit and probe.error == "connection refused"
+            and h.busy_at is not None and now - h.busy_at <= BUSY_HOLD):
+        become("starting", f"working for {fmt_seconds(uptime)}, port not open yet (migrating?)", failures=0)
         return actions, h, notes
     failures = h.failures + 1
     since = h.failing_since if h.failing_since is not None else now
@@ -169,6 +174,25 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
     cause = "hung" if probe.error and "timeout" in probe.error else "unhealthy"
     evidence = f"{failures} probes failed in a row, last: {probe.error}"
     return _repair(config, name, unit_name, h, now, "kill-restart", cause, evidence, become), h_of(), notes
+
+
+# A start that has not opened its port is "working" while its cgroup uses at least BUSY_CPU of a
+# core; one quiet stretch (an fsync, a lock) does not end that before BUSY_HOLD has passed.
+BUSY_CPU = 0.01
+BUSY_HOLD = 10.0
+
+
+def _sample_cpu(h: ServiceHistory, so: ServiceObs, now: float) -> ServiceHistory:
+    """Remember the cgroup's CPU time while the service does not answer, and when it last grew
+    by BUSY_CPU of a core or more (observe reads it only after a failed probe)."""
+    if so.cpu_seconds is None:
+        return replace(h, cpu_sample=None) if h.cpu_sample is not None else h
+    busy_at = h.busy_at
+    if h.cpu_sample is not None:
+        then, cpu = h.cpu_sample
+        if now > then and (so.cpu_seconds - cpu) / (now - then) >= BUSY_CPU:
+            busy_at = now
+    return replace(h, cpu_sample=(now, so.cpu_seconds), busy_at=busy_at)
 
 
 def _repair(config, name, unit_name, h, now, kind, cause, evidence, become) -> list[Action]:
@@ -251,41 +275,6 @@ def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------------- models
-def _warm(config, obs: Observation, hist: History, ollama_state: str, now: float):
-    """Keep configured models loaded: preload those missing from /api/ps once Ollama answers.
-
-    The retry hold (health.model_load_grace) applies to one Ollama process only: a new process
-    (its MainPID or start time changed: an admin restart, a crash, an upgrade, a resume) has
-    nothing loaded, so its models are preloaded as soon as it answers, whoever restarted it.
-    Returns (actions, attempts, process)."""
-    so = obs.services.get(OLLAMA)
-    unit = so.unit if so is not None else None
-    process = (unit.main_pid, unit.active_enter_mono) if unit is not None and unit.main_pid else hist.warm_process
-    attempts = dict(hist.warm_attempts) if process == hist.warm_process else {}
-    if ollama_state != "ok" or so is None or so.models is None:
-        return [], _freeze(attempts), process
-    setup = obs.jobs.get("ollama-setup")
-    if setup is not None and setup.unit is not None and setup.unit.active_state == "activating":
-        return [], _freeze(attempts), process  # models may still be downloading
-    loaded = {m.name for m in so.models}
-    actions = []
-    for spec in config.ollama.models:
-        if not spec.keep_warm or _loaded(spec.name, loaded):
-            continue
-        key = f"preload:{spec.name}"
-        last = attempts.get(spec.name)
-        if key in obs.in_flight or (last is not None and now - last < config.health.model_load_grace):
-            continue
-        attempts[spec.name] = now
-        actions.append(Action("preload", spec.name, "warm", "configured keep_warm, not loaded", service=OLLAMA))
-    return actions, _freeze(attempts), process
-
-
-def _loaded(name: str, loaded: set[str]) -> bool:
-    return name in loaded or (":" not in name and f"{name}:latest" in loaded)
-
-
 # --------------------------------------------------------------------------------- status
 def _service_status(config, name: str, h: ServiceHistory, obs: Observation) -> ServiceStatus:
     detail = ""
@@ -304,7 +293,12 @@ STATUS_TEXT_MAX = 72  # characters of a job's own words in STATUS (the rest is i
 
 
 def _short(text: str, limit: int = STATUS_TEXT_MAX) -> str:
-    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+    """At most `limit` characters, cut in the middle: a job's words end with what happens next
+    ("…, retrying in 2 min"), which must survive as much as their beginning."""
+    if len(text) <= limit:
+        return text
+    tail = min(24, limit // 3)
+    return text[:limit - tail - 1].rstrip() + "…" + text[-tail:].lstrip()
 
 
 def _setup_status(st: ServiceStatus, job, jo, running: bool, now: float) -> ServiceStatus:
@@ -356,7 +350,10 @@ def decide(config, obs: Observation, hist: History) -> Decision:
         actions += a
         notes += n
         st = _service_status(config, name, h, obs)
-        if h.last_ok is None and st.state in ("installing", "missing", "stopped") and job is not None:
+        if st.state == "maintenance" and setting_up and jo is not None and jo.text:
+            st = replace(st, reason=_short(jo.text))  # "upgrading …: waiting … (migrating?)"
+            folded.add(SETUP_JOB[name])
+        elif h.last_ok is None and st.state in ("installing", "missing", "stopped") and job is not None:
             st = _setup_status(st, job, jo, setting_up, now)
             if st.state in ("installing", "not installed"):
                 folded.add(SETUP_JOB[name])
@@ -378,7 +375,7 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     if any(a.service == OLLAMA and a.kind in ("restart", "kill-restart", "start", "start-job") for a in actions):
         # A fresh Ollama has nothing loaded: preload as soon as it answers, not model_load_grace later.
         hist = replace(hist, warm_attempts=_freeze({}))
-    warm_actions, attempts, process = _warm(config, obs, hist, services[OLLAMA].state, now)
+    warm_actions, attempts, process = policy_gpu.warm(config, obs, hist, services[OLLAMA].state, now)
     actions += warm_actions
     hist = replace(hist, warm_attempts=attempts, warm_process=process)
 

@@ -1,14 +1,16 @@
 """The GPU part of the policy: pure, like policy.py (no I/O, time comes in as `now`).
 
     decide_gpu(config, observation, gpu_history, now) -> (actions, gpu_history, status fragment, notes)
-
+    warm(config, observation, history, ollama_state, now) -> (preloads, attempts, process)
 Heals what leaves Ollama on the CPU or the GPU unusable:
 - boot race: Ollama discovers GPUs once, at start. If the device nodes appeared or were fixed
   (localaid-devices.service records when) after Ollama started, restart it once.
 - CPU fallback: a loaded model not fully in VRAM while the GPU has room for it (after Ollama's own
-  reserve), or no process of ollama.service among the GPU's compute processes while a model is
-  loaded: restart Ollama (the supervisor then preloads the configured models). After
-  FALLBACK_RESTARTS restarts within FALLBACK_WINDOW that did not help, no more restarts until
+  reserve), or, for PID_MISS_AFTER, Ollama's runner gone from the GPU while /api/ps still lists its
+  models in VRAM (its CUDA context died: no longer a compute process, or the GPU's memory freed):
+  restart Ollama (the supervisor then preloads the configured models). A partial offload of a
+  model that does not fit is Ollama's choice, never a fallback. After FALLBACK_RESTARTS restarts
+  within FALLBACK_WINDOW that did not help (one that did clears the count), no more until
   something changes: Ollama started anew by someone else, the GPU's state, or the configuration.
 - GPU lost, a critical Xid, or a GPU left unusable by suspend/resume (within RESUME_WINDOW of the
   resume: an NVML error ERROR_CYCLES cycles in a row, or a CPU fallback): the recovery ladder, the
@@ -23,20 +25,20 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from localaid.records import EMPTY, OLLAMA, UNITS, Action, Observation
+from localaid.records import EMPTY, NO_DRIVER, OLLAMA, UNITS, Action, Observation
 
 FALLBACK_RESTARTS = 2
 FALLBACK_WINDOW = 3600.0
-RESTART_SLACK = 15.0  # a fallback restart not seen (ollama's start time older) by then: it did not happen
+RESTART_SLACK = 15.0  # a fallback restart not seen (ollama's start time older) by then did not happen
 LADDER_LIMIT = 2  # recovery ladders per boot (the history lives as long as the daemon; the job also counts)
 LADDER_JOB = "gpu-recover"
 LADDER_START_SLACK = 15.0  # a requested ladder job not seen running or finished by then: it did not start
 RESUME_WINDOW = 120.0  # after a resume, an unusable GPU or a CPU fallback goes straight to the ladder
 PID_MISS_AFTER = 30.0  # a loaded model whose runner is not a GPU compute process for this long
+RUNNER_GONE_SHARE = 0.75  # of the VRAM Ollama claims, freed on the GPU: its runner's context is gone
 ERROR_CYCLES = 3  # an NVML error (e.g. "did not answer in time") this many cycles in a row is an unusable GPU
-# VRAM Ollama keeps free on each GPU when it places a model: OLLAMA_GPU_OVERHEAD (ollama.gpu_overhead,
-# default 0) plus a fixed minimum of 457 MiB. Source: ollama/ollama ml/device.go DeviceInfo.MinimumMemory()
-# (earlier discover/gpu.go cudaMinimumMemory), envconfig.GpuOverhead; research/ollama-api.md does not say.
+# VRAM Ollama keeps free on each GPU when it places a model: OLLAMA_GPU_OVERHEAD (ollama.gpu_overhead, default
+# 0) plus 457 MiB. Source: ollama/ollama ml/device.go DeviceInfo.MinimumMemory(), envconfig.GpuOverhead.
 OLLAMA_MIN_FREE = 457 * 2**20
 ROOM_MARGIN = 0.10  # and Ollama's size estimate may be this much short: only more room than that is "room"
 CRITICAL_XIDS = frozenset({48, 63, 64, 79, 94, 95, 119, 120})
@@ -57,6 +59,8 @@ def _fragment(gpu) -> str:
         return ""
     if gpu.state == "none":
         return "no NVIDIA GPU found: running on CPU"
+    if gpu.state == "no-driver":
+        return NO_DRIVER
     if gpu.state == "lost":
         return "GPU lost: reboot required"
     if gpu.state == "error":
@@ -110,24 +114,39 @@ def _off_gpu(gpu, models, reserve):
     return None
 
 
-def _runner_missing(gpu, so) -> str | None:
-    """Evidence when a model is loaded on the GPU by Ollama's account, but no PID of
-    ollama.service is a GPU compute process (a lost CUDA context). None when fine or unknown:
-    an empty process list is unknown too (NVML often lists none in containers or without
-    permission), not proof that Ollama is off the GPU."""
+def _runner_gone(gpu, so, seen):
+    """(evidence, new record) about Ollama's runner having lost its CUDA context while /api/ps
+    still lists its models in VRAM (Ollama notices only when a request uses the runner). Evidence:
+    no PID of ollama.service among the GPU's compute processes while others are listed; or, for
+    the same loaded models (`seen`, kept across cycles), Ollama's PID listed before and not now;
+    or, where NVML never listed it (a container, no permission), the GPU's used memory fallen by
+    RUNNER_GONE_SHARE of what Ollama says it holds there. None when fine or unknown: an empty
+    process list alone is unknown (NVML often lists none in containers or without permission)."""
     models = [m for m in so.models or () if m.size_vram > 0]
+    if not models or not gpu.devices:
+        return None, None
+    sig = (so.unit.main_pid, so.unit.active_enter_mono, tuple(sorted((m.name, m.size_vram) for m in models)))
     pids = set(gpu.ollama_pids)
-    if not models or not pids or not gpu.devices:
-        return None
-    listed: set[int] = set()
-    for d in gpu.devices:
-        if d.compute_pids is None:
-            return None  # NVML cannot list processes here: no evidence either way
-        listed.update(d.compute_pids)
-    if not listed or pids & listed:
-        return None
-    return (f"{models[0].name} loaded, but none of ollama.service's {len(pids)} processes is a GPU "
-            f"compute process ({len(listed)} listed)")
+    lists = [d.compute_pids for d in gpu.devices]
+    listed = None if any(x is None for x in lists) else {p for x in lists for p in x}
+    mine = bool(listed is not None and pids & listed)
+    used = sum(d.memory_used for d in gpu.devices)
+    same = seen is not None and seen["sig"] == sig
+    seen = {"sig": sig, "listed": mine or (same and seen["listed"]), "used": max(used, seen["used"] if same else 0)}
+    record, name = MappingProxyType(seen), models[0].name
+    if mine:
+        return None, record
+    if pids and listed:
+        return (f"{name} loaded, but none of ollama.service's {len(pids)} processes is a GPU "
+                f"compute process ({len(listed)} listed)"), record
+    if pids and seen["listed"] and listed is not None:
+        return f"{name} loaded, but ollama.service's runner is no longer a GPU compute process", record
+    claimed = sum(m.size_vram for m in models)
+    drop = seen["used"] - used
+    if not seen["listed"] and drop >= RUNNER_GONE_SHARE * claimed:
+        return (f"{name}: the GPU's used memory fell by {drop / GIB:.1f} GiB to {used / GIB:.1f} GiB "
+                f"while ollama still lists {claimed / GIB:.1f} GiB in VRAM"), record
+    return None, record
 
 
 def _job_running(jo) -> bool:
@@ -194,13 +213,17 @@ def decide_gpu(config, obs: Observation, gh, now: float):
         if now - resumed < RESUME_WINDOW:  # not an old marker seen anew after a restart of localaid
             h["resume_until"] = resumed + RESUME_WINDOW
             notes.append("resumed from sleep: checking the GPU now")
+    missing = None
+    if so is not None and gpu.state == "ok":
+        missing, h["runner_seen"] = _runner_gone(gpu, so, h.get("runner_seen"))
+    else:
+        h["runner_seen"] = None
     after_resume = now < h.get("resume_until", float("-inf"))
     if after_resume and trigger is None:
         if gpu.state == "error" and h["error_cycles"] >= ERROR_CYCLES:
             trigger = ("resume", f"after resume: {gpu.error} ({h['error_cycles']} checks in a row)", None)
         elif so is not None and gpu.state == "ok":
             off = _off_gpu(gpu, so.models, reserve)
-            missing = _runner_missing(gpu, so)
             if off or missing:
                 trigger = ("resume", "after resume: " + (off[1] if off else missing), None)
 
@@ -298,7 +321,6 @@ def decide_gpu(config, obs: Observation, gh, now: float):
 
     # ---- CPU fallback
     recent = tuple(t for t in h.get("fallback_restarts", ()) if now - t < FALLBACK_WINDOW)
-    missing = _runner_missing(gpu, so) if so is not None and gpu.state == "ok" else None
     if missing is None:
         h["pid_miss_since"] = None
     elif h.get("pid_miss_since") is None:
@@ -316,6 +338,10 @@ def decide_gpu(config, obs: Observation, gh, now: float):
                 evidence = None  # still loading layers onto the GPU
         elif missing is not None and now - h["pid_miss_since"] >= PID_MISS_AFTER:
             evidence = missing
+        elif missing is None and recent and so.unit.active_enter_mono >= recent[-1] \
+                and any(m.size_vram > 0 for m in so.models):  # they helped: only the others count
+            notes.append(f"GPU: ollama back on the GPU after {len(recent)} restart(s) for a CPU fallback")
+            recent = ()
         if evidence is not None:
             held = h.get("fallback_held")
             if held is None and len(recent) >= FALLBACK_RESTARTS:
@@ -333,3 +359,40 @@ def decide_gpu(config, obs: Observation, gh, now: float):
                 actions.append(Action("restart", unit_name, "cpu-fallback", evidence, service=OLLAMA))
     h["fallback_restarts"] = recent
     return tuple(actions), MappingProxyType(h), fragment, tuple(notes)
+
+
+# ---------------------------------------------------------------------------- models warm
+def warm(config, obs: Observation, hist, ollama_state: str, now: float):
+    """Keep configured models loaded (for policy.decide): preload those missing from /api/ps once
+    Ollama answers, so that a restarted or healed Ollama has its models warm on the GPU. The hold
+    after a preload (health.model_load_grace) is per Ollama process: a new one (MainPID or start
+    time changed: an admin restart, a crash, an upgrade, a resume) has nothing loaded and is
+    warmed as soon as it answers, whoever restarted it; and only until the model is seen loaded:
+    one that loaded and then left (its runner died on a CUDA error, someone unloaded it) is
+    preloaded again at once. Returns (actions, attempts, process)."""
+    so = obs.services.get(OLLAMA)
+    unit = so.unit if so is not None else None
+    process = (unit.main_pid, unit.active_enter_mono) if unit is not None and unit.main_pid else hist.warm_process
+    attempts = dict(hist.warm_attempts) if process == hist.warm_process else {}
+    if ollama_state != "ok" or so is None or so.models is None:
+        return [], MappingProxyType(attempts), process
+    setup = obs.jobs.get("ollama-setup")
+    if setup is not None and setup.unit is not None and setup.unit.active_state == "activating":
+        return [], MappingProxyType(attempts), process  # models may still be downloading
+    loaded = {m.name for m in so.models}
+    actions = []
+    for spec in config.ollama.models:
+        if not spec.keep_warm or _loaded(spec.name, loaded):
+            attempts.pop(spec.name, None)  # loaded: that preload is over
+            continue
+        key = f"preload:{spec.name}"
+        last = attempts.get(spec.name)
+        if key in obs.in_flight or (last is not None and now - last < config.health.model_load_grace):
+            continue
+        attempts[spec.name] = now
+        actions.append(Action("preload", spec.name, "warm", "configured keep_warm, not loaded", service=OLLAMA))
+    return actions, MappingProxyType(attempts), process
+
+
+def _loaded(name: str, loaded: set[str]) -> bool:
+    return name in loaded or (":" not in name and f"{name}:latest" in loaded)

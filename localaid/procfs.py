@@ -1,8 +1,9 @@
-"""Readers of /proc for the NVIDIA driver's state: pure parsing, no changes, no privileges.
+"""Readers of /proc (and /sys) for the NVIDIA driver's state: pure parsing, no changes, no privileges.
 
 The daemon, `localaid doctor` and the device job all ask the same questions (is the driver
-loaded, which character majors does it use, which GPU minors exist), so they live here, apart
-from the privileged code that acts on the answers.
+loaded, which character majors does it use, which GPU minors exist, is there an NVIDIA card
+at all), so they live here, apart from the privileged code that acts on the answers.
+LOCALAID_PROC and LOCALAID_SYS move the roots (tests give them fake trees).
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import glob
 import os
 import re
 
+from localaid.records import NO_DRIVER
+
 PROC = os.environ.get("LOCALAID_PROC", "/proc")
+SYS = os.environ.get("LOCALAID_SYS", "/sys")
+NVIDIA_VENDOR = 0x10DE
+DISPLAY_CLASS = 0x03  # PCI base class "display controller": VGA (0x0300), 3D (0x0302), other (0x0380)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,3 +78,55 @@ def _module_loaded(drv: Driver, part: str) -> bool:
 
 def uvm_loaded(drv: Driver) -> bool:
     return "nvidia-uvm" in drv.majors or _module_loaded(drv, "uvm")
+
+
+def nvidia_gpus_on_pci(sys_root: str | None = None) -> tuple[str, ...]:
+    """PCI addresses of NVIDIA display controllers (vendor 0x10de, class 0x03xxxx), from
+    /sys/bus/pci/devices/*/{vendor,class}: the cards, whether or not a driver is bound."""
+    out = []
+    for dev in sorted(glob.glob(os.path.join(sys_root or SYS, "bus/pci/devices/*"))):
+        try:
+            vendor = int(_read(os.path.join(dev, "vendor")).strip(), 16)
+            klass = int(_read(os.path.join(dev, "class")).strip(), 16)
+        except ValueError:
+            continue
+        if vendor == NVIDIA_VENDOR and klass >> 16 == DISPLAY_CLASS:
+            out.append(os.path.basename(dev))
+    return tuple(out)
+
+
+def nvidia_module_loaded(proc: str | None = None) -> bool:
+    """The NVIDIA kernel module (nvidia, or Debian's nvidia_current) in /proc/modules."""
+    names = {line.split()[0] for line in _read(os.path.join(proc or PROC, "modules")).splitlines() if line.strip()}
+    return bool(names & {"nvidia", "nvidia_current"})
+
+
+def gpu_without_driver(proc: str | None = None, sys_root: str | None = None) -> str | None:
+    """The words for an NVIDIA card whose driver is not loaded (None when there is no such card,
+    or the driver is loaded): what `localaid status` and `localaid doctor` say about it."""
+    cards = nvidia_gpus_on_pci(sys_root)
+    if not cards or nvidia_module_loaded(proc):
+        return None
+    return f"{NO_DRIVER} (PCI {', '.join(cards)}: no nvidia kernel module loaded)"
+
+
+# ------------------------------------------------------------------------- cgroup CPU time
+CGROUP_ROOT = os.environ.get("LOCALAID_CGROUP", "/sys/fs/cgroup")
+
+
+def cgroup_cpu_seconds(control_group: str, root: str = CGROUP_ROOT) -> float | None:
+    """CPU time used so far by every process of a unit's cgroup (systemd's ControlGroup, e.g.
+    "/system.slice/open-webui.service"), or None when it cannot be read. cgroup v2's cpu.stat
+    (also under unified/ on a hybrid host), else cgroup v1's cpuacct.usage."""
+    if not control_group.startswith("/") or ".." in control_group.split("/"):
+        return None
+    for base in (root, os.path.join(root, "unified")):
+        for line in _read(f"{base}{control_group}/cpu.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec" and value.strip().isdigit():
+                return int(value) / 1e6
+    for v1 in ("cpuacct", "cpu,cpuacct"):
+        ns = _read(f"{root}/{v1}{control_group}/cpuacct.usage").strip()
+        if ns.isdigit():
+            return int(ns) / 1e9
+    return None

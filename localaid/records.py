@@ -17,6 +17,9 @@ OLLAMA = "ollama"
 WEBUI = "open-webui"
 UNITS = {OLLAMA: "ollama.service", WEBUI: "open-webui.service"}
 
+# What STATUS, `localaid status` and `localaid doctor` say about an NVIDIA card without its driver.
+NO_DRIVER = "NVIDIA GPU without driver: install nvidia-driver (non-free) and reboot"
+
 # Short-lived units that do privileged work for the supervisor (see units/).
 JOB_UNITS = {
     "devices": "localaid-devices.service",
@@ -73,6 +76,7 @@ class ServiceObs:
     probe: Probe | None = None  # liveness (ollama GET /, open-webui /health); None if not probed
     ready: Probe | None = None  # open-webui /ready during start-up
     models: tuple[LoadedModel, ...] | None = None  # ollama /api/ps; None when not read
+    cpu_seconds: float | None = None  # CPU its cgroup has used; read only while its probe fails
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,9 @@ class XidEvent:
 
 @dataclass(frozen=True)
 class GpuObs:
-    state: str = "none"  # ok | none (no NVIDIA driver/GPU) | lost | error | off (watch disabled)
+    # ok | none (no NVIDIA driver/GPU) | no-driver (an NVIDIA card, its driver not loaded) | lost |
+    # error | off (watch disabled)
+    state: str = "none"
     devices: tuple[GpuDevice, ...] = ()
     error: str | None = None
     driver: str | None = None
@@ -160,6 +166,8 @@ class ServiceHistory:
     next_attempt: float = 0.0  # no restart before this time
     last_action: str | None = None
     seen_n_restarts: int = 0  # systemd's NRestarts at last look
+    cpu_sample: tuple[float, float] | None = None  # (when, CPU seconds) at the last failed probe
+    busy_at: float | None = None  # last time its cgroup was seen working while it did not answer
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,13 @@
 
 observe() never raises and is quick: a handful of NVML calls per device. A missing driver
 library (NVMLError_LibraryNotFound), an unloaded driver or no device all mean state "none" (run
-on the CPU); a GPU that fell off the bus (NVML_ERROR_GPU_IS_LOST, from a device query or from
-nvmlInit itself, or NVML_ERROR_UNKNOWN from nvmlInit once a GPU was seen) means state "lost".
+on the CPU), or "no-driver" when the PCI bus shows an NVIDIA card and no nvidia module is loaded
+(procfs.gpu_without_driver: the driver is to be installed). A GPU that fell off the bus
+(NVML_ERROR_GPU_IS_LOST, from a device handle or query or from nvmlInit itself, or
+NVML_ERROR_UNKNOWN from nvmlInit once a GPU was seen) means state "lost". nvmlInit refused
+otherwise is "error", saying why: NO_PERMISSION is what the library answers when file permissions
+keep it from the device nodes, UNKNOWN what it answers when a device policy (a unit's
+DevicePolicy=, a container's device cgroup) does; the node is opened here too to tell which.
 
 Xid errors (and "GPU unavailable" events, reported as Xid 79 when the driver gives no Xid) arrive
 through an NVML event set that a daemon thread waits on with a short timeout
@@ -23,18 +28,20 @@ from __future__ import annotations
 import collections
 import ctypes
 import dataclasses
+import errno
 import os
 import sys
 import threading
 import time
 
-from localaid import fsutil, log, paths
+from localaid import fsutil, log, paths, procfs
 from localaid.records import GpuDevice, GpuObs, GpuProcess, XidEvent
 
 DEVICES_STATE = os.path.join(paths.RUN_DIR, "devices.json")  # written by `localaid provision devices`
 RESUME_STATE = os.path.join(paths.RUN_DIR, "resume.json")  # written by the system-sleep hook
 
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
@@ -42,6 +49,7 @@ NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_UNKNOWN = 999
 EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError
 EVENT_GPU_UNAVAILABLE = 0x4000  # nvmlEventTypeGpuUnavailableError (newer drivers and bindings)
+CTL_NODE = "/dev/nvidiactl"  # the node nvmlInit opens first
 LOST_XID = 79  # "fell off the bus": what a GPU-unavailable event without an Xid stands for
 LOST_TEXT = "GPU is lost (fell off the bus)"
 XID_WATCH_UNSUPPORTED = "not supported by this GPU/driver"
@@ -138,6 +146,9 @@ class Gpu:
         except Exception as e:
             if self._lost_at_init(e):
                 return GpuObs(state="lost", error=f"{LOST_TEXT}: NVML init: {_nvml_text(e)}")
+            refused = _init_refused(e)
+            if refused is not None:
+                return GpuObs(state="error", error=refused)
             return self._no_gpu(GpuObs(state="none", error=_none_reason(e)))
         driver = _optional(lambda: _text(nv.nvmlSystemGetDriverVersion()))
         devices = []
@@ -166,6 +177,11 @@ class Gpu:
         return GpuObs(state="ok", devices=tuple(devices), driver=driver)
 
     def _no_gpu(self, obs: GpuObs) -> GpuObs:
+        """No usable driver: "none", or "no-driver" for an NVIDIA card without its driver.
+        Asked again only NONE_RECHECK later."""
+        missing = procfs.gpu_without_driver()
+        if missing is not None:
+            obs = GpuObs(state="no-driver", error=missing)
         self._none = (self.clock() + NONE_RECHECK, obs)
         return obs
 
@@ -293,6 +309,33 @@ def _none_reason(e: Exception) -> str:
     if code == NVML_ERROR_DRIVER_NOT_LOADED:
         return "no NVIDIA GPU found (NVIDIA driver not loaded)"
     return f"no NVIDIA GPU found ({_nvml_text(e)})"
+
+
+def _init_refused(e: Exception) -> str | None:
+    """Why nvmlInit was refused although a driver answers (an "error", not "no GPU"), or None
+    when the failure means there is no usable driver."""
+    code = getattr(e, "value", None)
+    if code == NVML_ERROR_NO_PERMISSION:
+        return (f"NVML: {_nvml_text(e)}: the NVIDIA device nodes' permissions keep localaid out "
+                "(gpu.devices.mode; `localaid doctor` shows who may open them)")
+    if code != NVML_ERROR_UNKNOWN:
+        return None
+    err = _open_errno(CTL_NODE)
+    why = f"; {CTL_NODE}: {os.strerror(err)}" if err else ""
+    if err == errno.EPERM:
+        why += " (localaid.service's device policy: a driver loaded after localaid started?)"
+    if not why and not procfs.nvidia_gpus_on_pci():
+        return None  # no card to speak of: "no NVIDIA GPU found (...)"
+    return f"NVML: {_nvml_text(e)}{why}"
+
+
+def _open_errno(path: str) -> int:
+    """0 when `path` opens read-write (as NVML opens it), else the errno."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError as e:
+        return e.errno or errno.EIO
+    return 0
 
 
 def _marker_time(path: str, key: str) -> float | None:

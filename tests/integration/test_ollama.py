@@ -1,9 +1,12 @@
 """Ollama through its install script, in a booted Debian 12 container.
 
 The download site is tests/fakes/ollama/server.py on host 127.0.0.1 (HTTPS with a test CA that
-the container trusts); its install script and release archives honour the real contract (see
-shared/research/ollama-install-script.md); the "Ollama" they install is tests/fakes/ollama/ollama.
-Host tools needed: openssl, zstd.
+the container trusts); as the real one it redirects archive downloads to another host (its
+release host, "localhost" on another port). Its install script and release archives honour the
+real contract (see shared/research/ollama-install-script.md), the .tgz fallback of old releases
+and the GPU branch included: the container's lspci (tests/fakes/bin/lspci) shows an NVIDIA card
+and there is no nvidia-smi, so the script, left to itself, would install cuda-drivers with
+apt-get. The "Ollama" they install is tests/fakes/ollama/ollama. Host tools needed: openssl, zstd.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pytest
 from harness import free_port, wait_for
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes" / "ollama"
+LSPCI = FAKES.parent / "bin" / "lspci"
 sys.path.insert(0, str(FAKES))
 
 import server as fake_site  # noqa: E402
@@ -66,6 +70,7 @@ def trust_ca(site):
     def setup(c):
         c.write("/usr/local/share/ca-certificates/localaid-test-ca.crt", site.ca_pem)
         c.run(["update-ca-certificates"])
+        c.write("/usr/bin/lspci", LSPCI.read_text(), mode=0o755)  # an NVIDIA card, and no driver
     return setup
 
 
@@ -139,6 +144,21 @@ def test_installing_the_deb_provisions_ollama(container, site):
     assert "installer: >>> Installing ollama to /usr/local" in journal
     assert "created user ollama (home /usr/share/ollama), as the install script would" in journal
     assert "Traceback" not in journal
+
+
+def test_the_archive_came_through_the_redirect_and_the_gpu_branch_never_ran(container, site):
+    """The script ran while `apt install` held dpkg's lock, on a machine whose lspci shows an
+    NVIDIA card and no nvidia-smi: left to itself it would have run apt-get install cuda-drivers
+    (test_control_the_script_alone_takes_the_gpu_branch shows it does). localaid hid lspci/lshw."""
+    c = container
+    assert "NVIDIA Corporation AD104" in c.run(["lspci", "-d", "10de:"]).stdout
+    assert not c.exists(fake_site.GPU_BRANCH_LOG)
+    journal = c.journal("localaid-ollama-setup.service")
+    assert "installer: WARNING: No NVIDIA/AMD GPU detected. Ollama will run in CPU-only mode." in journal
+    assert "Installing NVIDIA repository" not in journal and "cuda-drivers" not in journal
+    archive = "ollama-linux-amd64.tar.zst"
+    assert ("HEAD", f"/download/{archive}?version=0.9.0") in site.requests
+    assert ("GET", f"/ollama/ollama/releases/download/v0.9.0/{archive}") in site.requests  # on the release host
 
 
 def test_the_setup_job_is_sandboxed(container):
@@ -274,6 +294,39 @@ def test_upgrade_switches_version(container, site):
     assert site.requests == []
 
 
+def test_without_zstd_nothing_is_changed_and_the_fix_is_named(container, supervisor_stopped):
+    """The release archive is a .tar.zst: the script fails without zstd (a Depends of the .deb,
+    but removable). localaid says so before it touches anything."""
+    c = container
+    have = binary_version(c)
+    c.run(["mv", "/usr/bin/zstd", "/usr/bin/zstd.away"])
+    c.write("/etc/localaid/conf.d/50-test.yaml", 'ollama:\n  version: "0.9.0"\n' if have != "0.9.0" else
+            'ollama:\n  version: "0.9.1"\n')
+    try:
+        rc, state = run_setup(c)
+    finally:
+        c.run(["mv", "/usr/bin/zstd.away", "/usr/bin/zstd"])
+        c.run(["rm", "-f", "/etc/localaid/conf.d/50-test.yaml"])
+    assert rc != 0 and state["state"] == "failed", state
+    assert "missing tools: zstd (apt install zstd)" in state["text"], state
+    assert binary_version(c) == have
+    wait_for(lambda: api(c) == "Ollama is running", timeout=30)
+
+
+def test_an_old_release_comes_as_tgz(container, site):
+    """Releases from before the switch to zstd exist only as .tgz: the script finds no .tar.zst
+    and falls back to it, through the same redirect."""
+    c = container
+    site.requests.clear()
+    r = c.run(["localaid", "upgrade", "ollama", "--version", "0.5.7"], check=False, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert binary_version(c) == "0.5.7"
+    assert json.loads(api(c, "/api/version")) == {"version": "0.5.7"}
+    assert ("HEAD", "/ollama/ollama/releases/download/v0.5.7/ollama-linux-amd64.tar.zst") in site.requests
+    assert ("GET", "/ollama/ollama/releases/download/v0.5.7/ollama-linux-amd64.tgz") in site.requests
+    assert "Downloading ollama-linux-amd64.tgz" in r.stdout + r.stderr
+
+
 # ----------------------------------------------------------------------------------------- at boot
 EARLY_UNIT = """\
 [Unit]
@@ -321,3 +374,22 @@ def test_provision_during_boot_still_enables_ollama(make_container, site, tmp_pa
     assert c.is_active("ollama.service") == "active"
     r = c.run(["curl", "-s", "--max-time", "5", f"http://127.0.0.1:{port}/"], check=False)
     assert r.stdout == "Ollama is running"
+
+
+# ----------------------------------------------------------------------------------------- control
+def test_control_the_script_alone_takes_the_gpu_branch(container, site):
+    """The same install script, run by hand as root (no localaid in between) while something
+    holds dpkg's lock, as `apt install localaid` does while its postinst runs: it records that it
+    took the GPU branch and its apt-get meets the lock. (Last: it reinstalls Ollama.)"""
+    c = container
+    c.run(["curl", "-fsS", "-o", "/root/install.sh", site.script_url])
+    hold = ("import fcntl, subprocess, sys\n"
+            "lock = open('/var/lib/dpkg/lock-frontend', 'w')\n"
+            "fcntl.lockf(lock, fcntl.LOCK_EX)\n"
+            "sys.exit(subprocess.run(['sh', '/root/install.sh']).returncode)\n")
+    r = c.run(["python3", "-c", hold], check=False, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "Installing NVIDIA repository" in out
+    assert "apt-get -y install cuda-drivers" in c.read(fake_site.GPU_BRANCH_LOG)
+    assert "Could not get lock /var/lib/dpkg/lock-frontend" in out, out

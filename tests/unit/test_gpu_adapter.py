@@ -30,9 +30,12 @@ def nvml(tmp_path_factory):
     if str(pydir) not in sys.path:
         sys.path.append(str(pydir))
     state = tmp / "state.json"
+    dev = support.fake_dev(tmp / "dev", count=2)  # the nodes the library opens, as plain files
     os.environ["FAKE_NVML_STATE"] = str(state)
-    yield {"state": state, "lib": lib, "pydir": pydir}
+    os.environ["FAKE_NVML_DEV"] = str(dev)
+    yield {"state": state, "lib": lib, "pydir": pydir, "dev": dev, "tmp": tmp}
     os.environ.pop("FAKE_NVML_STATE", None)
+    os.environ.pop("FAKE_NVML_DEV", None)
 
 
 @pytest.fixture
@@ -159,3 +162,154 @@ def test_vendor_dir_fallback(nvml, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(nvml["pydir"])], capture_output=True, text=True,
                          env=env, check=True).stdout
     assert out.strip() == str(Path(nvml["pydir"]) / "pynvml.py")
+
+
+# ------------------------------------------------------------------ what the double does like the driver
+def live_and_dead_pid():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return os.getpid(), dead.pid
+
+
+def test_memory_and_compute_processes_follow_what_holds_the_gpu(nvml, gpu):
+    """The fake Ollama writes its runner's "PID BYTES" line: used memory and the process list
+    move with it; a line of a process that is gone counts for nothing (the driver freed it)."""
+    procs = nvml["tmp"] / "gpu-processes"
+    live, dead = live_and_dead_pid()
+    state(nvml, compute_pids=[], processes_file=str(procs))
+    procs.write_text("")
+    (d,) = gpu.observe().devices
+    assert (d.memory_used, d.compute_pids) == (GIB, ())
+    procs.write_text(f"{live} {3 * GIB}\n{dead} {5 * GIB}\n")
+    (d,) = gpu.observe().devices
+    assert d.memory_used == 4 * GIB and d.compute_pids == (live,)
+    assert [(p.pid, p.used_memory) for p in d.processes] == [(live, 3 * GIB)]
+    procs.write_text("")  # unloaded: freed
+    assert gpu.observe().devices[0].memory_used == GIB
+
+
+def wait_registered(gpu):
+    deadline = time.monotonic() + 5
+    while gpu._thread is None or not gpu._thread.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)  # the thread registers its event set
+
+
+def drain(gpu, want, seconds=3.0):
+    got, deadline = (), time.monotonic() + seconds
+    while time.monotonic() < deadline and len(got) < want:
+        got += gpu.observe().xids
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return got + gpu.observe().xids
+
+
+@pytest.mark.parametrize("lost_xid", [79, 0], ids=["xid-event", "gpu-unavailable-event"])
+def test_a_gpu_falling_off_the_bus_is_lost_and_reported_through_events_once(nvml, gpu, lost_xid):
+    state(nvml)
+    assert gpu.observe().state == "ok"
+    wait_registered(gpu)
+    state(nvml, lost=True, lost_xid=lost_xid)
+    got = drain(gpu, 1)
+    o = gpu.observe()
+    assert (o.state, o.error) == ("lost", "GPU is lost (fell off the bus)")
+    # an Xid 79 either way: the unavailable event stands for it
+    assert [(e.xid, e.uuid) for e in got] == [(79, "GPU-abc")]
+    state(nvml)  # back (a driver reload): a second loss is a new event
+    assert gpu.observe().state == "ok"
+    time.sleep(0.3)  # (a driver reload takes longer than the event set's 20 ms look)
+    state(nvml, lost=True, lost_xid=lost_xid)
+    assert [e.xid for e in drain(gpu, 1)] == [79]
+
+
+def test_init_unknown_error_is_an_error_until_a_gpu_was_seen_then_lost(nvml, gpu):
+    state(nvml, init_error=999)
+    o = gpu.observe()
+    assert o.state == "error" and "Unknown Error" in o.error
+    state(nvml)
+    assert gpu.observe().state == "ok"  # seen
+    state(nvml, lost=True)
+    assert gpu.observe().state == "lost"  # a failed query: NVML is initialised anew next time
+    state(nvml, init_error=999)
+    o = gpu.observe()
+    assert o.state == "lost" and o.error == "GPU is lost (fell off the bus): NVML init: NVMLError_Unknown: Unknown Error"
+
+
+def test_the_library_opens_the_nodes(nvml, gpu):
+    state(nvml)
+    (nvml["dev"] / "nvidia1").unlink()  # the second GPU's node is gone
+    state(nvml, count=2)
+    o = gpu.observe()
+    assert o.state == "error" and "Unknown Error" in o.error
+    (nvml["dev"] / "nvidia1").touch()
+    assert gpu.observe().state == "ok"
+    (nvml["dev"] / "nvidiactl").unlink()  # no control node: the driver is not there
+    try:
+        from localaid.adapters import gpu as gpu_mod
+        fresh = gpu_mod.Gpu(events=False)
+        o = fresh.observe()
+        assert (o.state, o.error) == ("none", "no NVIDIA GPU found (NVIDIA driver not loaded)")
+    finally:
+        (nvml["dev"] / "nvidiactl").touch()
+
+
+def test_nodes_the_user_may_not_open_are_insufficient_permissions(nvml, tmp_path):
+    """What NVML answers as a user the nodes' permissions keep out: an "error" that says so, not
+    "no GPU". Run as nobody (root opens any file), from a directory nobody can read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the check as another user")
+    import shutil
+    import tempfile
+    shared = Path(tempfile.mkdtemp(prefix="nvml-perm-"))
+    try:
+        shared.chmod(0o755)
+        shutil.copy(nvml["lib"], shared / "libnvidia-ml.so.1")
+        shutil.copy(Path(nvml["pydir"]) / "pynvml.py", shared / "pynvml.py")
+        dev = support.fake_dev(shared / "dev", count=1)
+        for f in (dev, *dev.iterdir()):
+            f.chmod(0o755 if f.is_dir() else 0o600)  # root's: nobody may not open them
+        support.write_state(shared / "state.json", count=1, memory_total=12 * GIB)
+        (shared / "state.json").chmod(0o644)
+        code = ("from localaid.adapters.gpu import Gpu; o = Gpu(events=False).observe(); "
+                "print(o.state); print(o.error)")
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}{os.pathsep}{shared}", "LD_LIBRARY_PATH": str(shared),
+               "FAKE_NVML_STATE": str(shared / "state.json"), "FAKE_NVML_DEV": str(dev)}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, user=65534,
+                           group=65534, extra_groups=[], cwd=str(shared))
+        assert r.returncode == 0, r.stderr
+        state_, error = r.stdout.splitlines()
+        assert state_ == "error" and error.startswith("NVML: NVMLError_NoPermission: Insufficient Permissions: "
+                                                      "the NVIDIA device nodes' permissions keep localaid out"), error
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def fake_pci(root: Path, devices: dict[str, tuple[str, str]]) -> Path:
+    for addr, (vendor, klass) in devices.items():
+        d = root / "bus/pci/devices" / addr
+        d.mkdir(parents=True)
+        (d / "vendor").write_text(vendor + "\n")
+        (d / "class").write_text(klass + "\n")
+    return root
+
+
+def test_an_nvidia_card_without_its_driver_is_no_driver(nvml, gpu, tmp_path, monkeypatch):
+    from localaid import procfs
+    from localaid.records import NO_DRIVER
+    sys_root = fake_pci(tmp_path / "sys", {"0000:00:02.0": ("0x8086", "0x030000"),   # Intel graphics
+                                           "0000:01:00.0": ("0x10de", "0x030000"),   # the card
+                                           "0000:01:00.1": ("0x10de", "0x040300")})  # its audio function
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/modules").write_text("snd_hda_intel 61440 3 - Live 0x0\nnouveau 2998272 1 - Live 0x0\n")
+    monkeypatch.setattr(procfs, "SYS", str(sys_root))
+    monkeypatch.setattr(procfs, "PROC", str(tmp_path / "proc"))
+    state(nvml, driver_loaded=False)  # libnvidia-ml present, the module not loaded
+    o = gpu.observe()
+    assert o.state == "no-driver"
+    assert o.error == f"{NO_DRIVER} (PCI 0000:01:00.0: no nvidia kernel module loaded)"
+    # the driver loaded (but NVML still says not loaded): that is not "without driver"
+    (tmp_path / "proc/modules").write_text("nvidia 56320000 0 - Live 0x0\n")
+    from localaid.adapters import gpu as gpu_mod
+    fresh = gpu_mod.Gpu(events=False)
+    assert fresh.observe().state == "none"

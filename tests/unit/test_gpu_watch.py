@@ -122,7 +122,9 @@ def test_init_failing_with_gpu_is_lost_is_lost_not_no_gpu(make):
     assert o.state == "lost" and o.error.startswith("GPU is lost (fell off the bus)")
 
 
-def test_init_unknown_error_is_lost_only_after_a_gpu_was_seen(make):
+def test_init_unknown_error_is_lost_only_after_a_gpu_was_seen(make, monkeypatch):
+    monkeypatch.setattr(gpu_mod, "_open_errno", lambda path: 0)  # the node opens
+    monkeypatch.setattr(gpu_mod.procfs, "nvidia_gpus_on_pci", lambda *a: ())  # no card on the bus
     fake = FakePynvml()
     fake.init_error = UNKNOWN
     g = make(fake, events=False)
@@ -132,6 +134,29 @@ def test_init_unknown_error_is_lost_only_after_a_gpu_was_seen(make):
     g._shutdown()
     fake.init_error = UNKNOWN
     assert g.observe().state == "lost"
+
+
+@pytest.mark.parametrize("errno_, card, why", [
+    # what a device cgroup answers (EPERM): localaid's own sandbox keeps it from the GPU
+    (1, (), "; /dev/nvidiactl: Operation not permitted (localaid.service's device policy: a driver loaded "
+            "after localaid started?)"),
+    (0, ("0000:01:00.0",), ""),  # the node opens and the card is there: NVML cannot talk to it
+])
+def test_init_unknown_error_before_any_gpu_is_an_error_that_says_why(make, monkeypatch, errno_, card, why):
+    monkeypatch.setattr(gpu_mod, "_open_errno", lambda path: errno_)
+    monkeypatch.setattr(gpu_mod.procfs, "nvidia_gpus_on_pci", lambda *a: card)
+    fake = FakePynvml()
+    fake.init_error = UNKNOWN
+    o = make(fake, events=False).observe()
+    assert (o.state, o.error) == ("error", f"NVML: NVMLError: {UNKNOWN}{why}")
+
+
+def test_init_refused_for_permissions_is_an_error_not_no_gpu(make):
+    fake = FakePynvml()
+    fake.init_error = 4  # NVML_ERROR_NO_PERMISSION
+    o = make(fake, events=False).observe()
+    assert o.state == "error"
+    assert "the NVIDIA device nodes' permissions keep localaid out" in o.error
 
 
 @pytest.mark.parametrize("code, words", [(LIBRARY_NOT_FOUND, "no NVIDIA driver installed"),

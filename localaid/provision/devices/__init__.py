@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import os
 
-from localaid.procfs import PROC, Driver, _module_loaded, _read, char_majors, driver_state, uvm_loaded
+from localaid.procfs import (PROC, Driver, _module_loaded, _read, char_majors, driver_state, gpu_without_driver,
+                             uvm_loaded)
 from localaid.provision.devices import doctor
 from localaid.provision.devices.access import (MODPROBE_CONF, driver_options, ensure, fix_access, group_members,
                                                may_open, service_users, user_ids)
@@ -73,7 +74,7 @@ def devices_main(args, config) -> int:
         rep.failed(f"device nodes: {e}", getattr(e, "tail", ()))
         return 1
     if fix.state == "no-driver":
-        text = "NVIDIA driver not loaded: no device nodes to check (running on CPU)"
+        text = (gpu_without_driver() or "NVIDIA driver not loaded: no device nodes to check") + " (running on CPU)"
     elif fix.problems:
         text = "device nodes: " + "; ".join(fix.problems)
     elif fix.changes:

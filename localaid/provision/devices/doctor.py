@@ -12,7 +12,7 @@ from localaid.procfs import PROC, Driver
 from localaid.provision.devices.access import service_users, user_ids
 from localaid.provision.devices.ladder import GpuHost
 from localaid.provision.devices.nodes import Node, describe, node_stat
-from localaid.records import Check
+from localaid.records import NO_DRIVER, Check
 
 FIX = "systemctl start localaid-devices.service (or set gpu.devices.mode)"
 
@@ -61,6 +61,10 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
     elif obs.state == "none":
         out.append(Check("gpu", None, f"{obs.error or 'no NVIDIA GPU found'}: running on CPU",
                          "install the NVIDIA driver (Debian: nvidia-driver from non-free) for GPU speed"))
+    elif obs.state == "no-driver":
+        out.append(Check("gpu", False, f"{obs.error or NO_DRIVER}; Ollama runs on the CPU meanwhile",
+                         "enable the non-free and non-free-firmware components in apt's sources, "
+                         "apt install nvidia-driver, reboot"))
     else:
         out.append(Check("gpu", False, obs.error or obs.state,
                          "GPU lost: reboot; if it recurs check power, cooling and `journalctl -k | grep Xid`"))

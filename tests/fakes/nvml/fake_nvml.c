@@ -1,37 +1,53 @@
 /*
- * A stand-in for the NVIDIA driver's libnvidia-ml.so.1, for tests on machines without a GPU.
+ * A stand-in for the NVIDIA driver's libnvidia-ml.so.1, for tests on machines without a GPU: the
+ * C functions nvidia-ml-py (pynvml) calls for localaid, with the driver's signatures and return
+ * codes, answering from a JSON state file tests rewrite at run time ($FAKE_NVML_STATE, default
+ * /run/fake-nvml/state.json; the fake Ollama reads it too: whether it "sees" a GPU, how much
+ * memory it may take, where to say what it holds). Every call re-reads it. Keys (all optional,
+ * flat): {"count": 1, "name": "NVIDIA GeForce RTX 4070", "uuid": "GPU-...", "driver": "550.54.14",
+ * "memory_total": 12884901888, "memory_used": 1073741824, "temperature": 45, "utilization": 3,
+ * "lost": false, "lost_xid": 79, "driver_loaded": true, "init_error": 0, "xids": [79],
+ * "xid_device": 0, "compute_pids": [1234], "processes_file": "/path"}
  *
- * It exports the C functions that nvidia-ml-py (pynvml) calls for what localaid uses, with the
- * driver's signatures and return codes, and answers from a JSON state file that tests rewrite
- * at run time: $FAKE_NVML_STATE, default /run/fake-nvml/state.json (the fake Ollama server reads
- * the same file to decide whether it "sees" a GPU). Every call re-reads the file. Keys (all
- * optional; only this flat shape is understood):
- *
- *   {"count": 1, "name": "NVIDIA GeForce RTX 4070", "uuid": "GPU-...", "driver": "550.54.14",
- *    "memory_total": 12884901888, "memory_used": 1073741824, "temperature": 45,
- *    "utilization": 3, "lost": false, "driver_loaded": true,
- *    "xids": [79], "xid_device": 0, "compute_pids": [1234], "compute_pids_file": "/path"}
- *
- * - No state file, or "driver_loaded": false: nvmlInit fails with NVML_ERROR_DRIVER_NOT_LOADED.
- * - "lost": true: device queries and event registration fail with NVML_ERROR_GPU_IS_LOST (15).
- * - "xids" is the history of Xid errors; like the real library, an event set only receives
- *   the ones that happen after it was registered (appended later), each once.
- * - compute processes: "compute_pids" plus the PIDs listed in "compute_pids_file" (e.g. a
- *   cgroup.procs file), reported on device 0.
+ * - As the real library, it reaches the driver through the device nodes ($FAKE_NVML_DEV, default
+ *   /dev): nvmlInit opens nvidiactl, a device handle nvidia<index>. A failed open gives what the
+ *   driver's library reports: ENOENT DRIVER_NOT_LOADED; EACCES (file permissions) NO_PERMISSION,
+ *   "Insufficient Permissions"; EPERM (a device cgroup/BPF policy: DevicePolicy=, a container)
+ *   UNKNOWN, "Unknown Error" (nvidia-smi in containers whose device access a `systemctl
+ *   daemon-reload` took away). ENXIO/ENODEV count as success: the test containers' nodes are
+ *   mknod'ed with no driver behind them, so reaching the absent driver is all a double can prove.
+ * - No state file, or "driver_loaded": false: DRIVER_NOT_LOADED. "init_error": N: nvmlInit fails
+ *   with N once the nodes opened (e.g. 999, UNKNOWN).
+ * - "lost": true, a GPU fallen off the bus: handles and device queries fail with GPU_IS_LOST
+ *   (nvidia-smi: "Unable to determine the device handle ...: GPU is lost"), and each event set
+ *   registered before it delivers the loss once: an Xid event "lost_xid" (default 79) or, for a
+ *   set registered only for GPU-unavailable events (or with "lost_xid": 0), one of those.
+ * - "xids": the history of Xid errors; as the real library, an event set only receives the ones
+ *   appended after it was registered, each once.
+ * - Device 0's memory and compute processes move with what runs on it: "processes_file" holds a
+ *   "PID BYTES" line per process with GPU memory (the fake Ollama writes its runner's); lines of
+ *   processes that are gone are ignored (the driver freed their memory). Used = "memory_used"
+ *   (the rest of the card) + those bytes; processes = "compute_pids" (512 MiB each) + those.
  *
  * Build: tests/fakes/nvml/build (gcc -shared -fPIC -Wl,-soname,libnvidia-ml.so.1).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "state.h"
 
 #define NVML_SUCCESS 0
 #define NVML_ERROR_UNINITIALIZED 1
 #define NVML_ERROR_INVALID_ARGUMENT 2
 #define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_NO_PERMISSION 4
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_DRIVER_NOT_LOADED 9
 #define NVML_ERROR_TIMEOUT 10
@@ -40,8 +56,6 @@
 
 #define EVENT_XID 0x8ULL
 #define EVENT_GPU_UNAVAILABLE 0x4000ULL
-#define MAX_STATE 65536
-#define MAX_LIST 256
 
 typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
 typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
@@ -56,76 +70,9 @@ typedef struct {
     unsigned long long eventType, eventData;
     unsigned int gpuInstanceId, computeInstanceId;
 } nvmlEventData_t;
-typedef struct { int registered; long delivered; unsigned long long types; } fake_set_t;
+typedef struct { int registered, lost_delivered; long delivered; unsigned long long types; } fake_set_t;
 
 static int initialised;
-
-/* ------------------------------------------------------------------ the state file */
-static char *read_state(void) {
-    const char *path = getenv("FAKE_NVML_STATE");
-    if (!path || !*path) path = "/run/fake-nvml/state.json";
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    char *buf = calloc(1, MAX_STATE + 1);
-    if (buf) fread(buf, 1, MAX_STATE, f);
-    fclose(f);
-    return buf;
-}
-
-/* The value after "key": in a flat JSON object, or NULL. */
-static const char *find(const char *s, const char *key) {
-    char pat[96];
-    snprintf(pat, sizeof pat, "\"%s\"", key);
-    const char *p = s ? strstr(s, pat) : NULL;
-    if (!p) return NULL;
-    p += strlen(pat);
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
-    if (*p != ':') return NULL;
-    p++;
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
-    return p;
-}
-
-static long long num(const char *s, const char *key, long long dflt) {
-    const char *p = find(s, key);
-    if (!p) return dflt;
-    if (!strncmp(p, "true", 4)) return 1;
-    if (!strncmp(p, "false", 5) || !strncmp(p, "null", 4)) return 0;
-    char *end;
-    long long v = strtoll(p, &end, 10);
-    return end == p ? dflt : v;
-}
-
-static void str(const char *s, const char *key, const char *dflt, char *out, size_t n) {
-    const char *p = find(s, key);
-    size_t i = 0;
-    if (p && *p == '"') {
-        for (p++; *p && *p != '"' && i + 1 < n; p++) out[i++] = *p;
-        out[i] = 0;
-        return;
-    }
-    snprintf(out, n, "%s", dflt);
-}
-
-/* Integers of a JSON array, or of a whitespace-separated list when from_text. */
-static int list(const char *p, long long *out, int max, int from_text) {
-    int n = 0;
-    if (!p) return 0;
-    if (!from_text) {
-        if (*p != '[') return 0;
-        p++;
-    }
-    while (*p && n < max) {
-        while (*p == ' ' || *p == ',' || *p == '\n' || *p == '\t' || *p == '\r') p++;
-        if (!from_text && *p == ']') break;
-        char *end;
-        long long v = strtoll(p, &end, 10);
-        if (end == p) break;
-        out[n++] = v;
-        p = end;
-    }
-    return n;
-}
 
 static int lost(const char *s) { return num(s, "lost", 0) != 0; }
 
@@ -133,6 +80,24 @@ static int device_index(void *device, const char *s) {
     intptr_t i = (intptr_t)device - 1;
     if (i < 0 || i >= num(s, "count", 1)) return -1;
     return (int)i;
+}
+
+/* Open a device node as the driver's library does; the NVML code its failure means. */
+static int open_node(const char *name) {
+    const char *dir = getenv("FAKE_NVML_DEV");
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "/dev", name);
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0) {
+        close(fd);
+        return NVML_SUCCESS;
+    }
+    switch (errno) {
+    case ENXIO: case ENODEV: return NVML_SUCCESS;  /* reached the driver: see the header */
+    case ENOENT: return NVML_ERROR_DRIVER_NOT_LOADED;
+    case EACCES: return NVML_ERROR_NO_PERMISSION;
+    default: return NVML_ERROR_UNKNOWN;            /* EPERM: a device cgroup said no */
+    }
 }
 
 /* Common prologue of device queries: state read, handle valid, GPU not lost. */
@@ -150,8 +115,12 @@ int nvmlInitWithFlags(unsigned int flags) {
     char *s = read_state();
     if (!s) return NVML_ERROR_DRIVER_NOT_LOADED;
     int loaded = num(s, "driver_loaded", 1) != 0;
+    int forced = (int)num(s, "init_error", 0);
     free(s);
     if (!loaded) return NVML_ERROR_DRIVER_NOT_LOADED;
+    int r = open_node("nvidiactl");
+    if (r != NVML_SUCCESS) return r;
+    if (forced) return forced;
     initialised = 1;
     return NVML_SUCCESS;
 }
@@ -166,6 +135,7 @@ const char *nvmlErrorString(int result) {
     case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
     case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
     case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NO_PERMISSION: return "Insufficient Permissions";
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
     case NVML_ERROR_TIMEOUT: return "Timeout";
@@ -198,8 +168,14 @@ int nvmlDeviceGetHandleByIndex_v2(unsigned int index, void **device) {
     char *s = read_state();
     if (!s) return NVML_ERROR_DRIVER_NOT_LOADED;
     long long count = num(s, "count", 1);
+    int gone = lost(s);
     free(s);
     if (index >= count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gone) return NVML_ERROR_GPU_IS_LOST;
+    char node[32];
+    snprintf(node, sizeof node, "nvidia%u", index);
+    int r = open_node(node);
+    if (r != NVML_SUCCESS) return r == NVML_ERROR_DRIVER_NOT_LOADED ? NVML_ERROR_UNKNOWN : r;
     *device = (void *)(intptr_t)(index + 1);
     return NVML_SUCCESS;
 }
@@ -225,7 +201,13 @@ int nvmlDeviceGetMemoryInfo(void *device, nvmlMemory_t *memory) {
     DEVICE_CALL(device);
     memory->total = (unsigned long long)num(s, "memory_total", 12884901888LL);
     memory->used = (unsigned long long)num(s, "memory_used", 0);
-    memory->free = memory->total > memory->used ? memory->total - memory->used : 0;
+    if (idx == 0) {
+        long long pids[MAX_LIST], bytes[MAX_LIST];
+        int n = held(s, pids, bytes, MAX_LIST);
+        for (int i = 0; i < n; i++) memory->used += (unsigned long long)bytes[i];
+    }
+    if (memory->used > memory->total) memory->used = memory->total;
+    memory->free = memory->total - memory->used;
     free(s);
     return NVML_SUCCESS;
 }
@@ -257,26 +239,15 @@ int nvmlDeviceGetUtilizationRates(void *device, nvmlUtilization_t *util) {
     return NVML_SUCCESS;
 }
 
-static int compute_pids(const char *s, long long *pids, int max) {
-    int n = list(find(s, "compute_pids"), pids, max, 0);
-    char path[512];
-    str(s, "compute_pids_file", "", path, sizeof path);
-    if (*path) {
-        FILE *f = fopen(path, "r");
-        if (f) {
-            char text[8192] = {0};
-            fread(text, 1, sizeof text - 1, f);
-            fclose(f);
-            n += list(text, pids + n, max - n, 1);
-        }
-    }
-    return n;
-}
-
 static int running_processes(void *device, unsigned int *count, nvmlProcessInfo_t *infos) {
     DEVICE_CALL(device);
-    long long pids[MAX_LIST];
-    int n = idx == 0 ? compute_pids(s, pids, MAX_LIST) : 0;
+    long long pids[MAX_LIST], bytes[MAX_LIST];
+    int n = 0;
+    if (idx == 0) {
+        n = list(find(s, "compute_pids"), pids, MAX_LIST, 0);
+        for (int i = 0; i < n; i++) bytes[i] = 512LL << 20;
+        n += held(s, pids + n, bytes + n, MAX_LIST - n);
+    }
     free(s);
     if (n == 0) {
         *count = 0;
@@ -288,7 +259,7 @@ static int running_processes(void *device, unsigned int *count, nvmlProcessInfo_
     }
     for (int i = 0; i < n; i++) {
         infos[i].pid = (unsigned int)pids[i];
-        infos[i].usedGpuMemory = 512ULL << 20;
+        infos[i].usedGpuMemory = (unsigned long long)bytes[i];
         infos[i].gpuInstanceId = 0xFFFFFFFFu;
         infos[i].computeInstanceId = 0xFFFFFFFFu;
     }
@@ -335,6 +306,27 @@ int nvmlDeviceRegisterEvents(void *device, unsigned long long types, void *set) 
     return NVML_SUCCESS;
 }
 
+/* The loss of the GPU as an event for `fs`, once per loss; 0 when there is none to deliver. */
+static int lost_event(const char *s, fake_set_t *fs, nvmlEventData_t *data) {
+    if (!lost(s)) {
+        fs->lost_delivered = 0;  /* back: a later loss is a new one */
+        return 0;
+    }
+    if (fs->lost_delivered || !fs->registered) return 0;
+    long long xid = num(s, "lost_xid", 79);
+    unsigned long long type = 0;
+    if (xid && (fs->types & EVENT_XID)) type = EVENT_XID;
+    else if (fs->types & EVENT_GPU_UNAVAILABLE) type = EVENT_GPU_UNAVAILABLE, xid = 0;
+    fs->lost_delivered = 1;
+    if (!type) return 0;
+    memset(data, 0, sizeof *data);
+    data->device = (void *)(intptr_t)(num(s, "xid_device", 0) + 1);
+    data->eventType = type;
+    data->eventData = (unsigned long long)xid;
+    data->gpuInstanceId = data->computeInstanceId = 0xFFFFFFFFu;
+    return 1;
+}
+
 int nvmlEventSetWait_v2(void *set, nvmlEventData_t *data, unsigned int timeoutms) {
     if (!initialised) return NVML_ERROR_UNINITIALIZED;
     fake_set_t *fs = set;
@@ -356,7 +348,9 @@ int nvmlEventSetWait_v2(void *set, nvmlEventData_t *data, unsigned int timeoutms
                 free(s);
                 return NVML_SUCCESS;
             }
+            int got = lost_event(s, fs, data);
             free(s);
+            if (got) return NVML_SUCCESS;
         }
         if (waited >= (long)timeoutms) return NVML_ERROR_TIMEOUT;
         nanosleep(&step, NULL);

@@ -4,6 +4,10 @@
     lib = support.build(tmp_dir)           # gcc → tmp_dir/libnvidia-ml.so.1
     pynvml_dir = support.pynvml_dir(tmp)   # a directory holding nvidia-ml-py's pynvml.py
     support.write_state(path, count=1, lost=False, xids=[79], ...)
+    support.fake_dev(dev_dir, count=1)     # nvidiactl, nvidia0 as plain files, for FAKE_NVML_DEV
+
+The library opens the device nodes as the real one does ($FAKE_NVML_DEV, default /dev): outside a
+test container, point FAKE_NVML_DEV at a directory made by fake_dev().
 
 nvidia-ml-py is never copied into the repository: it comes from the system, from vendor/ (put
 there by tools/build-deb), from the wheel tools/build-deb caches, or is downloaded with pip
@@ -61,3 +65,14 @@ def write_state(path: str | os.PathLike, **state) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
     os.replace(tmp, path)
+
+
+def fake_dev(directory: str | os.PathLike, count: int = 1) -> Path:
+    """A directory of plain files named as the NVIDIA nodes NVML opens (nvidiactl, nvidia0..N-1):
+    FAKE_NVML_DEV for a process outside a container, where no /dev/nvidia* exist. A file made
+    unreadable (chmod 0) then answers as a node the user may not open: NO_PERMISSION."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ["nvidiactl"] + [f"nvidia{i}" for i in range(count)]:
+        (d / name).touch()
+    return d

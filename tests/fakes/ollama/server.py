@@ -2,15 +2,24 @@
 
     site = FakeOllamaSite(workdir).start()      # https://127.0.0.1:<ephemeral port>
     site.script_url                              # .../install.sh (the fake installer, see install.sh.in)
+    site.cdn_url                                 # https://localhost:<another port>: the release host
     site.ca_pem                                  # the test CA, to install in a trust store
     site.mode["script"] = "404"                  # ok | 404 | html | truncated | slow | fail, and the
                                                  # hostile ones: drip | huge | chunked-huge |
                                                  # lying-length | lying-chunked | redirect-http |
                                                  # redirect-HTTP | redirect-ftp | redirect-https
     site.mode["archive"] = "broken"              # ok | broken (HEAD answers, GET is cut short)
-    site.requests                                # [(method, path)], to prove a run downloaded nothing
+    site.requests                                # [(method, path)] on both hosts, to prove a run
+                                                 # downloaded nothing
     site.sent                                    # body bytes the last install.sh answer got out
     FakeOllamaSite(workdir, plain_http=True)     # also plain http on site.http_url (same answers)
+
+As the real site does, /download/ollama-linux-<arch>.tar.zst (or .tgz) answers with a redirect
+to another host, the release host (here https://localhost:<port>, the GitHub releases of the
+real one: /ollama/ollama/releases/download/v<version>/<file>, or .../latest/download/<file>
+without ?version=), which serves the archive. Releases in `versions` exist only as .tar.zst,
+those in `tgz_versions` (older ones) only as .tgz, so the script's fallback from .tar.zst to .tgz
+is taken for those. The fake installer takes the real script's GPU branch too (install.sh.in).
 
 Certificates are made with the `openssl` command: a test CA and a server certificate for
 127.0.0.1/localhost signed by it, so clients verify TLS for real. Archives: release.py.
@@ -36,6 +45,11 @@ sys.path.insert(0, str(HERE))
 import release  # noqa: E402
 
 VERSIONS = ("0.9.0", "0.9.1")
+TGZ_VERSIONS = ("0.5.7",)  # from before the .tar.zst releases
+# Where the fake installer records that it took the GPU-driver branch (a path the install
+# script's sandbox in localaid-ollama-setup.service can write, like /usr/local itself).
+GPU_BRANCH_LOG = "/usr/local/share/fake-ollama-install/gpu-branch.log"
+ARCHIVES = ("ollama-linux-amd64", "ollama-linux-arm64")
 
 
 def make_ca(directory: str | Path) -> dict[str, Path]:
@@ -71,19 +85,21 @@ HTML = b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head><body
 
 class FakeOllamaSite:
     def __init__(self, workdir: str | Path, versions=VERSIONS, latest: str | None = None, slow_seconds: float = 30,
-                 plain_http: bool = False):
+                 plain_http: bool = False, tgz_versions=TGZ_VERSIONS):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.certs = make_ca(self.dir / "tls")
         self.versions = tuple(versions)
         self.latest = latest or self.versions[-1]
         self.slow_seconds = slow_seconds
-        self.archives = {v: release.build_archive(v) for v in self.versions}
+        self.archives = {(v, "tar.zst"): release.build_archive(v) for v in self.versions}
+        self.archives.update({(v, "tgz"): release.build_archive(v, "tgz") for v in tgz_versions})
         self.mode = {"script": "ok", "archive": "ok"}
         self.requests: list[tuple[str, str]] = []
         self.sent = 0
         self.plain_http = plain_http
         self._httpd = None
+        self._cdn = None
         self._plain = None
         self._thread = None
         self._stop = threading.Event()
@@ -92,6 +108,11 @@ class FakeOllamaSite:
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self._httpd.server_address[1]}"
+
+    @property
+    def cdn_url(self) -> str:
+        """The release host the download site redirects archive downloads to."""
+        return f"https://localhost:{self._cdn.server_address[1]}"
 
     @property
     def script_url(self) -> str:
@@ -108,6 +129,7 @@ class FakeOllamaSite:
 
     def script(self, fail: bool = False) -> bytes:
         text = (HERE / "install.sh.in").read_text().replace("@BASE_URL@", self.url)
+        text = text.replace("@GPU_BRANCH_LOG@", GPU_BRANCH_LOG)
         if fail:  # exits non-zero after the old libraries are gone, as a failed upgrade would
             text = text.replace('download_and_extract "', 'error "simulated installer failure (fault switch)"\n'
                                 'download_and_extract "', 1)
@@ -147,21 +169,32 @@ class FakeOllamaSite:
             def do_GET(self):
                 site.requests.append((self.command, self.path))
                 parts = urlsplit(self.path)
-                if parts.path == "/install.sh":
+                cdn = self.server is site._cdn
+                if parts.path == "/install.sh" and not cdn:
                     return self._script()
                 name = parts.path.rsplit("/", 1)[-1]
-                if parts.path.startswith("/download/") and name in ("ollama-linux-amd64.tar.zst",
-                                                                     "ollama-linux-arm64.tar.zst"):
-                    version = (parse_qs(parts.query).get("version") or [site.latest])[0]
-                    data = site.archives.get(version.lstrip("v"))
-                    if data is None:
-                        return self._reply(404, b"Not Found\n", "text/plain")
-                    if site.mode["archive"] == "broken" and self.command == "GET":
-                        self._reply(200, data[: len(data) // 2], length=len(data))
-                        self.close_connection = True
-                        return
-                    return self._reply(200, data)
-                self._reply(404, b"Not Found\n", "text/plain")
+                stem, _, ext = name.partition(".")
+                if stem not in ARCHIVES or ext not in ("tar.zst", "tgz"):
+                    return self._reply(404, b"Not Found\n", "text/plain")
+                if not cdn and parts.path == f"/download/{name}":  # the site sends clients on
+                    version = (parse_qs(parts.query).get("version") or [""])[0].lstrip("v")
+                    where = f"download/v{version}" if version else "latest/download"
+                    self.send_response(307)
+                    self.send_header("Location", f"{site.cdn_url}/ollama/ollama/releases/{where}/{name}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                release_dir = parts.path.rsplit("/", 2)[-2] if cdn else ""
+                version = site.latest if release_dir == "download" else release_dir.lstrip("v")
+                data = site.archives.get((version, ext)) if parts.path.startswith("/ollama/ollama/releases/") \
+                    else None
+                if data is None:
+                    return self._reply(404, b"Not Found\n", "text/plain")
+                if site.mode["archive"] == "broken" and self.command == "GET":
+                    self._reply(200, data[: len(data) // 2], length=len(data))
+                    self.close_connection = True
+                    return None
+                return self._reply(200, data)
 
             def _stream(self, headers, chunks, chunked=False):
                 """Send `headers`, then each body piece as it comes; count what got out."""
@@ -244,6 +277,8 @@ class FakeOllamaSite:
         self._httpd = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
+        self._cdn = Server(("127.0.0.1", 0), Handler)  # reached as "localhost": another host name
+        threading.Thread(target=self._cdn.serve_forever, daemon=True).start()
         if self.plain_http:
             class PlainServer(http.server.ThreadingHTTPServer):
                 daemon_threads = True
@@ -257,7 +292,7 @@ class FakeOllamaSite:
 
     def stop(self) -> None:
         self._stop.set()
-        for server in (self._httpd, self._plain):
+        for server in (self._httpd, self._cdn, self._plain):
             if server is not None:
                 server.shutdown()
                 server.server_close()

@@ -171,6 +171,8 @@ class World:
             binary.write_bytes(release.fake_binary(v))
             binary.chmod(0o755)
             (self.payload / v / "lib" / "libggml-base.so").write_text(f"fake ggml base {v}\n")
+            for name, data in release.fake_libs().items():  # the server's modules, as a release has them
+                (self.payload / v / "lib" / name).write_bytes(data)
         for d in (self.layout.bin, self.layout.lib, self.layout.unit_file):
             Path(d).parent.mkdir(parents=True, exist_ok=True)
         Path(self.layout.unit_file).write_text("[Service]\nExecStart=/usr/local/bin/ollama serve\n")
