@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import MappingProxyType
 
-from localaid import log, paths, progress
+from localaid import log, paths, procfs, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import NOT_FOUND, make_state
 from localaid.records import (
@@ -123,10 +123,12 @@ class Observer:
                 unit_states = {**unit_states, **f.result()}
         services = {
             OLLAMA: ServiceObs(OLLAMA, unit_states.get(UNITS[OLLAMA]), unit_err, ollama_probe,
-                               models=http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None),
+                               models=http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None,
+                               cpu_seconds=_cpu_if_failed(unit_states.get(UNITS[OLLAMA]), ollama_probe)),
         }
         if config.webui.enabled:
-            services[WEBUI] = ServiceObs(WEBUI, unit_states.get(UNITS[WEBUI]), unit_err, wp, rp)
+            unit = unit_states.get(UNITS[WEBUI])
+            services[WEBUI] = ServiceObs(WEBUI, unit, unit_err, wp, rp, cpu_seconds=_cpu_if_failed(unit, wp))
         gpu_obs, gpu_err = result("gpu") if "gpu" in futs else (GpuObs(state="off"), None)
         if gpu_obs is None:
             gpu_obs = GpuObs(state="error", error=f"GPU watch: {gpu_err}")
@@ -295,6 +297,14 @@ class UnitWatch:
             if self._summary.get(name, NOT_FOUND)[0] != "loaded" and \
                     self.clock() - self.fetched_at(name) >= self.OWN_LOAD:
                 self.invalidate(name)
+
+
+def _cpu_if_failed(unit: UnitState | None, probe: Probe | None) -> float | None:
+    """The CPU time of a service's cgroup, read only when its probe failed (a start that is
+    working, e.g. migrating a database, is told from a hung one by it): nothing when healthy."""
+    if unit is None or probe is None or probe.ok or not unit.control_group:
+        return None
+    return procfs.cgroup_cpu_seconds(unit.control_group)
 
 
 def _connect_host(host: str) -> str:

@@ -156,6 +156,8 @@ class HealthConfig:
     webui_start_grace: float = key(180.0, c.duration(0, HOUR), "failed probes not counted after Open WebUI starts",
                                    yaml="start_grace.webui")
     model_load_grace: float = key(300.0, c.duration(0, HOUR), "time a model may take to load")
+    busy_start_limit: float = key(1800.0, c.duration(0, DAY), "how long a start that keeps working but has not "
+                                  "opened its port yet (a migration) is waited for")
     backoff_initial: float = key(2.0, c.duration(0.1, HOUR), "wait before the second restart of a hung service",
                                  yaml="backoff.initial")
     backoff_max: float = key(300.0, c.duration(1, DAY), "longest wait between restarts (doubling from initial)",

@@ -197,6 +197,11 @@ class Host:
                                f"(waited for {' or '.join(states)})")
             self.sleep(0.2)
 
+    def cgroup_cpu(self, control_group: str) -> float | None:
+        """CPU seconds a unit's cgroup has used (None: unknown): tells a start at work from a hung one."""
+        from localaid.procfs import cgroup_cpu_seconds
+        return cgroup_cpu_seconds(control_group) if control_group else None
+
     # ---- network, time
     def get(self, url: str, timeout: float = 2.0) -> tuple[int | None, object | None]:
         """(HTTP status or None, parsed JSON body or None)."""

@@ -36,7 +36,7 @@ def test_shipped_defaults_offline_say_so_retry_and_leave_nothing_half_done(make_
     r = c.run(["localaid", "status", "--json"], check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     doc = json.loads(r.stdout)
-    states = {s["name"]: s["state"] for s in doc["services"]}
+    states = {s["name"]: s["state"] for s in doc["state"]["services"]}
     assert states["open-webui"] == "not installed" and states["ollama"] in ("installing", "not installed")
 
     # Nothing half-installed.

@@ -224,3 +224,23 @@ def test_a_stale_or_reused_maintenance_marker_never_freezes_supervision(tmp_path
     (tmp_path / "gone").write_text(f"{child} 0\n")                    # a killed job
     (tmp_path / ".tmp").write_text(f"{os.getpid()}\n")                # an atomic write's temp file
     assert observe.maintenance() == frozenset({"open-webui"})
+
+
+def test_cgroup_cpu_time_from_v2_hybrid_or_v1(tmp_path):
+    from localaid import procfs
+    cg = "/system.slice/open-webui.service"
+    v2 = tmp_path / "v2"
+    (v2 / cg[1:]).mkdir(parents=True)
+    (v2 / cg[1:] / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
+    assert procfs.cgroup_cpu_seconds(cg, str(v2)) == 2.5
+    hybrid = tmp_path / "hybrid"
+    (hybrid / "unified" / cg[1:]).mkdir(parents=True)
+    (hybrid / "unified" / cg[1:] / "cpu.stat").write_text("usage_usec 1000000\n")
+    assert procfs.cgroup_cpu_seconds(cg, str(hybrid)) == 1.0
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct" / cg[1:]).mkdir(parents=True)
+    (v1 / "cpu,cpuacct" / cg[1:] / "cpuacct.usage").write_text("3000000000\n")
+    assert procfs.cgroup_cpu_seconds(cg, str(v1)) == 3.0
+    assert procfs.cgroup_cpu_seconds("/missing.service", str(v2)) is None
+    assert procfs.cgroup_cpu_seconds("/../../etc", str(v2)) is None
+    assert procfs.cgroup_cpu_seconds("relative", str(v2)) is None

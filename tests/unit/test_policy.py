@@ -471,3 +471,63 @@ def test_stopped_service_that_served_before_is_stopped_even_while_its_setup_job_
     inactive = unit("open-webui.service", state="inactive", sub="dead")
     ds = run(c, [observe(100.0), observe(101.0, webui=(inactive, REFUSED), jobs=webui_setup_running())])
     assert ds[1].history.services[WEBUI].state == "stopped"
+
+
+# ------------------------------------------------------------------- a start that is working
+def _webui_start(cpu_per_s: float, refused: bool = True):
+    """Observations every second of an Open WebUI started at 0 that has not opened its port
+    (or hangs with it open), its cgroup using `cpu_per_s` of a core."""
+    def at(t):
+        u = unit("open-webui.service", enter=0.0)
+        u = replace(u, control_group="/system.slice/open-webui.service")
+        probe = REFUSED if refused else HUNG
+        return observe(t, webui=(u, probe))
+    obs = []
+    for t in range(0, 400):
+        o = at(float(t))
+        s = o.services[WEBUI]
+        obs.append(replace(o, services=MappingProxyType({**o.services, WEBUI: replace(s, cpu_seconds=t * cpu_per_s)})))
+    return obs
+
+
+def test_a_start_that_keeps_working_past_the_grace_is_never_restarted():
+    """Open WebUI migrating its database for minutes before it listens (shipped defaults:
+    3 min grace): starting, never killed, while its cgroup uses CPU."""
+    c = Config()
+    ds = run(c, _webui_start(0.5))
+    assert not [a for d in ds for a in d.actions if a.service == WEBUI and a.kind in ("kill-restart", "restart")]
+    last = [s for s in ds[-1].services if s.name == WEBUI][0]
+    assert last.state == "starting" and "port not open yet (migrating?)" in last.reason
+
+
+def test_a_silent_idle_start_is_repaired_after_the_grace():
+    c = Config()
+    ds = run(c, _webui_start(0.0))
+    kills = [i for i, d in enumerate(ds) for a in d.actions if a.service == WEBUI and a.kind == "kill-restart"]
+    assert kills and c.health.webui_start_grace <= kills[0] <= c.health.webui_start_grace + c.health.failures + 1
+
+
+def test_a_busy_process_with_its_port_open_but_not_answering_is_hung_not_starting():
+    c = Config()
+    ds = run(c, _webui_start(0.9, refused=False))
+    assert any(a.kind == "kill-restart" and a.service == WEBUI for d in ds for a in d.actions)
+
+
+def test_working_is_waited_for_only_up_to_busy_start_limit():
+    c = Config()
+    c = replace(c, health=replace(c.health, busy_start_limit=240.0))
+    ds = run(c, _webui_start(0.5))
+    kills = [i for i, d in enumerate(ds) for a in d.actions if a.service == WEBUI and a.kind == "kill-restart"]
+    assert kills and 240 <= kills[0] <= 240 + c.health.failures + 1
+
+
+def test_an_upgrade_at_work_shows_its_own_words_once():
+    c = cfg()
+    running = jobs_idle()
+    running["webui-setup"] = JobObs("webui-setup", unit("localaid-webui-setup.service", state="activating",
+                                                         sub="start"),
+                                    "waiting for Open WebUI 0.12.5 to answer (working for 200 s, port not "
+                                    "open yet (migrating?))", 0.9)
+    d = run(c, [observe(100.0, maintenance={WEBUI}, jobs=running)])[0]
+    assert "open-webui maintenance (waiting for Open WebUI 0.12.5" in d.status_line
+    assert "migrating?" in d.status_line and "open-webui setup" not in d.status_line

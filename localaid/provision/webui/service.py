@@ -15,6 +15,7 @@ import re
 import secrets
 
 from localaid import fsutil
+from localaid.policy import BUSY_CPU, BUSY_HOLD
 from localaid.provision import safefs
 from localaid.provision.job import JobError
 from localaid.provision.webui.installer import TELEMETRY_OFF
@@ -222,12 +223,17 @@ def start_timeout(config) -> float:
 
 
 def wait_healthy(ctx, version: str, timeout: float) -> str | None:
-    """Wait for /health and /ready (and /api/version == version). None when healthy, else why."""
+    """Wait for /health and /ready (and /api/version == version). None when healthy, else why.
+
+    Open WebUI migrates its database before it opens its port. While it does not answer but its
+    cgroup keeps using CPU, the wait goes on past `timeout`, up to health.busy_start_limit: an
+    upgrade never stops (and rolls back) a migration that is making progress."""
     host, base = ctx.host, base_url(ctx.config)
     start = host.monotonic()
+    deadline, limit = start + timeout, start + max(timeout, ctx.config.health.busy_start_limit)
     first = host.unit_state(UNIT).n_restarts
-    last, shown = "no answer yet", None
-    while host.monotonic() - start < timeout:
+    last, shown, sample = "no answer yet", None, None
+    while host.monotonic() < deadline:
         st = host.unit_state(UNIT)
         if st.n_restarts - first >= 2 or (st.active_state == "failed" and not st.job):
             return f"open-webui.service keeps failing ({st.active_state}, result {st.result or '-'}, " \
@@ -244,11 +250,17 @@ def wait_healthy(ctx, version: str, timeout: float) -> str | None:
             last = f"/ready {rstatus}, version {got}"
         else:
             last = f"/health {status or 'no answer'}"
+            now, cpu = host.monotonic(), host.cgroup_cpu(st.control_group)
+            if status is None and cpu is not None and sample is not None and now > sample[0] \
+                    and (cpu - sample[1]) / (now - sample[0]) >= BUSY_CPU:
+                deadline = min(limit, max(deadline, now + BUSY_HOLD))
+                last = f"working for {now - start:.0f} s, port not open yet (migrating?)"
+            sample = (now, cpu) if cpu is not None else None
         if last != shown:
             ctx.rep.progress("running", f"waiting for Open WebUI {version} to answer ({last})", 0.9)
             shown = last
         host.sleep(0.5)
-    return f"Open WebUI {version} not healthy after {timeout:.0f} s ({last})"
+    return f"Open WebUI {version} not healthy after {host.monotonic() - start:.0f} s ({last})"
 
 
 def enable(ctx) -> None:

@@ -26,6 +26,8 @@ Fault switches, from the environment variable ``FAKE_WEBUI_FAULTS`` and/or the f
     crash=N             exit 70 after serving for N seconds
     slow-start=N        start-up (/ready) takes N seconds longer
     slow-bind=N         sleep N seconds before binding the port at all
+    busy-bind=N         work for N seconds before binding the port (as a long migration: CPU,
+                        a line of progress every 10 s, no port)
 """
 
 from __future__ import annotations
@@ -287,6 +289,19 @@ def startup(app: App) -> None:
         os._exit(1)
 
 
+def migrate_busily(seconds: float) -> None:
+    """Half a core of work (hashing, then a short nap) for `seconds`, saying so now and then."""
+    end, said = time.monotonic() + seconds, 0.0
+    while (now := time.monotonic()) < end:
+        busy_until = now + 0.05
+        while time.monotonic() < busy_until:
+            hashlib.sha256(b"x" * 4096).digest()
+        time.sleep(0.05)
+        if now - said >= 10:
+            log(f"migrating: {end - now:.0f} s to go")
+            said = now
+
+
 def serve(host: str, port: int) -> int:
     data_dir = Path(os.environ.get("DATA_DIR") or default_data_dir()).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -300,6 +315,8 @@ def serve(host: str, port: int) -> int:
     app = App(data_dir, faults)
     if "slow-bind" in faults:
         time.sleep(float(faults["slow-bind"] or 5))
+    if "busy-bind" in faults:
+        migrate_busily(float(faults["busy-bind"] or 5))
     handler = HangingHandler if "hang" in faults else type("H", (Handler,), {"app": app})
     server = Server((host, port), handler)
     log(f"listening on {host}:{port}, DATA_DIR={data_dir}, faults={sorted(faults) or 'none'}")
