@@ -187,35 +187,28 @@ def integer(lo: int, hi: int) -> Converter:
     return conv
 
 
-def duration(lo: float, hi: float) -> Converter:
-    def conv(item: Item, ctx: Ctx, key: str) -> float:
+def _quantity(example: str, parse: Callable[[Any], Any], lo, hi, lo_text: str, hi_text: str) -> Converter:
+    """A duration or a size: one scalar, parsed, within [lo, hi] (the bounds shown as given)."""
+    def conv(item: Item, ctx: Ctx, key: str):
         if item.kind != "scalar":
-            raise Invalid(f'expected a duration such as "2s", got {show(item)}')
-        _not_too_long(item, 'a duration such as "2s"')
+            raise Invalid(f"expected {example}, got {show(item)}")
+        _not_too_long(item, example)
         try:
-            value = parse_duration(pyvalue(item))
+            value = parse(pyvalue(item))
         except ValueError as e:
             raise Invalid(str(e)) from None
         if not lo <= value <= hi:
-            raise Invalid(f"must be between {format_duration(lo)} and {format_duration(hi)}, "
-                          f"got {show(item)}")
+            raise Invalid(f"must be between {lo_text} and {hi_text}, got {show(item)}")
         return value
     return conv
+
+
+def duration(lo: float, hi: float) -> Converter:
+    return _quantity('a duration such as "2s"', parse_duration, lo, hi, format_duration(lo), format_duration(hi))
 
 
 def size(lo: int, hi: int) -> Converter:
-    def conv(item: Item, ctx: Ctx, key: str) -> int:
-        if item.kind != "scalar":
-            raise Invalid(f'expected a size such as "512MB" or "12GiB", got {show(item)}')
-        _not_too_long(item, 'a size such as "512MB" or "12GiB"')
-        try:
-            value = parse_size(pyvalue(item))
-        except ValueError as e:
-            raise Invalid(str(e)) from None
-        if not lo <= value <= hi:
-            raise Invalid(f"must be between {format_size(lo)} and {format_size(hi, True)}, got {show(item)}")
-        return value
-    return conv
+    return _quantity('a size such as "512MB" or "12GiB"', parse_size, lo, hi, format_size(lo), format_size(hi, True))
 
 
 def enum(*choices: str) -> Converter:
