@@ -174,7 +174,7 @@ def test_dropin_defaults():
     assert "After=localaid-devices.service" in text and "Wants=localaid-devices.service" in text
     assert "ReadWritePaths=-/usr/share/ollama/.ollama/models" in text
     assert "ProtectHome=yes" in text and "DevicePolicy=closed" in text
-    for group in ("char-nvidiactl", "char-nvidia-frontend", "char-nvidia-uvm", "char-nvidia-caps",
+    for group in ("char-nvidiactl", "char-nvidia-frontend", "char-nvidia", "char-nvidia-uvm", "char-nvidia-caps",
                   "char-nvidia-modeset"):
         assert f"DeviceAllow={group} rw" in text
     keys = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}

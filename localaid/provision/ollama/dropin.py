@@ -20,7 +20,9 @@ from localaid import fsutil
 from localaid.provision.job import JobError
 from localaid.provision.ollama.layout import DEFAULT_MODELS_DIR, LAYOUT, OLLAMA_HOME, Layout
 
-NVIDIA_DEVICE_GROUPS = ("char-nvidiactl", "char-nvidia-frontend", "char-nvidia-uvm", "char-nvidia-caps",
+# /proc/devices names major 195 "nvidia-frontend" or plain "nvidia" depending on the driver: both,
+# so that a node made after this drop-in was written is still reachable by group.
+NVIDIA_DEVICE_GROUPS = ("char-nvidiactl", "char-nvidia-frontend", "char-nvidia", "char-nvidia-uvm", "char-nvidia-caps",
                         "char-nvidia-modeset")
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@,=")
 
