@@ -199,6 +199,16 @@ def make_container(request, rootfs):
 
 
 @pytest.fixture(scope="module")
+def nvml_lib(tmp_path_factory):
+    """The fake libnvidia-ml.so.1, built once per module for the GPU containers (gpu_box.py)."""
+    from gpu_box import build_nvml
+    try:
+        return build_nvml(tmp_path_factory.mktemp("nvml"))
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
 def container_options() -> dict:
     """Override in a test module to customise its shared ``container``."""
     return {}

@@ -16,23 +16,14 @@ import json
 import re
 import time
 
-import pytest
 
 from gpu_box import (
-    GIB, MODEL, SLEEP_HOOK, build_nvml, faults, gpu_memory_used, journal, kmod_log, loaded, main_pid,
+    GIB, MODEL, SLEEP_HOOK, faults, gpu_memory_used, journal, kmod_log, loaded, main_pid,
     make_gpu_box, nvml_update, ollama_restarts, on_gpu, status, wait_new_start, wait_status,
 )
 from harness import wait_for
 
 GPU_OK = "ollama ok, 1 model warm · gpu RTX 4070 12 GB"
-
-
-@pytest.fixture(scope="module")
-def nvml_lib(tmp_path_factory):
-    try:
-        return build_nvml(tmp_path_factory.mktemp("nvml"))
-    except RuntimeError as e:
-        pytest.fail(str(e))
 
 
 def warm_on_gpu(c, timeout=40):

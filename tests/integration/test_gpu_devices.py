@@ -10,17 +10,9 @@ import time
 
 import pytest
 
-from gpu_box import (FAKE_PROC_DROPIN, NODES, SLEEP_HOOK, UVM_MAJOR, build_nvml, journal, kmod_log, make_gpu_box,
+from gpu_box import (FAKE_PROC_DROPIN, NODES, SLEEP_HOOK, UVM_MAJOR, journal, kmod_log, make_gpu_box,
                      restrictive_nodes, set_driver)
 from harness import wait_for
-
-
-@pytest.fixture(scope="module")
-def nvml_lib(tmp_path_factory):
-    try:
-        return build_nvml(tmp_path_factory.mktemp("nvml"))
-    except RuntimeError as e:
-        pytest.fail(str(e))
 
 
 def ls(c, path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -22,13 +21,9 @@ def nvml(tmp_path_factory):
     """The fake library loaded under its soname, so pynvml's CDLL("libnvidia-ml.so.1") finds it."""
     tmp = tmp_path_factory.mktemp("nvml")
     try:
-        lib = support.build(tmp / "lib")
-        pydir = support.pynvml_dir(tmp)
+        lib, pydir = support.load(tmp)
     except (RuntimeError, subprocess.CalledProcessError) as e:
         pytest.skip(f"fake NVML unavailable: {e}")
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-    if str(pydir) not in sys.path:
-        sys.path.append(str(pydir))
     state = tmp / "state.json"
     dev = support.fake_dev(tmp / "dev", count=2)  # the nodes the library opens, as plain files
     os.environ["FAKE_NVML_STATE"] = str(state)

@@ -6,7 +6,6 @@ GPU policy judges what they show."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import socket
 import subprocess
@@ -31,16 +30,10 @@ GIB = 2**30
 
 @pytest.fixture(scope="module")
 def nvml_lib(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("nvml")
     try:
-        lib = support.build(tmp / "lib")
-        pydir = support.pynvml_dir(tmp)
+        return support.load(tmp_path_factory.mktemp("nvml"))[0]
     except (RuntimeError, subprocess.CalledProcessError) as e:
         pytest.skip(f"fake NVML unavailable: {e}")
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-    if str(pydir) not in sys.path:
-        sys.path.append(str(pydir))
-    return lib
 
 
 class Box:

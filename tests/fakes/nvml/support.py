@@ -58,6 +58,20 @@ def pynvml_dir(tmp: str | os.PathLike) -> Path:
     return tmp
 
 
+def load(tmp: str | os.PathLike) -> tuple[Path, Path]:
+    """Build the fake library into `tmp`, load it under its soname (so pynvml's
+    CDLL("libnvidia-ml.so.1") finds it) and put the pynvml it pairs with on sys.path.
+    Returns (library, pynvml's directory); raises RuntimeError or CalledProcessError when it
+    cannot be built."""
+    import ctypes
+    lib = build(Path(tmp) / "lib")
+    pydir = pynvml_dir(tmp)
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    if str(pydir) not in sys.path:
+        sys.path.append(str(pydir))
+    return lib, pydir
+
+
 def write_state(path: str | os.PathLike, **state) -> None:
     """Atomically (re)write the fake's state file (see fake_nvml.c for the keys)."""
     path = Path(path)
