@@ -241,7 +241,11 @@ def _jobs(config, obs: Observation, hist: History, now: float):
             continue
         running = unit.job or unit.active_state in ("activating", "deactivating")
         if jh.state == "started" and not running:
-            if unit.active_state == "failed" or unit.result not in ("", "success"):
+            if jo is not None and jo.progress_state == "blocked":  # only the admin can fix it
+                notes.append(f"{JOB_LABELS.get(job, job)} needs the administrator: {jo.text}; not retried "
+                             f"until the configuration changes")
+                jh = replace(jh, state="blocked", failures=jh.failures + 1, next_attempt=float("inf"))
+            elif unit.active_state == "failed" or unit.result not in ("", "success"):
                 failures = jh.failures + 1
                 delay = min(JOB_RETRY_MAX, JOB_RETRY_INITIAL * 2 ** (failures - 1))
                 text = (jo.text if jo and jo.text else f"result {unit.result}")
@@ -272,6 +276,8 @@ def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
         elif jh.state == "failed":
             why = (jo.text if jo and jo.text else "failed")
             out.append(f"{label} failed: {why}; retry in {fmt_seconds(jh.next_attempt - now)}")
+        elif jh.state == "blocked":
+            out.append(f"{label} needs the administrator: {jo.text if jo and jo.text else 'see localaid doctor'}")
     return out
 
 
@@ -310,6 +316,8 @@ def _setup_status(st: ServiceStatus, job, jo, running: bool, now: float) -> Serv
     if running:
         pct = f" ({jo.fraction * 100:.0f}%)" if jo is not None and jo.fraction is not None else ""
         return replace(st, state="installing", reason=_short(text or "set-up in progress") + pct)
+    if job.state == "blocked":  # "open-webui not installed (needs Python 3.11 or 3.12, see localaid doctor)"
+        return replace(st, state="not installed", reason=_short(text or "needs the administrator, see localaid doctor"))
     if job.state == "failed":
         return replace(st, state="not installed",
                        reason=f"setup failed: {_short(text or 'see journalctl')}; "

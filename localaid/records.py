@@ -129,7 +129,7 @@ class JobObs:
     unit: UnitState | None
     text: str | None = None
     fraction: float | None = None
-    progress_state: str | None = None  # running | done | failed
+    progress_state: str | None = None  # running | done | failed | blocked (needs the admin)
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class JobHistory:
     started_at: float = 0.0
     failures: int = 0  # consecutive failed runs
     next_attempt: float = 0.0
-    state: str = "idle"  # idle | started | done | failed
+    state: str = "idle"  # idle | started | done | failed | blocked (no retry until the config changes)
 
 
 @dataclass(frozen=True)

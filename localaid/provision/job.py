@@ -33,11 +33,14 @@ TAIL_LINES = 40
 
 
 class JobError(Exception):
-    """A step failed. `str(e)` is the one line users see; `tail` the output that explains it."""
+    """A step failed. `str(e)` is the one line users see; `tail` the output that explains it.
+    `blocked`: a few words for STATUS when only the administrator can fix it (a retry would fail
+    the same way): the job is then not retried until the configuration changes."""
 
-    def __init__(self, message: str, tail: Iterable[str] = ()):
+    def __init__(self, message: str, tail: Iterable[str] = (), blocked: str | None = None):
         super().__init__(message)
         self.tail = tuple(tail)
+        self.blocked = blocked
 
 
 # ----------------------------------------------------------------------------------- reporter
@@ -105,7 +108,9 @@ class Reporter:
         self._say(log.INFO, text, fields)
         self.progress("done", text, 1.0)
 
-    def failed(self, text: str, tail: Iterable[str] = ()) -> None:
+    def failed(self, text: str, tail: Iterable[str] = (), blocked: str | None = None) -> None:
+        """The job failed: `text` to the journal; `blocked` (a few words) makes the progress
+        state "blocked" (needs the administrator, not retried) with those words instead."""
         for t in tail:
             t = log.printable(t)
             if t not in self.tail:
@@ -114,7 +119,10 @@ class Reporter:
         if self.terminal:
             for t in list(self.tail)[-8:]:
                 print("  | " + t, file=self.out or sys.stdout, flush=True)
-        self.progress("failed", text)
+        if blocked:
+            self.progress("blocked", blocked, force=True)
+        else:
+            self.progress("failed", text)
 
 
 # --------------------------------------------------------------------------- lock, maintenance

@@ -342,6 +342,27 @@ def test_a_service_never_installed_is_not_installed_not_stopped_by_admin():
     assert not ds[-1].healthy
 
 
+def test_a_job_only_the_admin_can_fix_is_said_briefly_and_not_retried():
+    """Debian 13 without a usable interpreter: the set-up job ends "blocked". STATUS says so in a
+    few words, and the job waits for a configuration change instead of failing every minute."""
+    c = cfg()
+    inactive = unit("open-webui.service", state="inactive", sub="dead")
+    short = "needs Python 3.11 or 3.12, see localaid doctor"
+    blocked = jobs_idle()
+    blocked["webui-setup"] = JobObs("webui-setup", unit(JOB_UNITS["webui-setup"], state="failed", sub="failed",
+                                                         result="exit-code"), short, progress_state="blocked")
+    obs = [observe(100.0, webui=(inactive, REFUSED)),
+           *(observe(t, webui=(inactive, REFUSED), jobs=blocked) for t in (101.0, 500.0, 4000.0, 90000.0))]
+    ds = run(c, obs + [observe(90001.0, webui=(inactive, REFUSED), jobs=blocked, generation=2)])
+    assert "open-webui not installed (needs Python 3.11 or 3.12, see localaid doctor)" in ds[2].status_line
+    assert "stopped by admin" not in ds[2].status_line and "retry" not in ds[2].status_line
+    assert "open-webui setup" not in ds[2].status_line  # told once, inside the service's fragment
+    assert any("needs the administrator" in n for n in ds[1].notes)
+    assert [a.target for d in ds[1:5] for a in d.actions if a.kind == "start-job"] == []
+    assert [a.target for a in ds[5].actions if a.kind == "start-job" and a.target == "webui-setup"] == \
+        ["webui-setup"]  # the configuration changed: tried again
+
+
 def test_failed_job_retried_with_backoff_and_reported():
     c = cfg()
     running = jobs_idle()

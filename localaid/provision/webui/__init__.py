@@ -59,7 +59,7 @@ def provision_main(args, config, ctx: Ctx | None = None) -> int:
                 return rc
             return install(ctx, wanted_version(config, ctx.layout), config.webui.version, restart=changed)
     except JobError as e:
-        ctx.rep.failed(str(e), e.tail)
+        ctx.rep.failed(str(e), e.tail, e.blocked)
         return 1
 
 
@@ -88,6 +88,6 @@ def upgrade_main(args, config, ctx: Ctx | None = None) -> int:
                 print(f"error: {p.text if p else 'upgrade failed'}", file=sys.stderr)
             return rc
     except JobError as e:
-        ctx.rep.failed(str(e), e.tail)
+        ctx.rep.failed(str(e), e.tail, e.blocked)
         print(f"error: {e}", file=sys.stderr)
         return 1
