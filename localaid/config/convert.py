@@ -131,7 +131,7 @@ def _is_url(text: str, schemes: tuple[str, ...]) -> bool:
         u.port  # noqa: B018 -- raises ValueError on a bad port
     except ValueError:
         return False
-    return u.scheme in schemes and bool(u.hostname)
+    return u.scheme in schemes and (bool(u.hostname) or (u.scheme == "file" and u.path.startswith("/")))
 
 
 # ------------------------------------------------------------------------------- converters
@@ -221,9 +221,12 @@ def enum(*choices: str) -> Converter:
     return conv
 
 
-def path(what: str = "an absolute path", directory: bool = False) -> Converter:
+def path(what: str = "an absolute path", directory: bool = False, keywords: tuple[str, ...] = ()) -> Converter:
+    """An absolute path, or one of `keywords` (e.g. "auto")."""
     def conv(item: Item, ctx: Ctx, key: str) -> str:
         text = scalar(item, what)
+        if text in keywords:
+            return text
         if not text.startswith("/"):
             raise Invalid(f"expected {what} (starting with /), got {show(item)}")
         if directory and os.path.normpath(text) in _SYSTEM_DIRS:

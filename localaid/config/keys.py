@@ -8,6 +8,7 @@ test compares them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import localaid.config.convert as c
@@ -37,7 +38,12 @@ WEBUI_MANAGED_ENV = {
     "WEBUI_ADMIN_EMAIL": "webui.admin.email",
     "WEBUI_ADMIN_NAME": "webui.admin.name",
     "WEBUI_ADMIN_PASSWORD": "webui.admin.password_file",
+    "RAG_EMBEDDING_ENGINE": "webui.embedding.engine",
+    "RAG_EMBEDDING_MODEL": "webui.embedding.model",
+    "RAG_OLLAMA_BASE_URL": "webui.embedding.engine",
 }
+MANAGED_PYTHONS = re.compile(r"3\.1[12]")  # what open-webui 0.12 accepts (>=3.11,<3.13)
+EMBEDDING_DEFAULTS = {"ollama": "nomic-embed-text:latest", "local": "sentence-transformers/all-MiniLM-L6-v2"}
 
 _HTTP = ("https", "http")
 
@@ -97,6 +103,34 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagedPythonConfig:
+    version: str = key("3.11", c.string('"3.11" or "3.12"', MANAGED_PYTHONS),
+                       "the Python uv installs for Open WebUI when the system's cannot run it")
+    mirror: str | None = key(
+        None, c.url(_HTTP + ("file",), "an http(s):// or file:// URL"),
+        "where uv downloads interpreters instead of its default site (UV_PYTHON_INSTALL_MIRROR); null: the default")
+    downloads_json: str | None = key(
+        None, c.url(_HTTP + ("file",), "an http(s):// or file:// URL"),
+        "a list of interpreter downloads in uv's JSON format (UV_PYTHON_DOWNLOADS_JSON_URL); null: uv's own")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingConfig:
+    engine: str = key("ollama", c.enum("ollama", "local"),
+                      "what embeds documents for document chat: ollama or local (Open WebUI's own model)")
+    model: str | None = key(None, c.string("a model name"),
+                            "the embedding model; null: nomic-embed-text (ollama), all-MiniLM-L6-v2 (local)")
+
+    @property
+    def model_name(self) -> str:
+        """The configured model, or the engine's default ("nomic-embed-text:latest")."""
+        name = self.model or EMBEDDING_DEFAULTS[self.engine]
+        if self.engine == "ollama" and ":" not in name.rsplit("/", 1)[-1]:
+            name += ":latest"
+        return name
+
+
+@dataclass(frozen=True, slots=True)
 class WebUIConfig:
     enabled: bool = key(True, c.boolean, "install and supervise Open WebUI")
     version: str = key(DEFAULT_WEBUI_VERSION, c.string('a version such as "0.6.5"', c.PEP440, normalise=c.strip_v),
@@ -105,7 +139,9 @@ class WebUIConfig:
                     'address and port of the web interface, "host:port"', yaml="listen", attrs=("host", "port"))
     port: int = 3000                             # set with host, by the key `listen`
     data_dir: str = key("/var/lib/open-webui", c.path(directory=True), "Open WebUI's data (DATA_DIR)")
-    python: str = key("/usr/bin/python3", c.path(), "interpreter the virtual environment is built with")
+    python: str = key("auto", c.path('"auto" or an absolute path', keywords=("auto",)),
+                      "interpreter the venv is built with; auto: python3, or a uv-managed one when it is too new")
+    managed_python: ManagedPythonConfig = section(ManagedPythonConfig, "the interpreter uv installs (python: auto)")
     installer: str = key("auto", c.enum("auto", "uv", "pip"), "what installs the packages: auto, uv or pip")
     index_url: str | None = key(None, c.url(_HTTP, "an http(s):// URL"), "package index to use; null: PyPI")
     extra_index_urls: tuple[str, ...] = key(
@@ -119,6 +155,7 @@ class WebUIConfig:
     keep_venvs: int = key(2, c.integer(1, 10), "virtual environments kept after an upgrade, for rollback")
     keep_backups: int = key(5, c.integer(1, 100), "database backups kept (in /var/lib/localaid/webui/backups)")
     admin: AdminConfig = section(AdminConfig, "the administrator account created on first start")
+    embedding: EmbeddingConfig = section(EmbeddingConfig, "document chat: what embeds the documents")
     gpu: bool = key(False, c.boolean, "let Open WebUI use the GPU")
     environment: FrozenMap = key(FrozenMap(), c.environment(WEBUI_MANAGED_ENV),
                                  "extra environment for open-webui.service, NAME: value")
@@ -184,6 +221,18 @@ class Config:
     health: HealthConfig = section(HealthConfig, "probes, restarts and their limits")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics")
     sources: tuple[str, ...] = ()                # files actually read, in merge order
+
+    @property
+    def wanted_models(self) -> tuple[ModelSpec, ...]:
+        """ollama.models, plus the embedding model Open WebUI uses (pulled and kept like the
+        others, loaded on demand) unless listed there already."""
+        w = self.webui
+        if not w.enabled or w.embedding.engine != "ollama":
+            return self.ollama.models
+        name = w.embedding.model_name
+        if any(m.name == name for m in self.ollama.models):
+            return self.ollama.models
+        return (*self.ollama.models, ModelSpec(name, keep_warm=False))
 
 
 SCHEMA = schema_of(Config)

@@ -165,6 +165,22 @@ BAD = [
       '@/localaid.yaml:9: webui.extra_index_urls: expected a list of URLs, '
       'got "https://mirror.example.org/simple"']),
 
+    ("managed-python-and-embedding",
+     """
+     webui:
+       python: python3.11
+       managed_python:
+         version: "3.13"
+         mirror: ftp://mirror.example.org/python
+       embedding:
+         engine: openai
+     """, None,
+     ['@/localaid.yaml:2: webui.python: expected "auto" or an absolute path (starting with /), got "python3.11"',
+      '@/localaid.yaml:4: webui.managed_python.version: expected "3.11" or "3.12", got "3.13"',
+      '@/localaid.yaml:5: webui.managed_python.mirror: expected an http(s):// or file:// URL, '
+      'got "ftp://mirror.example.org/python"',
+      '@/localaid.yaml:7: webui.embedding.engine: expected one of ollama, local, got "openai"']),
+
     ("bool-strictness",
      """
      webui:

@@ -49,6 +49,36 @@ def test_env_file_has_everything_and_round_trips():
     assert env["OFFLINE_MODE"] == "false"  # webui.environment overrides localaid's defaults
 
 
+def test_documents_are_embedded_by_ollama_by_default_and_nothing_comes_from_a_hub():
+    c = cfg()
+    env = parse_env(webui.render_env(c, "k", None))
+    assert env["RAG_EMBEDDING_ENGINE"] == "ollama" and env["RAG_EMBEDDING_MODEL"] == "nomic-embed-text:latest"
+    assert env["RAG_OLLAMA_BASE_URL"] == c.ollama.url == "http://127.0.0.1:11434"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["OFFLINE_MODE"] == "true"
+    # the embedding model is pulled like the configured ones, loaded only when used
+    assert [(m.name, m.keep_warm) for m in c.wanted_models] == [("nomic-embed-text:latest", False)]
+
+
+def test_the_local_engine_is_open_webuis_own_model_from_the_hub():
+    from localaid.config.keys import EmbeddingConfig
+    c = cfg(embedding=EmbeddingConfig(engine="local"))
+    env = parse_env(webui.render_env(c, "k", None))
+    assert "RAG_EMBEDDING_ENGINE" not in env and "HF_HUB_OFFLINE" not in env and "OFFLINE_MODE" not in env
+    assert env["RAG_EMBEDDING_MODEL"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert c.wanted_models == ()  # Ollama is not asked for it
+
+
+def test_an_embedding_model_listed_in_ollama_models_is_pulled_once():
+    from localaid.config.keys import EmbeddingConfig, OllamaConfig
+    from localaid.config.values import ModelSpec
+    c = cfg(embedding=EmbeddingConfig(model="mxbai-embed-large"))
+    c = dataclasses.replace(c, ollama=OllamaConfig(models=(ModelSpec("mxbai-embed-large:latest"),)))
+    assert c.wanted_models == (ModelSpec("mxbai-embed-large:latest"),)
+    assert parse_env(webui.render_env(c, "k", None))["RAG_EMBEDDING_MODEL"] == "mxbai-embed-large:latest"
+    assert dataclasses.replace(c, webui=dataclasses.replace(c.webui, enabled=False)).wanted_models == \
+        c.ollama.models  # no Open WebUI on this host: nothing to embed for
+
+
 def test_env_without_password_has_no_password_line():
     assert "WEBUI_ADMIN_PASSWORD" not in webui.render_env(cfg(), "k", None)
 

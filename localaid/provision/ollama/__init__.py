@@ -84,7 +84,7 @@ def prepare(config, rep: Reporter, host: Host, layout: Layout = LAYOUT) -> int:
 
 def _begin(config, rep: Reporter, host: Host, layout: Layout, hook: Hook | None) -> tuple[Install, str | None]:
     """The job, after it finished what a killed run left; and the Ollama version installed now."""
-    job = Install(config.ollama, rep, host, layout, _ready_timeout(config), hook)
+    job = Install(config.ollama, rep, host, layout, _ready_timeout(config), hook, config.wanted_models)
     job.resume()
     return job, installed_version(layout.bin, host=host)
 
@@ -109,7 +109,7 @@ def provision(config, rep: Reporter, host: Host, layout: Layout = LAYOUT, hook: 
                 models_dir_step(cfg, rep, host)
                 version = configure_service(cfg, host, rep, restart=False, timeout=_ready_timeout(config),
                                             layout=layout)
-                failures = pull_models(cfg, rep)
+                failures = pull_models(cfg, rep, config.wanted_models)
     except JobError as e:
         rep.failed(f"ollama setup failed: {e}", e.tail)
         return 1
@@ -121,7 +121,7 @@ def provision(config, rep: Reporter, host: Host, layout: Layout = LAYOUT, hook: 
         if os.environ.get("LOCALAID_DEBUG"):
             raise
         return 1
-    n = len(cfg.models)
+    n = len(config.wanted_models)
     models = f"; {n - len(failures)}/{n} configured models present" if n else ""
     if failures:
         rep.failed(f"Ollama {version} running, but model pulls failed: " + "; ".join(failures))

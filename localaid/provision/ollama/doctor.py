@@ -22,7 +22,7 @@ def doctor_checks(config, layout: Layout = LAYOUT) -> list[Check]:
     checks += _unit_checks(cfg, layout)
     if cfg.models_dir:
         checks.append(_models_dir_check(cfg.models_dir))
-    checks += _api_checks(cfg)
+    checks += _api_checks(cfg, config.wanted_models)
     return checks
 
 
@@ -83,7 +83,7 @@ def _models_dir_check(path: str) -> Check:
     return Check("ollama models dir", ok, f"{path} owned by {owner}", "" if ok else f"chown -R ollama:ollama {path}")
 
 
-def _api_checks(cfg) -> list[Check]:
+def _api_checks(cfg, models: tuple = ()) -> list[Check]:
     from localaid.adapters.ollama import OllamaError, same_model
     with client(cfg, timeout=3.0) as c:
         probe = c.alive()
@@ -95,10 +95,10 @@ def _api_checks(cfg) -> list[Check]:
         except OllamaError as e:
             return [Check("ollama api", False, str(e), "journalctl -u ollama")]
     checks = [Check("ollama api", True, f"Ollama {version} answers at {cfg.url} in {probe.latency * 1000:.0f} ms")]
-    if cfg.models:
-        absent = [s.name for s in cfg.models if not any(same_model(s.name, h) for h in installed)]
+    if models:
+        absent = [s.name for s in models if not any(same_model(s.name, h) for h in installed)]
         checks.append(Check("ollama models", None if absent else True,
                             f"missing: {', '.join(absent)}" if absent else
-                            f"all {len(cfg.models)} configured models present",
+                            f"all {len(models)} configured models present",
                             f"localaid pull {absent[0]}" if absent else ""))
     return checks

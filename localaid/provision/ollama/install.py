@@ -139,8 +139,9 @@ class Install:
     """One install or upgrade of Ollama through its script (see the module docstring)."""
 
     def __init__(self, cfg, rep: Reporter, host: Host, layout: Layout = LAYOUT, ready_timeout: float = 60.0,
-                 hook: Hook | None = None):
+                 hook: Hook | None = None, models: tuple | None = None):
         self.cfg, self.rep, self.host, self.layout = cfg, rep, host, layout
+        self.models = cfg.models if models is None else models  # Config.wanted_models
         self.ready_timeout, self.hook = ready_timeout, hook
         self.journal = Journal(layout.journal)
         self.snap = Snapshot(layout.backup, layout.bin, layout.lib)
@@ -235,7 +236,7 @@ class Install:
         self.maint.off()
 
     def _pull(self, j: dict) -> dict:
-        return {"failures": pull_models(self.cfg, self.rep)}
+        return {"failures": pull_models(self.cfg, self.rep, self.models)}
 
     # ---- rollback
     def rollback(self, j: dict) -> None:

@@ -1,4 +1,5 @@
-"""Pulling the configured models (ollama.models) that Ollama does not have yet."""
+"""Pulling the configured models (ollama.models, and Open WebUI's embedding model: Config.wanted_models)
+that Ollama does not have yet."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ def client(cfg, timeout: float = 5.0):
     return OllamaClient(cfg.url, timeout=timeout)
 
 
-def pull_models(cfg, rep: Reporter) -> list[str]:
-    """Pull configured models that Ollama does not have yet; the failures (empty when none)."""
+def pull_models(cfg, rep: Reporter, models: tuple | None = None) -> list[str]:
+    """Pull `models` (default: ollama.models) that Ollama does not have yet; the failures."""
     from localaid.adapters.ollama import OllamaError, PullProgress, same_model
-    if not cfg.models:
+    models = cfg.models if models is None else models
+    if not models:
         return []
     failures = []
     with client(cfg, timeout=10.0) as c:
         have = [m.name for m in c.tags()]
-        missing = [s.name for s in cfg.models if not any(same_model(s.name, h) for h in have)]
+        missing = [s.name for s in models if not any(same_model(s.name, h) for h in have)]
         for i, name in enumerate(missing):
             rep.step(f"pulling model {name} ({i + 1}/{len(missing)})")
             layers: dict[str, tuple[int, int]] = {}

@@ -46,10 +46,15 @@ def render_env(config, secret_key: str, admin_password: str | None) -> str:
     }
     if admin_password:
         env["WEBUI_ADMIN_PASSWORD"] = admin_password
-    # No calls home, no model downloads from Hugging Face at start (measured: /health in 18 s
-    # rather than waiting on an unreachable hub); override in webui.environment.
     env.update(TELEMETRY_OFF)
-    env.update({"OFFLINE_MODE": "true", "HF_HUB_OFFLINE": "1"})
+    e = w.embedding
+    env["RAG_EMBEDDING_MODEL"] = e.model_name
+    if e.engine == "ollama":
+        # Documents are embedded by Ollama (the model is pulled with the others): nothing is
+        # fetched from a model hub, at start or later; override in webui.environment.
+        env.update({"RAG_EMBEDDING_ENGINE": "ollama", "RAG_OLLAMA_BASE_URL": config.ollama.url,
+                    "OFFLINE_MODE": "true", "HF_HUB_OFFLINE": "1"})
+    # engine local: Open WebUI's SentenceTransformers model, which it downloads from the hub
     # Plugin requirements are pip-installed by the service user into its own venv: no cache
     # outside its home (the data dir).
     env["PIP_CACHE_DIR"] = os.path.join(w.data_dir, ".cache", "pip")
