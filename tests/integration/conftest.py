@@ -234,3 +234,24 @@ def _journal_of_shared_container_on_failure(request):
 
 
 __all__ = ["Container", "ContainerError", "wait_for", "boot", "install_deb", "guest_deb_path"]
+
+
+def _built(script: str, what: str) -> Path:
+    r = subprocess.run(["/usr/bin/python3", str(REPO / script)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"{what} failed:\n{r.stderr[-3000:]}")
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    """The fake open-webui's wheels (two releases) and a uv wheel: tests/fakes/open_webui."""
+    return _built("tests/fakes/open_webui/build-wheelhouse", "build-wheelhouse")
+
+
+@pytest.fixture(scope="session")
+def python_double() -> Path:
+    """A CPython 3.11 archive and the downloads list uv reads instead of its own
+    (tests/fakes/python): the stand-in for uv's interpreter download site. Bind it at the same
+    path: the list names the archive by an absolute file:// URL."""
+    return _built("tests/fakes/python/build-interpreter", "build-interpreter")

@@ -22,7 +22,6 @@ from conftest import install_deb
 from harness import free_port, wait_for
 from test_ollama import fake_site, run_setup, trust_ca
 from test_webui import BASE, clear_faults, db_sha, localaid, progress, seed, serving, set_faults, stat
-from test_webui import wheelhouse  # noqa: F401  (the fixture)
 
 PORT = free_port()
 CONFIG = w.CONFIG.replace(f"127.0.0.1:{w.PORT}", f"127.0.0.1:{PORT}")

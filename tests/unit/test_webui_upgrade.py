@@ -10,6 +10,7 @@ real process.)
 import dataclasses
 import json
 import os
+import stat
 import re
 
 import pytest
@@ -45,6 +46,8 @@ class FakeHost(webui.Host):
         self.layout = layout
         self.free = 10**12
         self.python = (3, 11, 2)
+        self.managed_version = "3.11.2"  # what the uv double installs
+        self.planted_link = None  # a link the download plants in the interpreter's tree
         self.fail_install: set[str] = set()
         self.unhealthy: set[str] = set()
         self.migration = {"0.12.5": b"SQLite format 3\x00 migrated by 0.12.5"}
@@ -91,8 +94,28 @@ class FakeHost(webui.Host):
             self.units.append({"unit": argv[1].split("=", 1)[1], "props": props, "env": env,
                                "argv": argv[cut + 1:], "env_mode": os.stat(env_file).st_mode & 0o777})
             argv = argv[cut + 1:]
+            if argv[1:3] == ["python", "install"]:  # uv installs an interpreter (the download double)
+                return self._uv_python(argv, env)
+            if argv[1] == "-c" and "ssl" in argv[2]:  # the service user runs it once
+                return Result(0, (self.managed_version,))
         rc, tail = self._run(argv, kw.get("on_line"))
         return Result(rc, tuple(tail))
+
+    def _uv_python(self, argv, env):
+        self.calls.append(("run", tuple(argv)))
+        name = f"cpython-{self.managed_version}-linux-x86_64-gnu"
+        top = os.path.join(env["UV_PYTHON_INSTALL_DIR"], name)
+        os.makedirs(os.path.join(top, "lib", "python3.11"))
+        exe = os.path.join(top, "bin", "python" + self.managed_version.rsplit(".", 1)[0])
+        os.makedirs(os.path.dirname(exe))
+        with open(exe, "w") as f:
+            f.write("#!interpreter\n")
+        os.chmod(exe, 0o4775)  # set-id and group write: neither survives root's copy
+        os.symlink(os.path.basename(exe), os.path.join(top, "bin", "python3"))
+        if self.planted_link:
+            os.symlink(self.planted_link, os.path.join(top, "lib", "python3.11", "site.py"))
+        os.symlink(name, os.path.join(env["UV_PYTHON_INSTALL_DIR"], "cpython-3.11-linux-x86_64-gnu"))
+        return Result(0, (f"Installed Python {self.managed_version} in 91ms",))
 
     def _run(self, argv, on_line):
         self.calls.append(("run", tuple(argv)))
@@ -278,9 +301,10 @@ def test_wrong_python_changes_nothing(env, tmp_path):
     layout, host = env
     installed(layout, host, tmp_path)
     host.python = (3, 13, 5)
-    assert provision(layout, host, config()) == 0  # the installed version needs no interpreter
-    assert upgrade(layout, host, config(), "0.12.5") == 1
-    assert "Python 3.13.5" in job(tmp_path)["text"] and "webui.python" in job(tmp_path)["text"]
+    cfg = dataclasses.replace(config(), webui=dataclasses.replace(config().webui, python="/usr/bin/python3"))
+    assert provision(layout, host, cfg) == 0  # the installed version needs no interpreter
+    assert upgrade(layout, host, cfg, "0.12.5") == 1
+    assert job(tmp_path)["state"] == "blocked" and "Python 3.11 or 3.12" in job(tmp_path)["text"]
     assert host.serving == "0.12.4" and host.active and webui.current_version(layout) == "0.12.4"
     assert not os.path.exists(layout.venv("0.12.5")) and not os.path.exists(layout.journal)
 
@@ -444,7 +468,10 @@ def test_uv_path_bootstraps_uv_and_translates_pip_configuration(env, tmp_path):
     assert any(r[-1] == "uv" and r[0] == os.path.join(layout.tools, "bin", "python") for r in runs)
     install = next(r for r in runs if r[0] == uv)
     assert install[1:5] == ("pip", "install", "--python", os.path.join(layout.venv("0.12.4"), "bin", "python"))
-    assert install[5:] == ("--no-index", "--no-build", "open-webui==0.12.4")  # wheels only by default
+    assert install[5:] == ("--compile-bytecode", "--no-index", "--no-build", "--override", layout.overrides,
+                           "open-webui==0.12.4")  # wheels only, and no torch (webui.torch: false)
+    assert "torch; sys_platform == 'never'" in open(layout.overrides).read()
+    assert stat.S_IMODE(os.stat(layout.overrides).st_mode) == 0o644  # root's: the build unit only reads it  # wheels only by default
     unit = next(u for u in host.units if u["argv"][0] == uv)
     assert unit["env"]["UV_FIND_LINKS"] == str(wheels)  # where packages come from: the environment
     assert unit["env"]["PIP_NO_INDEX"] == "true" and unit["env"]["PIP_FIND_LINKS"] == str(wheels)
@@ -463,14 +490,15 @@ def test_uv_path_seeds_venv_with_ensurepips_wheels_and_bootstraps_uv_without_a_v
     runs = [c[1] for c in host.calls if c[0] == "run"]
     venv = layout.venv("0.12.4")
     python, uv, pip = os.path.join(venv, "bin", "python"), os.path.join(layout.tools, "bin", "uv"), \
-        (cfg.webui.python, os.path.join(wheels[0], "pip"))
-    assert (cfg.webui.python, "-m", "venv", venv, "--without-pip") in runs
+        ("/usr/bin/python3", os.path.join(wheels[0], "pip"))
+    assert ("/usr/bin/python3", "-m", "venv", venv, "--without-pip") in runs
     assert not any(r[1:3] == ("-m", "venv") and r[3] == layout.tools for r in runs)  # no tools venv
     assert (*pip, "install", "--quiet", "--no-warn-script-location", "--target", layout.tools,
             "--only-binary", ":all:", "uv") in runs
     assert (*pip, "config", "list") in runs
     seed = (uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps", *wheels)
-    install = (uv, "pip", "install", "--python", python, "--no-index", "--no-build", "open-webui==0.12.4")
+    install = (uv, "pip", "install", "--python", python, "--compile-bytecode", "--no-index", "--no-build",
+               "--override", layout.overrides, "open-webui==0.12.4")
     assert runs.index(seed) < runs.index(install)
     site = os.path.join(venv, "lib", "python3.11", "site-packages")
     assert os.path.isdir(os.path.join(site, "pip-0.dist-info"))
@@ -495,7 +523,7 @@ def test_no_uv_after_a_venv_without_pip_rebuilds_it_with_pip(env, tmp_path):
     runs = [c[1] for c in host.calls if c[0] == "run"]
     venv = layout.venv("0.12.4")
     made = [r for r in runs if r[1:4] == ("-m", "venv", venv)]
-    assert made == [(cfg.webui.python, "-m", "venv", venv, "--without-pip"), (cfg.webui.python, "-m", "venv", venv)]
+    assert made == [("/usr/bin/python3", "-m", "venv", venv, "--without-pip"), ("/usr/bin/python3", "-m", "venv", venv)]
     assert runs[-1][:4] == (os.path.join(venv, "bin", "python"), "-m", "pip", "install")
     marker = json.load(open(os.path.join(venv, webui.COMPLETE_MARKER)))
     assert marker["installer"] == "pip" and webui.current_version(layout) == "0.12.4"
@@ -526,3 +554,60 @@ def test_a_data_dir_elsewhere(env, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert provision(layout, host, config()) == 0  # back to the default dir: the drop-in goes
     assert not os.path.exists(layout.setup_dropin) and not os.path.exists(layout.dropin)
+
+
+# ------------------------------------------------------------------------ managed interpreter
+def debian13(**kw) -> Config:
+    """python: auto and installer: auto, on a host whose python3 is 3.13 (host.python)."""
+    c = config(**kw)
+    return dataclasses.replace(c, webui=dataclasses.replace(c.webui, python="auto", installer="auto"))
+
+
+def test_debian13_gets_a_python_from_uv_once_root_owned_and_reused(env, tmp_path):
+    layout, host = env
+    host.python = (3, 13, 5)
+    cfg = debian13()
+    cfg = dataclasses.replace(cfg, webui=dataclasses.replace(cfg.webui, managed_python=dataclasses.replace(
+        cfg.webui.managed_python, downloads_json="file:///srv/python/downloads.json")))
+    assert provision(layout, host, cfg) == 0
+    base = layout.p("/var/lib/localaid/python")
+    exe = os.path.join(base, "cpython-3.11.2-linux-x86_64-gnu", "bin", "python3.11")
+    down = next(u for u in host.units if u["argv"][1:3] == ["python", "install"])
+    assert down["argv"][0] == os.path.join(layout.tools, "bin", "uv") and down["argv"][-1] == "3.11"
+    assert down["env"]["UV_PYTHON_DOWNLOADS_JSON_URL"] == "file:///srv/python/downloads.json"
+    assert down["env"]["UV_PYTHON_INSTALL_BIN"] == "0"  # nothing in the service user's ~/.local/bin
+    assert "User=open-webui" in down["props"]  # downloaded code never runs as root
+    st = os.lstat(exe)
+    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o755  # set-id, group write dropped
+    assert os.readlink(os.path.join(os.path.dirname(exe), "python3")) == "python3.11"
+    assert not os.path.exists(os.path.join(layout.cache, "python"))  # the staging copy is gone
+    venv = layout.venv("0.12.4")
+    assert (exe, "-m", "venv", venv) in [c[1] for c in host.calls if c[0] == "run"]
+    assert not any(c[1][0] == exe for c in host.calls if c[0] == "run" and "-m" not in c[1]
+                   and c[1][1:2] != ("-c",))
+    marker = json.load(open(os.path.join(venv, webui.COMPLETE_MARKER)))
+    assert marker["python"] == exe and marker["managed_python"] is True
+    assert json.load(open(os.path.join(base, "installed.json")))["version"] == "3.11.2"
+    # an upgrade reuses it: no second download
+    assert upgrade(layout, host, debian13(), "0.12.5") == 0
+    assert sum(1 for u in host.units if u["argv"][1:3] == ["python", "install"]) == 1
+    assert (exe, "-m", "venv", layout.venv("0.12.5")) in [c[1] for c in host.calls if c[0] == "run"]
+
+
+def test_a_link_out_of_the_downloaded_tree_is_refused(env, tmp_path):
+    layout, host = env
+    host.python = (3, 13, 5)
+    host.planted_link = "/etc/shadow"
+    assert provision(layout, host, debian13()) == 1
+    assert "refusing the interpreter uv installed" in job(tmp_path)["text"]
+    assert not os.path.exists(layout.p("/var/lib/localaid/python/cpython-3.11.2-linux-x86_64-gnu"))
+
+
+def test_an_explicit_python_that_cannot_run_open_webui_blocks_the_job(env, tmp_path):
+    layout, host = env
+    host.python = (3, 13, 5)
+    cfg = dataclasses.replace(config(), webui=dataclasses.replace(config().webui, python="/usr/bin/python3.13"))
+    assert provision(layout, host, cfg) == 1
+    p = job(tmp_path)
+    assert p["state"] == "blocked" and p["text"] == "needs Python 3.11 or 3.12, see localaid doctor"
+    assert not any(u["argv"][1:3] == ["python", "install"] for u in host.units)  # never a download

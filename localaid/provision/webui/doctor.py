@@ -7,9 +7,10 @@ import os
 import pwd
 
 from localaid.records import Check
-from localaid.provision.webui.installer import WebUIHost, python_problem
+import localaid.provision.webui.interpreter as interpreter
+from localaid.provision.webui.installer import WebUIHost
 from localaid.provision.webui.layout import (
-    SERVICE_USER, Layout, current_version, is_complete, journal, marker, wanted_version)
+    SERVICE_USER, Ctx, Layout, current_version, is_complete, journal, marker, wanted_version)
 from localaid.provision.webui.service import base_url
 
 
@@ -43,9 +44,9 @@ def doctor_checks(config, layout: Layout | None = None) -> list[Check]:
     if others:
         checks.append(Check("open-webui old venvs", True, "kept for rollback: " + ", ".join(others)))
     host = WebUIHost()
-    problem = python_problem(w.python, host.python_version(w.python), wanted)
-    if problem:
-        checks.append(Check("open-webui python", None if cur else False, problem))
+    ok, words = interpreter.describe(Ctx(config, layout, host), wanted)
+    checks.append(Check("open-webui python", ok if ok is not False or cur is None else None, words,
+                        "" if ok else "journalctl -u localaid-webui-setup"))
     for path, what in ((layout.env_file, "environment file"), (layout.secret, "secret key"),
                        (layout.p(w.admin.password_file), "admin password file")):
         try:

@@ -109,9 +109,8 @@ class WebUIHost(Host):
 def python_problem(python: str, found: tuple[int, int, int] | None, version: str) -> str | None:
     """None when `python` can run Open WebUI `version`, else the message (what to do included)."""
     need = f"Python {PYTHON_MIN[0]}.{PYTHON_MIN[1]} or {PYTHON_MAX[0]}.{PYTHON_MAX[1] - 1}"
-    fix = (f"install one (Debian 12's python3 is 3.11; on Debian 13, whose python3 is 3.13, install a 3.12 "
-           f"build, e.g. `uv python install 3.12` or a python3.12 package) and set webui.python in "
-           f"{paths.CONFIG_FILE} to its path, or set webui.enabled: false")
+    fix = (f"set webui.python in {paths.CONFIG_FILE} to such an interpreter, or to auto (localaid then has uv "
+           f"download one when the system's python3 is too new), or set webui.enabled: false")
     if found is None:
         return f"webui.python {python} cannot be run (missing or broken): Open WebUI {version} needs {need}; {fix}"
     if not (PYTHON_MIN <= found[:2] < PYTHON_MAX):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from localaid import fsutil, paths
 from localaid.provision import safefs
 from localaid.provision.job import Journal, Reporter
+import localaid.provision.webui.sandbox as sandbox
 from localaid.provision.webui.installer import WebUIHost
 
 JOB = "webui-setup"
@@ -109,6 +110,11 @@ class Layout:
             return []
 
     @property
+    def overrides(self) -> str:
+        """uv's --override file (root's, 0644): what webui.torch: false leaves out."""
+        return os.path.join(self.base, "uv-overrides.txt")
+
+    @property
     def journal(self) -> str:
         return os.path.join(self.base, "upgrade.json")
 
@@ -171,6 +177,15 @@ class Ctx:
 
     def data_dir(self) -> str:
         return self.layout.p(self.config.webui.data_dir)
+
+
+def jail(ctx, what: str, writable: list[str], readonly: list[str] = ()) -> sandbox.Jail:
+    """A build unit (sandbox.py) that writes `writable` only; the data dir is out of its sight."""
+    unit = sandbox.unit_name(what)
+    data, base = ctx.data_dir(), ctx.layout.base
+    hidden = () if (base + "/").startswith(data.rstrip("/") + "/") else (data,)
+    return sandbox.Jail(unit, SERVICE_USER, os.path.join(ctx.layout.build_env_dir, unit + ".env"),
+                        tuple(writable), tuple(readonly), hidden)
 
 
 def journal(layout: Layout) -> Journal:

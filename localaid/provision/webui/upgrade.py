@@ -211,7 +211,7 @@ def run(ctx, j: dict | None = None) -> int | None:
         if ctx.rolled_back:
             return _failed(ctx, ctx.rolled_back, e.tail)
         kept = f"; {j['from']} keeps serving" if ctx.rolled_back is None and j.get("from") else ""
-        return _failed(ctx, f"{_label(j)}: {e}{kept}", e.tail)
+        return _failed(ctx, f"{_label(j)}: {e}{kept}", e.tail, e.blocked)
     finally:
         if jr.read() is None:
             maint.off()
@@ -225,8 +225,8 @@ def run(ctx, j: dict | None = None) -> int | None:
     return 0
 
 
-def _failed(ctx, text: str, tail=()) -> int:
-    ctx.rep.failed(text, tail)
+def _failed(ctx, text: str, tail=(), blocked: str | None = None) -> int:
+    ctx.rep.failed(text, tail, blocked)
     return 1
 
 

@@ -16,32 +16,28 @@ import os
 import threading
 import time
 
-from localaid import log
+from localaid import fsutil, log
 from localaid.provision import safefs
 from localaid.provision.job import JobError
+import localaid.provision.webui.interpreter as interpreter
 import localaid.provision.webui.sandbox as sandbox
 from localaid.provision.webui.indexes import build_env, pip_config, pip_flags, uv_args
-from localaid.provision.webui.installer import (
-    UV_SUMMARY, Seed, installer_progress, last_error, python_problem, uv_seconds)
+from localaid.provision.webui.installer import UV_SUMMARY, Seed, installer_progress, last_error, uv_seconds
 from localaid.provision.webui.layout import (
-    COMPLETE_MARKER, DISTRIBUTION, SERVICE_USER, current_version, is_complete, venv_version)
+    COMPLETE_MARKER, DISTRIBUTION, SERVICE_USER, current_version, is_complete, jail, venv_version)
 from localaid.quantity import format_size
 
 MIN_FREE = 512 * 2**20  # below this nothing useful can be built
 FIRST_INSTALL_HINT = 8 * 10**9  # 0.12.4 with CUDA torch: 6.8 GB (uv) – 7.3 GB (pip), measured
+# webui.torch: false. open-webui 0.12.4 does not need torch itself: sentence-transformers and
+# accelerate pull it, and with it the CUDA stack (nvidia-*, triton). Measured without: chat and
+# document chat through Ollama work; what runs models inside Open WebUI does not (README).
+SLIM_OVERRIDES = ("# written by localaid (webui.torch: false): dependencies left out of Open WebUI's venv\n"
+                  "torch; sys_platform == 'never'\n")
 DB_FILES = ("webui.db", "webui.db-wal")  # what the backup copies
 
 
 # ------------------------------------------------------------------------------- sandboxes
-def jail(ctx, what: str, writable: list[str], readonly: list[str] = ()) -> sandbox.Jail:
-    """A build unit that writes `writable` only; the data dir is out of its sight."""
-    unit = sandbox.unit_name(what)
-    data, base = ctx.data_dir(), ctx.layout.base
-    hidden = () if (base + "/").startswith(data.rstrip("/") + "/") else (data,)
-    return sandbox.Jail(unit, SERVICE_USER, os.path.join(ctx.layout.build_env_dir, unit + ".env"),
-                        tuple(writable), tuple(readonly), hidden)
-
-
 def venv_jail(ctx, version: str) -> sandbox.Jail:
     """venvs/ writable as one mount (the new venv and the caches in it: uv hard-links between
     them), every other venv in it read-only."""
@@ -50,10 +46,11 @@ def venv_jail(ctx, version: str) -> sandbox.Jail:
     return jail(ctx, f"venv-{version}", [layout.venvs], others)
 
 
-def find_uv(ctx, env: dict, seed: Seed | None = None) -> str | None:
+def find_uv(ctx, env: dict, seed: Seed | None, python: str | None) -> str | None:
     """uv from PATH, or from localaid's tools directory: pip-installed there once (by the
-    service user, from the same indexes, wheels only unless allowed). pip runs from the
-    interpreter, or straight from ensurepip's wheel: no venv to seed."""
+    service user, from the same indexes, wheels only unless allowed) with root's own
+    interpreter `python` (None: none that runs). pip runs from the interpreter, or straight
+    from ensurepip's wheel: no venv to seed."""
     host, w, tools = ctx.host, ctx.config.webui, ctx.layout.tools
     found = host.which("uv")
     if found:
@@ -61,22 +58,26 @@ def find_uv(ctx, env: dict, seed: Seed | None = None) -> str | None:
     tools_uv = os.path.join(tools, "bin", "uv")
     if os.path.lexists(tools_uv):
         return tools_uv
+    if python is None:
+        return None
     ctx.rep.progress("running", "installing uv (the fast installer) with pip")
     uid, gid = host.ids(SERVICE_USER)
+    for d in (ctx.layout.cache, ctx.layout.pip_cache):  # the unit's writable paths must exist
+        safefs.ensure_dir(d, 0o700, uid, gid)
     j = jail(ctx, "uv", [tools, ctx.layout.pip_cache])
 
     def fresh() -> None:
         safefs.remove_tree(tools)
         safefs.ensure_dir(tools, 0o755, uid, gid)
     fresh()
-    pip = seed.pip(w.python) if seed else None
+    pip = seed.pip(python) if seed else None
     r = None
     if pip:
         r = host.sandboxed([*pip, "install", "--quiet", "--no-warn-script-location", "--target", tools,
                             *pip_flags(ctx.config), "uv"], j, env, w.install_timeout)
     if r is None or not r.ok or not os.path.lexists(tools_uv):  # no pip to run directly: a venv that has one
         fresh()
-        r = host.sandboxed([w.python, "-m", "venv", tools], j, env, 300)
+        r = host.sandboxed([python, "-m", "venv", tools], j, env, 300)
         if r.ok:
             r = host.sandboxed([os.path.join(tools, "bin", "python"), "-m", "pip", "install", "--quiet",
                                 *pip_flags(ctx.config), "uv"], j, env, w.install_timeout)
@@ -163,9 +164,12 @@ def build_venv(ctx, version: str) -> None:
     if is_complete(layout, version):
         return
     t_check = host.monotonic()
-    problem = python_problem(w.python, host.python_version(w.python), version)
-    if problem:
-        raise JobError(problem)
+    use_uv = w.installer in ("auto", "uv")
+
+    def uv_for(python: str | None) -> str | None:  # uv before any venv: to download an interpreter
+        seed = host.seed_wheels(python) if python else None
+        return find_uv(ctx, _env(ctx, pip_config(host, python, seed.pip(python)) if python else {}), seed, python)
+    interp = interpreter.resolve(ctx, version, uv_for)
     preflight(ctx, version)
     ctx.timings["preflight"] = round(host.monotonic() - t_check, 2)
     venv = layout.venv(version)
@@ -193,18 +197,21 @@ def build_venv(ctx, version: str) -> None:
             phases[name] = round(host.monotonic() - t, 2)
 
     ctx.rep.step(f"creating the venv for Open WebUI {version}", 0.02)
-    use_uv = w.installer in ("auto", "uv")
-    seed = host.seed_wheels(w.python) if use_uv else Seed()
+    boot = interp.bootstrap
+    boot_seed = host.seed_wheels(boot) if use_uv or interp.managed else Seed()
+    # ensurepip's wheels of root's interpreter seed the venv (pip is pure Python: Debian 13's
+    # wheel serves a managed 3.11 too)
+    seed = boot_seed if use_uv else Seed()
     box: dict = {}
 
     def helper() -> None:  # the pip configuration (root's, by the system's pip), then uv
-        box["conf"] = timed("pip_config", lambda: pip_config(host, w.python, seed.pip(w.python)))
+        box["conf"] = timed("pip_config", lambda: pip_config(host, boot, boot_seed.pip(boot)))
         if use_uv:
-            box["uv"] = timed("uv_bootstrap", lambda: find_uv(ctx, _env(ctx, box["conf"]), seed))
+            box["uv"] = timed("uv_bootstrap", lambda: find_uv(ctx, _env(ctx, box["conf"]), boot_seed, boot))
     thread = threading.Thread(target=helper, daemon=True)
     thread.start()
     try:
-        make_venv(ctx, venv, _env(ctx, {}), with_pip=not seed.wheels)
+        make_venv(ctx, venv, _env(ctx, {}), with_pip=not seed.wheels, python=interp.path)
         phases["venv"] = round(host.monotonic() - t0, 2)
     finally:
         thread.join()
@@ -223,10 +230,10 @@ def build_venv(ctx, version: str) -> None:
         if not r.ok:
             ctx.rep.warn("cannot seed the venv with ensurepip's wheels: using ensurepip",
                          detail=" | ".join(r.tail[-3:]))
-            make_venv(ctx, venv, env, with_pip=True)
+            make_venv(ctx, venv, env, with_pip=True, python=interp.path)
         phase("seed")
     elif seed.wheels:  # uv wanted but unavailable: pip installs, and the venv needs its own pip
-        make_venv(ctx, venv, env, with_pip=True)
+        make_venv(ctx, venv, env, with_pip=True, python=interp.path)
         phase("venv_pip")
     spec = f"{DISTRIBUTION}=={version}"
     tool = "uv" if uv else "pip"
@@ -244,7 +251,10 @@ def build_venv(ctx, version: str) -> None:
             ctx.rep.progress("running", f"installing Open WebUI {version} with {tool}: {text}")
 
     if uv:
-        argv = [uv, "pip", "install", "--python", python, *uv_args(ctx.config, conf)[0], spec]
+        # --compile-bytecode: the byte code (~20 s of the real package's first start) is written
+        # while the build runs, so an upgrade's new version starts without it (pip does it anyway)
+        argv = [uv, "pip", "install", "--python", python, "--compile-bytecode", *uv_args(ctx.config, conf)[0],
+                *slim(ctx), spec]
     else:
         argv = [python, "-m", "pip", "install", "--progress-bar", "off", *pip_flags(ctx.config), spec]
     ctx.rep.step(f"installing Open WebUI {version} with {tool}", 0.05)
@@ -264,7 +274,8 @@ def build_venv(ctx, version: str) -> None:
     elapsed = host.monotonic() - t0
     n = counts.get("installed") or counts.get("installing") or counts.get("resolved")
     ctx.timings.update(phases)
-    doc = {"version": version, "installer": tool, "python": w.python, "packages": n, "user": SERVICE_USER,
+    doc = {"version": version, "installer": tool, "python": interp.path, "managed_python": interp.managed,
+           "torch": bool(ctx.config.webui.torch or not uv), "packages": n, "user": SERVICE_USER,
            "wheels_only": not w.allow_source_builds, "seconds": round(elapsed, 1), "phases": phases,
            "built": time.time()}
     with safefs.directory(venv) as dfd:
@@ -273,18 +284,26 @@ def build_venv(ctx, version: str) -> None:
                 phases=phase_text(phases))
 
 
+def slim(ctx) -> list[str]:
+    """uv's arguments leaving torch out (webui.torch: false): an override file of root's."""
+    if ctx.config.webui.torch:
+        return []
+    fsutil.atomic_write(ctx.layout.overrides, SLIM_OVERRIDES, mode=0o644)
+    return ["--override", ctx.layout.overrides]
+
+
 def _env(ctx, conf: dict) -> dict[str, str]:
     return build_env(ctx.config, conf, ctx.layout.uv_cache, ctx.layout.pip_cache)
 
 
-def make_venv(ctx, venv: str, env: dict, with_pip: bool) -> None:
-    """An empty directory for the service user, made into a venv by it."""
-    w, host = ctx.config.webui, ctx.host
+def make_venv(ctx, venv: str, env: dict, with_pip: bool, python: str) -> None:
+    """An empty directory for the service user, made into a venv by it with `python`."""
+    host = ctx.host
     uid, gid = host.ids(SERVICE_USER)
     safefs.remove_tree(venv)
     safefs.ensure_dir(venv, 0o755, uid, gid)
     version = os.path.basename(venv)
-    r = host.sandboxed([w.python, "-m", "venv", venv] + ([] if with_pip else ["--without-pip"]),
+    r = host.sandboxed([python, "-m", "venv", venv] + ([] if with_pip else ["--without-pip"]),
                        venv_jail(ctx, version), env, 300)
     if not r.ok:
         safefs.remove_tree(venv)
@@ -292,7 +311,7 @@ def make_venv(ctx, venv: str, env: dict, with_pip: bool) -> None:
         if any("ensurepip is not available" in t or "No module named ensurepip" in t or "No module named venv" in t
                for t in r.tail):
             hint = " (on Debian: apt install python3-venv)"
-        raise JobError(f"`{w.python} -m venv {venv}` failed: {last_error(r.tail)}{hint}", r.tail)
+        raise JobError(f"`{python} -m venv {venv}` failed: {last_error(r.tail)}{hint}", r.tail)
 
 
 def space_hint(ctx, venv: str) -> str:
