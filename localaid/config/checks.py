@@ -46,4 +46,15 @@ def _check_ports(cfg: Config, ctx: Ctx) -> None:
                 ctx.report(where, f"port {port} is already used by {what}")
 
 
-CHECKS = (_check_http, _check_backoff, _check_ports)
+def _check_torch(cfg: Config, ctx: Ctx) -> None:
+    """What runs models inside Open WebUI needs PyTorch, which webui.torch: false leaves out."""
+    w = cfg.webui
+    if not w.enabled or w.torch or not ctx.ok("webui.torch"):
+        return
+    for key, wants, what in (("webui.embedding.engine", w.embedding.engine == "local", "the local embedding engine"),
+                             ("webui.gpu", w.gpu, "Open WebUI on the GPU")):
+        if wants and ctx.ok(key):
+            ctx.report(key, f"{what} needs PyTorch: set webui.torch: true as well (about 5 GB more)")
+
+
+CHECKS = (_check_http, _check_backoff, _check_ports, _check_torch)

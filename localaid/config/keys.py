@@ -156,6 +156,7 @@ class WebUIConfig:
     keep_backups: int = key(5, c.integer(1, 100), "database backups kept (in /var/lib/localaid/webui/backups)")
     admin: AdminConfig = section(AdminConfig, "the administrator account created on first start")
     embedding: EmbeddingConfig = section(EmbeddingConfig, "document chat: what embeds the documents")
+    torch: bool = key(False, c.boolean, "install PyTorch and the CUDA libraries (local embedding/speech models)")
     gpu: bool = key(False, c.boolean, "let Open WebUI use the GPU")
     environment: FrozenMap = key(FrozenMap(), c.environment(WEBUI_MANAGED_ENV),
                                  "extra environment for open-webui.service, NAME: value")

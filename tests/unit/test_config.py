@@ -181,6 +181,18 @@ BAD = [
       'got "ftp://mirror.example.org/python"',
       '@/localaid.yaml:7: webui.embedding.engine: expected one of ollama, local, got "openai"']),
 
+    ("torch-needed",
+     """
+     webui:
+       embedding:
+         engine: local
+       gpu: true
+     """, None,
+     ['@/localaid.yaml:3: webui.embedding.engine: the local embedding engine needs PyTorch: set webui.torch: '
+      'true as well (about 5 GB more)',
+      '@/localaid.yaml:4: webui.gpu: Open WebUI on the GPU needs PyTorch: set webui.torch: true as well '
+      '(about 5 GB more)']),
+
     ("bool-strictness",
      """
      webui:
