@@ -90,6 +90,7 @@ def serving_old(c, version: str = "0.12.4") -> str:
                        f"-exec rm -rf {{}} + ; rm -f {DATA}/webui.db*"])
     c.write(f"{BASE}/installed.json", json.dumps({"version": version, "config_version": version}))
     clear_faults(c)
+    c.systemctl("reset-failed", "open-webui.service", check=False)  # an earlier test's start limit
     c.systemctl("start", "open-webui.service")
     wait_for(lambda: up(c, version), timeout=60, message=f"Open WebUI {version} serving")
     return db_sha(c)
