@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import MappingProxyType
 
-from localaid import log, paths, procfs, progress
+from localaid import fsutil, log, paths, procfs, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import NOT_FOUND, make_state
 from localaid.records import (
@@ -72,13 +72,14 @@ class Observer:
                 refresh: frozenset[str] = frozenset()) -> Observation:
         hc = config.health
         started = self.clock()
-        units = [UNITS[OLLAMA]] + ([UNITS[WEBUI]] if config.webui.enabled else [])
+        local = config.ollama.enabled  # false: a UI host, no Ollama of its own
+        units = ([UNITS[OLLAMA]] if local else []) + ([UNITS[WEBUI]] if config.webui.enabled else [])
         jobs = list(JOB_UNITS.items())
         futs: dict[str, Future | None] = {
-            "units": self._submit("units", self.units.states, units + [u for _, u in jobs], refresh),
-            "ollama": self._probe("ollama", config.ollama.url + "/", hc.timeout),
-            "ps": self._probe("ps", config.ollama.url + "/api/ps", hc.timeout),
-        }
+            "units": self._submit("units", self.units.states, units + [u for _, u in jobs], refresh)}
+        if local:
+            futs["ollama"] = self._probe("ollama", config.ollama.url + "/", hc.timeout)
+            futs["ps"] = self._probe("ps", config.ollama.url + "/api/ps", hc.timeout)
         if config.webui.enabled:
             base = f"http://{_connect_host(config.webui.host)}:{config.webui.port}"
             futs["webui"] = self._probe("webui", base + "/health", hc.timeout)
@@ -121,11 +122,11 @@ class Observer:
             f = self._submit("details", self.units.states, sorted(stale), stale)
             if f is not None and not wait([f], timeout=0.25).not_done and f.exception() is None:
                 unit_states = {**unit_states, **f.result()}
-        services = {
-            OLLAMA: ServiceObs(OLLAMA, unit_states.get(UNITS[OLLAMA]), unit_err, ollama_probe,
-                               models=http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None,
-                               cpu_seconds=_cpu_if_failed(unit_states.get(UNITS[OLLAMA]), ollama_probe)),
-        }
+        services = {}
+        if local:
+            services[OLLAMA] = ServiceObs(OLLAMA, unit_states.get(UNITS[OLLAMA]), unit_err, ollama_probe,
+                                          models=http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None,
+                                          cpu_seconds=_cpu_if_failed(unit_states.get(UNITS[OLLAMA]), ollama_probe))
         if config.webui.enabled:
             unit = unit_states.get(UNITS[WEBUI])
             services[WEBUI] = ServiceObs(WEBUI, unit, unit_err, wp, rp, cpu_seconds=_cpu_if_failed(unit, wp))
@@ -140,7 +141,7 @@ class Observer:
                                   p.fraction if p else None, p.state if p else None)
         return Observation(now=self.clock(), services=MappingProxyType(services), gpu=gpu_obs,
                            jobs=MappingProxyType(job_obs), maintenance=maintenance(),
-                           generation=generation, in_flight=in_flight)
+                           generation=generation, in_flight=in_flight, exposed=_exposed(config))
 
 
 class UnitWatch:
@@ -313,6 +314,16 @@ def _connect_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
+
+
+def _exposed(config) -> bool:
+    """ollama.allow_from is set but the set-up job's probe found that systemd cannot enforce it
+    here (provision/ollama/firewall.py wrote the verdict for the allow-list it checked)."""
+    if not config.ollama.enabled or not config.ollama.allow_from:
+        return False
+    doc = fsutil.read_json(paths.FIREWALL_FILE)
+    return isinstance(doc, dict) and doc.get("enforced") is False and doc.get("allow_from") == list(
+        config.ollama.allow_from)
 
 
 def maintenance() -> frozenset[str]:

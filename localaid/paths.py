@@ -14,3 +14,4 @@ VENDOR_DIR = "/usr/lib/localaid/vendor"
 STATUS_FILE = os.path.join(RUN_DIR, "status.json")
 PROGRESS_DIR = os.path.join(RUN_DIR, "progress")
 MAINTENANCE_DIR = os.path.join(RUN_DIR, "maintenance")
+FIREWALL_FILE = os.path.join(RUN_DIR, "ollama-firewall.json")  # whether ollama.allow_from is enforced

@@ -63,7 +63,8 @@ def _grace(config, name: str) -> float:
 
 
 def _enabled_services(config) -> tuple[str, ...]:
-    return (OLLAMA, WEBUI) if config.webui.enabled else (OLLAMA,)
+    """ollama.enabled: false is a UI host (its Ollamas are webui.ollama_urls' nodes)."""
+    return tuple(name for name, on in ((OLLAMA, config.ollama.enabled), (WEBUI, config.webui.enabled)) if on)
 
 
 # ------------------------------------------------------------------------------- services
@@ -225,7 +226,8 @@ def _wanted_jobs(config) -> tuple[str, ...]:
     jobs = []
     if config.gpu.devices.mode != "off":
         jobs.append("devices")
-    jobs.append("ollama-setup")
+    if config.ollama.enabled:  # a UI host leaves any local Ollama alone
+        jobs.append("ollama-setup")
     jobs.append("webui-setup")  # also when disabled: it then stops and disables open-webui.service
     return tuple(jobs)
 
@@ -275,6 +277,7 @@ def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
             out.append(f"{label}: {text}{pct}")
         elif jh.state == "failed":
             why = (jo.text if jo and jo.text else "failed")
+            why = why.removeprefix(f"{label} failed: ")  # the job's own words may say it already
             out.append(f"{label} failed: {why}; retry in {fmt_seconds(jh.next_attempt - now)}")
         elif jh.state == "blocked":
             out.append(f"{label} needs the administrator: {jo.text if jo and jo.text else 'see localaid doctor'}")
@@ -346,7 +349,7 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     statuses = []
     folded: set[str] = set()  # set-up jobs already told inside their service's fragment
     for name in _enabled_services(config):
-        dep = OLLAMA if name == WEBUI else None
+        dep = OLLAMA if name == WEBUI and config.ollama.enabled else None
         dep_ok = dep is None or services.get(dep, ServiceHistory()).state in ("ok", "starting", "unknown")
         job = jobs.get(SETUP_JOB[name])
         jo = obs.jobs.get(SETUP_JOB[name])
@@ -383,13 +386,15 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     if any(a.service == OLLAMA and a.kind in ("restart", "kill-restart", "start", "start-job") for a in actions):
         # A fresh Ollama has nothing loaded: preload as soon as it answers, not model_load_grace later.
         hist = replace(hist, warm_attempts=_freeze({}))
-    warm_actions, attempts, process = policy_gpu.warm(config, obs, hist, services[OLLAMA].state, now)
+    warm_actions, attempts, process = policy_gpu.warm(config, obs, hist, services.get(OLLAMA, ServiceHistory()).state, now)
     actions += warm_actions
     hist = replace(hist, warm_attempts=attempts, warm_process=process)
 
     parts = []
     for st in statuses:
         parts.append(_fragment(config, st))
+        if st.name == OLLAMA and obs.exposed:  # never claim a protection the host does not give
+            parts.append("ollama API open to the network (allow_from not enforced here, see localaid doctor)")
         if st.name == OLLAMA and gpu_fragment:
             parts.append(gpu_fragment)
     parts += _job_fragments(obs, {j: jh for j, jh in jobs.items() if j not in folded}, now)

@@ -141,6 +141,7 @@ class Observation:
     maintenance: frozenset[str] = frozenset()  # services an upgrade is working on: hands off
     generation: int = 1  # bumped by the supervisor at every (re)load of the configuration
     in_flight: frozenset[str] = frozenset()  # actions still running beside the loop, e.g. "preload:llama3"
+    exposed: bool = False  # ollama.allow_from is configured, and this host was found not to enforce it
 
 
 # ----------------------------------------------------------------------------------- decide

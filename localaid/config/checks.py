@@ -57,4 +57,23 @@ def _check_torch(cfg: Config, ctx: Ctx) -> None:
             ctx.report(key, f"{what} needs PyTorch: set webui.torch: true as well (about 5 GB more)")
 
 
-CHECKS = (_check_http, _check_backoff, _check_ports, _check_torch)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _check_exposed(cfg: Config, ctx: Ctx) -> None:
+    """Ollama's API has no authentication: listening beyond loopback needs an allow-list."""
+    o = cfg.ollama
+    if o.enabled and o.host not in LOOPBACK and not o.host.startswith("127.") and not o.allow_from \
+            and ctx.ok("ollama.host", "ollama.allow_from"):
+        ctx.report("ollama.host", f"Ollama's API has no authentication: listening on {o.host} needs "
+                                  f"ollama.allow_from, the addresses that may use it (e.g. the UI host's)")
+
+
+def _check_ui_host(cfg: Config, ctx: Ctx) -> None:
+    if cfg.webui.enabled and not cfg.ollama.enabled and not cfg.webui.ollama_urls \
+            and ctx.ok("ollama.enabled", "webui.ollama_urls"):
+        ctx.report("ollama.enabled", "with no Ollama on this host, webui.ollama_urls must name the Ollama "
+                                     "nodes Open WebUI uses")
+
+
+CHECKS = (_check_http, _check_backoff, _check_ports, _check_torch, _check_exposed, _check_ui_host)

@@ -279,6 +279,16 @@ def host(item: Item, ctx: Ctx, key: str) -> str:
     raise Invalid(f"expected a host name or IP address, got {show(item)}{hint}")
 
 
+def cidr(item: Item, ctx: Ctx, key: str) -> str:
+    """An address or network ("192.168.1.20", "10.0.0.0/24", "fd00::/64"), normalised."""
+    text = scalar(item, 'an IP address or network such as "192.168.1.0/24"')
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Invalid(f'expected an IP address or network such as "192.168.1.0/24", got {show(item)}') from None
+    return str(net) if net.num_addresses > 1 else str(net.network_address)
+
+
 def list_of(element: Converter, what: str, container: Callable[[list[Any]], Any] = tuple) -> Converter:
     def conv(item: Item, ctx: Ctx, key: str) -> Any:
         if item.kind != "seq":

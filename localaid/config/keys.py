@@ -35,6 +35,7 @@ WEBUI_MANAGED_ENV = {
     "HOST": "webui.listen",
     "PORT": "webui.listen",
     "OLLAMA_BASE_URL": "ollama.host and ollama.port",
+    "OLLAMA_BASE_URLS": "webui.ollama_urls",
     "WEBUI_ADMIN_EMAIL": "webui.admin.email",
     "WEBUI_ADMIN_NAME": "webui.admin.name",
     "WEBUI_ADMIN_PASSWORD": "webui.admin.password_file",
@@ -55,6 +56,7 @@ def _url_host(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class OllamaConfig:
+    enabled: bool = key(True, c.boolean, "install and supervise Ollama on this host (false: a UI host)")
     install_script: str = key(
         "https://ollama.com/install.sh", c.url(_HTTP, "an https:// URL or an absolute path", paths=True),
         "where the Ollama installer comes from: an https:// URL or an absolute path")
@@ -69,6 +71,9 @@ class OllamaConfig:
     install_timeout: float = key(900.0, c.duration(10, 6 * HOUR), "how long the installer may run")
     host: str = key("127.0.0.1", c.host, "address Ollama's API listens on")   # no brackets, even for IPv6
     port: int = key(11434, c.integer(1, 65535), "port Ollama's API listens on")
+    allow_from: tuple[str, ...] = key(
+        (), c.list_of(c.cidr, "IP addresses or networks"),
+        "who else may reach Ollama's API (IPAddressAllow=; loopback always may)")
     models_dir: str | None = key(None, c.path(directory=True),
                                  "directory holding the models (OLLAMA_MODELS); null: Ollama's default")
     keep_alive: str | None = key(                # "forever" or a Go duration ("5m", "1h30m", "0s")
@@ -143,6 +148,9 @@ class WebUIConfig:
                       "interpreter the venv is built with; auto: python3, or a uv-managed one when it is too new")
     managed_python: ManagedPythonConfig = section(ManagedPythonConfig, "the interpreter uv installs (python: auto)")
     installer: str = key("auto", c.enum("auto", "uv", "pip"), "what installs the packages: auto, uv or pip")
+    ollama_urls: tuple[str, ...] = key(
+        (), c.list_of(c.url(_HTTP, "an http(s):// URL"), "URLs"),
+        "the Ollama nodes Open WebUI uses, watched and failed over by localaid; []: the local Ollama")
     index_url: str | None = key(None, c.url(_HTTP, "an http(s):// URL"), "package index to use; null: PyPI")
     extra_index_urls: tuple[str, ...] = key(
         (), c.list_of(c.url(_HTTP, "an http(s):// URL"), "URLs"), "further package indexes searched as well")
@@ -224,11 +232,16 @@ class Config:
     sources: tuple[str, ...] = ()                # files actually read, in merge order
 
     @property
+    def ollama_nodes(self) -> tuple[str, ...]:
+        """The Ollama base URLs Open WebUI uses: webui.ollama_urls, or this host's own."""
+        return self.webui.ollama_urls or ((self.ollama.url,) if self.ollama.enabled else ())
+
+    @property
     def wanted_models(self) -> tuple[ModelSpec, ...]:
         """ollama.models, plus the embedding model Open WebUI uses (pulled and kept like the
         others, loaded on demand) unless listed there already."""
         w = self.webui
-        if not w.enabled or w.embedding.engine != "ollama":
+        if not w.enabled or w.embedding.engine != "ollama" or not self.ollama.enabled:
             return self.ollama.models
         name = w.embedding.model_name
         if any(m.name == name for m in self.ollama.models):

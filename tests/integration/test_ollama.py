@@ -38,6 +38,7 @@ CONFIG = """\
 ollama:
   install_script: {url}
   port: {port}
+  allow_from: [10.9.8.7]
   version: "0.9.0"
   install_timeout: 30s
   models_dir: "{models}"
@@ -192,6 +193,28 @@ def test_ollama_service_is_hardened(container):
                        "-d", '{"model": "smollm:135m", "stream": false}'])
     assert '"success"' in r.stdout
     assert container.exists(f"{MODELS_DIR}/manifests/registry.ollama.ai/library/smollm/135m")
+
+
+def test_allow_from_is_the_units_firewall_and_never_claimed_unchecked(container):
+    """ollama.allow_from becomes IPAddressAllow=/IPAddressDeny=any. These containers run on a
+    hybrid cgroup v1 host where systemd cannot attach its BPF firewall: the set-up job's probe
+    finds that out, and STATUS and doctor say the API is open instead of claiming a protection."""
+    c = container
+    dropin = c.read("/etc/systemd/system/ollama.service.d/50-localaid.conf")
+    assert "IPAddressAllow=localhost 10.9.8.7\nIPAddressDeny=any\n" in dropin
+    assert c.unit_property("ollama.service", "IPAddressDeny") != ""  # systemd took it
+    verdict = json.loads(c.read("/run/localaid/ollama-firewall.json"))
+    assert verdict["allow_from"] == ["10.9.8.7"] and verdict["enforced"] in (True, False), verdict
+    doctor = c.run(["localaid", "doctor"], check=False).stdout
+    line = next(x for x in doctor.splitlines() if "ollama allow_from" in x)
+    status = wait_for(lambda: c.unit_property("localaid", "StatusText"), timeout=10)
+    if verdict["enforced"]:
+        assert line.startswith("[ok  ]") and "open to the network" not in status, (line, status)
+    else:
+        assert line.startswith("[FAIL]") and "not enforced" in line, line
+        wait_for(lambda: "ollama API open to the network (allow_from not enforced here"
+                 in c.unit_property("localaid", "StatusText"), timeout=15)
+    print(f"\n{line}")
 
 
 def test_models_pull_and_doctor_commands(container):

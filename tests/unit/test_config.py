@@ -193,6 +193,35 @@ BAD = [
       '@/localaid.yaml:4: webui.gpu: Open WebUI on the GPU needs PyTorch: set webui.torch: true as well '
       '(about 5 GB more)']),
 
+    ("roles",
+     """
+     ollama:
+       enabled: false
+       host: 0.0.0.0
+       allow_from: [10.0.0.300/24, 192.168.1.7]
+     webui:
+       ollama_urls: [gpu-a:11434]
+     """, None,
+     ['@/localaid.yaml:4: ollama.allow_from[0]: expected an IP address or network such as "192.168.1.0/24", '
+      'got "10.0.0.300/24"',
+      '@/localaid.yaml:6: webui.ollama_urls[0]: expected an http(s):// URL, got "gpu-a:11434"']),
+
+    ("exposed-without-allow-list",
+     """
+     ollama:
+       host: 0.0.0.0
+     """, None,
+     ["@/localaid.yaml:2: ollama.host: Ollama's API has no authentication: listening on 0.0.0.0 needs "
+      "ollama.allow_from, the addresses that may use it (e.g. the UI host's)"]),
+
+    ("ui-host-without-nodes",
+     """
+     ollama:
+       enabled: false
+     """, None,
+     ["@/localaid.yaml:2: ollama.enabled: with no Ollama on this host, webui.ollama_urls must name the "
+      "Ollama nodes Open WebUI uses"]),
+
     ("bool-strictness",
      """
      webui:
@@ -687,7 +716,7 @@ def test_keep_alive_becomes_a_go_duration(tmp_path, text, expected):
 
 
 def test_wildcard_bind_is_probed_on_loopback(tmp_path):
-    cfg = _load(tmp_path, "ollama:\n  host: 0.0.0.0\nwebui:\n  listen: \"0.0.0.0:3000\"\n")
+    cfg = _load(tmp_path, "ollama:\n  host: 0.0.0.0\n  allow_from: [10.0.0.0/24]\nwebui:\n  listen: \"0.0.0.0:3000\"\n")
     assert (cfg.ollama.url, cfg.ollama.bind, cfg.webui.url) == (
         "http://127.0.0.1:11434", "0.0.0.0:11434", "http://127.0.0.1:3000")
 

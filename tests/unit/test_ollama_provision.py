@@ -181,6 +181,31 @@ def test_dropin_defaults():
     assert not keys & {"User", "Group", "ExecStart", "Restart"}  # the script's unit keeps those
 
 
+def test_allow_from_becomes_the_units_firewall():
+    assert "IPAddress" not in prov.render_dropin(cfg())  # loopback only: nothing to filter
+    text = prov.render_dropin(cfg(host="0.0.0.0", allow_from=("10.0.0.0/24", "192.168.1.7")))
+    assert "IPAddressAllow=localhost 10.0.0.0/24 192.168.1.7\nIPAddressDeny=any\n" in text
+    assert text.endswith("\n") and 'Environment="OLLAMA_HOST=0.0.0.0:11434"' in text
+
+
+@pytest.mark.parametrize("said, verdict", [("EPERM", True), ("ECONNREFUSED", False), ("connected", False),
+                                           ("Failed to start transient service unit", None)])
+def test_the_firewall_probe_believes_only_a_dropped_packet(said, verdict):
+    from localaid.provision.host import Result
+    from localaid.provision.ollama import firewall
+
+    class H:
+        argv = None
+
+        def run(self, argv, timeout):
+            H.argv = argv
+            return Result(0 if verdict is not None else 1, (said,))
+    enforced, words = firewall.probe(H())
+    assert enforced is verdict, words
+    assert "--property=IPAddressDeny=any" in H.argv and "--property=DynamicUser=yes" in H.argv
+    assert not any(a.startswith("--property=IPAddressAllow") for a in H.argv)  # loopback denied too
+
+
 def test_dropin_settings_and_quoting():
     c = cfg(host="::1", port=11500, models_dir="/home/ai/models", keep_alive="forever", num_parallel=4,
             max_loaded_models=2, context_length=8192,

@@ -552,3 +552,35 @@ def test_an_upgrade_at_work_shows_its_own_words_once():
     d = run(c, [observe(100.0, maintenance={WEBUI}, jobs=running)])[0]
     assert "open-webui maintenance (waiting for Open WebUI 0.12.5" in d.status_line
     assert "migrating?" in d.status_line and "open-webui setup" not in d.status_line
+
+
+# ------------------------------------------------------------------------------ roles (hosts)
+def test_job_words_that_name_the_job_are_not_said_twice():
+    c = cfg()
+    failed = jobs_idle()
+    failed["ollama-setup"] = JobObs("ollama-setup", unit("localaid-ollama-setup.service", state="failed",
+                                                          sub="failed", result="exit-code"),
+                                    "ollama setup failed: install script /x/install.sh: No such file or directory")
+    ds = run(c, [observe(100.0), observe(102.0, jobs=failed), observe(103.0, jobs=failed)])
+    assert "ollama setup failed: install script /x/install.sh" in ds[-1].status_line
+    assert "failed: ollama setup failed" not in ds[-1].status_line
+
+
+def test_a_ui_host_has_no_ollama_of_its_own():
+    """ollama.enabled: false: nothing about a local Ollama is watched, installed or waited for."""
+    c = cfg()
+    c = replace(c, ollama=replace(c.ollama, enabled=False),
+                webui=replace(c.webui, ollama_urls=("http://10.0.0.2:11434",)))
+    o = observe(100.0)
+    o = replace(o, services=MappingProxyType({k: v for k, v in o.services.items() if k != OLLAMA}))
+    d = run(c, [o])[0]
+    assert "ollama" not in d.status_line.replace("open-webui", ""), d.status_line
+    assert "ollama-setup" not in [a.target for a in d.actions if a.kind == "start-job"]
+    assert [s.name for s in d.services] == [WEBUI] and d.history.services[WEBUI].state == "ok"
+
+
+def test_an_allow_list_this_host_cannot_enforce_is_said_in_status():
+    c = cfg()
+    d = run(c, [replace(observe(100.0), exposed=True)])[0]
+    assert "ollama API open to the network (allow_from not enforced here, see localaid doctor)" in d.status_line
+    assert "open to the network" not in run(c, [observe(100.0)])[0].status_line

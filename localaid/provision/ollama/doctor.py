@@ -7,6 +7,8 @@ import pwd
 import stat
 
 from localaid import progress
+import localaid.provision.ollama.firewall as firewall
+from localaid.provision.host import Host
 from localaid.provision.ollama.dropin import is_current
 from localaid.provision.ollama.layout import JOB, LAYOUT, UNIT, Layout
 from localaid.provision.ollama.models import client
@@ -23,6 +25,12 @@ def doctor_checks(config, layout: Layout = LAYOUT) -> list[Check]:
     if cfg.models_dir:
         checks.append(_models_dir_check(cfg.models_dir))
     checks += _api_checks(cfg, config.wanted_models)
+    if cfg.allow_from:
+        enforced, words = firewall.probe(Host())
+        checks.append(Check("ollama allow_from", enforced, f"IPAddressAllow=localhost {' '.join(cfg.allow_from)}: "
+                            + (words if enforced else f"{firewall.NOT_ENFORCED}; {words}"),
+                            "" if enforced else "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1), or "
+                                                f"firewall port {cfg.port} with nftables"))
     return checks
 
 

@@ -18,6 +18,7 @@ import os
 
 from localaid import fsutil
 from localaid.provision.job import JobError
+import localaid.provision.ollama.firewall as firewall
 from localaid.provision.ollama.layout import DEFAULT_MODELS_DIR, LAYOUT, OLLAMA_HOME, Layout
 
 # /proc/devices names major 195 "nvidia-frontend" or plain "nvidia" depending on the driver: both,
@@ -132,9 +133,9 @@ def render_dropin(cfg, device_nodes: tuple[str, ...] = (), env_file: str = LAYOU
         "SystemCallFilter=@system-service @resources",
         "SystemCallFilter=~@privileged",
         "SystemCallErrorNumber=EPERM",
-        "",
     ]
-    return "\n".join(lines)
+    lines += firewall.dropin_lines(cfg)
+    return "\n".join(lines + [""])
 
 
 def render_env_file(cfg) -> str:

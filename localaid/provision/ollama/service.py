@@ -20,6 +20,7 @@ import stat
 
 from localaid.provision.host import SAFE_PATH, Host
 from localaid.provision.job import JobError, Reporter
+import localaid.provision.ollama.firewall as firewall
 from localaid.provision.ollama.dropin import write_dropin
 from localaid.provision.ollama.layout import LAYOUT, OLLAMA_HOME, SERVICE_USER, UNIT, Layout
 
@@ -205,6 +206,11 @@ def configure_service(cfg, host: Host, rep: Reporter, restart: bool, timeout: fl
     changed = write_dropin(cfg, layout)
     if changed:
         rep.step(f"wrote {layout.dropin}")
+    if cfg.allow_from:  # does systemd enforce the allow-list here? (never claim it unchecked)
+        enforced, words = firewall.probe(host)
+        firewall.record(enforced, words, cfg.allow_from)
+        (rep.say if enforced else rep.warn)(f"ollama.allow_from: {words}" if enforced else
+                                            f"{firewall.NOT_ENFORCED}: {words}")
     host.daemon_reload()
     if not os.path.lexists(layout.enabled_link):
         host.enable(UNIT)
