@@ -79,6 +79,16 @@ def test_an_embedding_model_listed_in_ollama_models_is_pulled_once():
         c.ollama.models  # no Open WebUI on this host: nothing to embed for
 
 
+def test_a_ui_host_gives_open_webui_its_nodes():
+    from localaid.config.keys import OllamaConfig
+    c = cfg(ollama_urls=("http://gpu-a:11434", "http://gpu-b:11434"))
+    c = dataclasses.replace(c, ollama=OllamaConfig(enabled=False))
+    env = parse_env(webui.render_env(c, "k", None))
+    assert env["OLLAMA_BASE_URLS"] == "http://gpu-a:11434;http://gpu-b:11434" and "OLLAMA_BASE_URL" not in env
+    assert env["RAG_OLLAMA_BASE_URL"] == "http://gpu-a:11434"
+    assert c.wanted_models == ()  # no local Ollama to pull into
+
+
 def test_env_without_password_has_no_password_line():
     assert "WEBUI_ADMIN_PASSWORD" not in webui.render_env(cfg(), "k", None)
 

@@ -39,7 +39,8 @@ def render_env(config, secret_key: str, admin_password: str | None) -> str:
         "DATA_DIR": w.data_dir,
         "HOST": w.host,
         "PORT": str(w.port),
-        "OLLAMA_BASE_URL": config.ollama.url,
+        **({"OLLAMA_BASE_URLS": ";".join(config.ollama_nodes)} if config.webui.ollama_urls
+           else {"OLLAMA_BASE_URL": config.ollama.url}),
         "WEBUI_SECRET_KEY": secret_key,
         "WEBUI_ADMIN_EMAIL": w.admin.email,
         "WEBUI_ADMIN_NAME": w.admin.name,
@@ -47,12 +48,13 @@ def render_env(config, secret_key: str, admin_password: str | None) -> str:
     if admin_password:
         env["WEBUI_ADMIN_PASSWORD"] = admin_password
     env.update(TELEMETRY_OFF)
+    env["ENABLE_OPENAI_API"] = "false"  # its default connection is a cloud service: no calls out
     e = w.embedding
     env["RAG_EMBEDDING_MODEL"] = e.model_name
     if e.engine == "ollama":
         # Documents are embedded by Ollama (the model is pulled with the others): nothing is
         # fetched from a model hub, at start or later; override in webui.environment.
-        env.update({"RAG_EMBEDDING_ENGINE": "ollama", "RAG_OLLAMA_BASE_URL": config.ollama.url,
+        env.update({"RAG_EMBEDDING_ENGINE": "ollama", "RAG_OLLAMA_BASE_URL": config.ollama_nodes[0],
                     "OFFLINE_MODE": "true", "HF_HUB_OFFLINE": "1"})
     # engine local: Open WebUI's SentenceTransformers model, which it downloads from the hub
     # Plugin requirements are pip-installed by the service user into its own venv: no cache
