@@ -31,6 +31,7 @@ class Actor:
         # (job, model): report.metrics_text files each kind under its own metric.
         self.counts: dict[tuple[str, str, str], int] = {}
         self.recent: list[dict] = []  # last actions, newest last, for status.json
+        self.webui_admin = None  # adapters.webui_admin.WebUIAdmin on a UI host (the supervisor sets it)
 
     @property
     def in_flight(self) -> frozenset[str]:
@@ -44,6 +45,9 @@ class Actor:
         for a in actions:
             if a.kind == "preload":
                 self._background(f"preload:{a.target}", self._preload, a, config)
+                continue
+            if a.kind in ("node-disable", "node-enable"):  # Open WebUI's admin API: seconds at worst
+                self._background(f"node:{a.target}", self._node, a, config)
                 continue
             outcome = self._do(a)
             self._record(a, outcome)
@@ -117,6 +121,13 @@ class Actor:
             return f"ok, loaded in {probe.latency:.1f} s"
         detail = body.get("error") if isinstance(body, dict) else None
         return f"failed: {detail or probe.error}"
+
+    def _node(self, a: Action, config) -> str:
+        """Switch a UI host's Ollama node on or off in Open WebUI's connection settings."""
+        if self.webui_admin is None:
+            return "failed: no Open WebUI admin client"
+        self.webui_admin.set_enabled(a.target, a.kind == "node-enable")
+        return "ok, " + ("back in Open WebUI's use" if a.kind == "node-enable" else "out of Open WebUI's use")
 
     def _background(self, key: str, fn, a: Action, config) -> None:
         with self._lock:

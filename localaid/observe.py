@@ -22,7 +22,7 @@ from localaid import fsutil, log, paths, procfs, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import NOT_FOUND, make_state
 from localaid.records import (
-    JOB_UNITS, OLLAMA, UNITS, WEBUI, GpuObs, JobObs, Observation, Probe, ServiceObs, UnitState,
+    JOB_UNITS, OLLAMA, UNITS, WEBUI, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs, UnitState,
 )
 
 
@@ -36,6 +36,7 @@ class Observer:
         self.units = UnitWatch(systemd, list(UNITS.values()) + list(JOB_UNITS.values()),
                                services=UNITS.values(), clock=clock)
         self._clients: dict[str, http.Client] = {}  # probe key -> kept-alive connection
+        self._conns: tuple[dict | None, str | None] = (None, None)  # Open WebUI's connections, last read
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -60,6 +61,18 @@ class Observer:
             client = self._clients[key] = http.Client(url)
         return self._submit(key, client.request, timeout)
 
+    def _nodes(self, urls, probe) -> tuple[tuple[NodeObs, ...], str | None]:
+        """The nodes' probes, with Open WebUI's `enable` flags as last read (a read that did
+        not end this cycle keeps the previous one: signing in can take a second)."""
+        fut = self._pending.get("conns")
+        if urls and fut is not None and fut.done():
+            try:
+                self._conns = (fut.result(), None)
+            except Exception as e:  # AdminError: words for STATUS
+                self._conns = (None, str(e) or type(e).__name__)
+        conns, error = self._conns if urls else (None, None)
+        return tuple(NodeObs(u, probe(f"node:{u}")[0], conns.get(u) if conns else None) for u in urls), error
+
     def _drop_clients(self, keep) -> None:
         """Close the connections of probes not made this cycle (Open WebUI's /ready once it is up)."""
         for key in [k for k in self._clients if k not in keep]:
@@ -69,7 +82,7 @@ class Observer:
 
     def observe(self, config, generation: int = 1, in_flight: frozenset[str] = frozenset(),
                 ollama_cgroup: str = "", webui_starting: bool = False,
-                refresh: frozenset[str] = frozenset()) -> Observation:
+                refresh: frozenset[str] = frozenset(), admin=None) -> Observation:
         hc = config.health
         started = self.clock()
         local = config.ollama.enabled  # false: a UI host, no Ollama of its own
@@ -85,6 +98,11 @@ class Observer:
             futs["webui"] = self._probe("webui", base + "/health", hc.timeout)
             if webui_starting:
                 futs["ready"] = self._probe("ready", base + "/ready", hc.timeout)
+        nodes = config.webui.ollama_urls if config.webui.enabled else ()
+        for url in nodes:  # a UI host's Ollama nodes, and whether Open WebUI uses each
+            futs[f"node:{url}"] = self._probe(f"node:{url}", url.rstrip("/") + "/api/version", hc.timeout)
+        if nodes and admin is not None:
+            futs["conns"] = self._submit("conns", admin.connections)
         if self.gpu is not None and config.gpu.watch:
             futs["gpu"] = self._submit("gpu", self.gpu.observe, ollama_cgroup)
         wait([f for f in futs.values() if f is not None], timeout=hc.timeout + 0.25)
@@ -130,6 +148,7 @@ class Observer:
         if config.webui.enabled:
             unit = unit_states.get(UNITS[WEBUI])
             services[WEBUI] = ServiceObs(WEBUI, unit, unit_err, wp, rp, cpu_seconds=_cpu_if_failed(unit, wp))
+        node_obs, nodes_error = self._nodes(nodes, probe)
         gpu_obs, gpu_err = result("gpu") if "gpu" in futs else (GpuObs(state="off"), None)
         if gpu_obs is None:
             gpu_obs = GpuObs(state="error", error=f"GPU watch: {gpu_err}")
@@ -141,7 +160,8 @@ class Observer:
                                   p.fraction if p else None, p.state if p else None)
         return Observation(now=self.clock(), services=MappingProxyType(services), gpu=gpu_obs,
                            jobs=MappingProxyType(job_obs), maintenance=maintenance(),
-                           generation=generation, in_flight=in_flight, exposed=_exposed(config))
+                           generation=generation, in_flight=in_flight, exposed=_exposed(config),
+                           nodes=node_obs, nodes_error=nodes_error)
 
 
 class UnitWatch:

@@ -21,7 +21,8 @@ import hashlib
 from dataclasses import replace
 from types import MappingProxyType
 
-from localaid import policy_gpu
+from localaid import policy_gpu, policy_nodes
+from localaid.quantity import fmt_seconds
 from localaid.records import (
     OLLAMA, UNITS, WEBUI, Action, Decision, History, JobHistory, Observation,
     ServiceHistory, ServiceObs, ServiceStatus,
@@ -35,15 +36,6 @@ JOB_LABELS = {"devices": "GPU devices", "ollama-setup": "ollama setup", "webui-s
 
 def _freeze(d: dict) -> MappingProxyType:
     return MappingProxyType(dict(d))
-
-
-def fmt_seconds(s: float) -> str:
-    s = max(0.0, s)
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def jitter(key: str, n: int) -> float:
@@ -379,6 +371,12 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     notes += gpu_notes
     hist = replace(hist, gpu=gpu_hist)
 
+    node_actions, node_hist, node_fragment, node_notes = policy_nodes.decide_nodes(
+        config, obs, hist.nodes, now, obs.in_flight)
+    actions += node_actions
+    notes += node_notes
+    hist = replace(hist, nodes=node_hist)
+
     actions += job_actions
     notes += job_notes
     hist = replace(hist, jobs=jobs)
@@ -397,8 +395,11 @@ def decide(config, obs: Observation, hist: History) -> Decision:
             parts.append("ollama API open to the network (allow_from not enforced here, see localaid doctor)")
         if st.name == OLLAMA and gpu_fragment:
             parts.append(gpu_fragment)
+        if st.name == WEBUI and node_fragment:
+            parts.append(node_fragment)
     parts += _job_fragments(obs, {j: jh for j, jh in jobs.items() if j not in folded}, now)
-    healthy = all(st.state == "ok" for st in statuses)
+    healthy = all(st.state == "ok" for st in statuses) and \
+        (not obs.nodes or any(h.state != "out" for h in node_hist.values()))  # a UI host needs a node
     return Decision(tuple(actions), hist, " · ".join(parts), healthy, tuple(statuses), tuple(notes),
                     recheck=_recheck(config, obs, hist))
 
@@ -414,5 +415,10 @@ def _recheck(config, obs: Observation, hist: History) -> float:
         probe = so.probe if so else None
         if (h.state == "failing" and 0 < h.failures < hc.failures and probe is not None and not probe.ok
                 and (probe.error or "").startswith("timeout")):
+            return 0.0
+    for node in obs.nodes:  # the same for a UI host's nodes: a partitioned node is out ~2.5 s later
+        h = hist.nodes.get(node.url)
+        if h is not None and h.state == "failing" and node.probe is not None and \
+                (node.probe.error or "").startswith("timeout"):
             return 0.0
     return hc.interval

@@ -158,3 +158,13 @@ def format_size(n: int, binary: bool = False) -> str:
     if i == 0:
         return f"{n} B"
     return f"{_trim(value) if round(value, 1) < 10 else round(value)} {units[i]}"
+
+
+def fmt_seconds(s: float) -> str:
+    """A span for STATUS: "40 s", "3 min", "1.5 h"."""
+    s = max(0.0, s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"

@@ -133,6 +133,15 @@ class JobObs:
 
 
 @dataclass(frozen=True)
+class NodeObs:
+    """One Ollama node of a UI host (webui.ollama_urls): its probe, and whether Open WebUI uses
+    it (the connection's `enable` flag; None when Open WebUI's settings could not be read)."""
+    url: str
+    probe: Probe | None
+    in_use: bool | None = None
+
+
+@dataclass(frozen=True)
 class Observation:
     now: float
     services: Mapping[str, ServiceObs] = field(default_factory=lambda: EMPTY)
@@ -142,6 +151,8 @@ class Observation:
     generation: int = 1  # bumped by the supervisor at every (re)load of the configuration
     in_flight: frozenset[str] = frozenset()  # actions still running beside the loop, e.g. "preload:llama3"
     exposed: bool = False  # ollama.allow_from is configured, and this host was found not to enforce it
+    nodes: tuple[NodeObs, ...] = ()  # a UI host's Ollama nodes, in webui.ollama_urls order
+    nodes_error: str | None = None  # why Open WebUI's connection settings could not be read
 
 
 # ----------------------------------------------------------------------------------- decide
@@ -181,12 +192,26 @@ class JobHistory:
 
 
 @dataclass(frozen=True)
+class NodeHistory:
+    state: str = "ok"  # ok | failing | out (taken out of Open WebUI's use)
+    failures: int = 0  # consecutive failed probes
+    oks: int = 0  # consecutive answered probes
+    since: float | None = None  # failing: first failed probe; out: when it was taken out
+    reason: str = ""  # the last probe's error
+    hold: float = 0.0  # how long it stays out once it answers again (grows while it flaps)
+    returned_at: float | None = None  # when it was last put back
+    outages: tuple[float, ...] = ()  # when it was taken out, within policy_nodes.FLAP_WINDOW
+    ours: bool = False  # localaid disabled its connection (only those are enabled again)
+
+
+@dataclass(frozen=True)
 class History:
     services: Mapping[str, ServiceHistory] = field(default_factory=lambda: EMPTY)
     jobs: Mapping[str, JobHistory] = field(default_factory=lambda: EMPTY)
     warm_attempts: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # model -> last preload request
     warm_process: tuple[int, float] = (0, 0.0)  # (MainPID, start) of the Ollama those attempts were made to
     gpu: Mapping[str, object] = field(default_factory=lambda: EMPTY)  # owned by the GPU policy
+    nodes: Mapping[str, NodeHistory] = field(default_factory=lambda: EMPTY)  # owned by policy_nodes
     extra: Mapping[str, object] = field(default_factory=lambda: EMPTY)
 
 

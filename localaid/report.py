@@ -40,6 +40,10 @@ def state_document(config, obs: Observation, decision: Decision, recent: list[di
         "jobs": {name: {"state": jh.state, "failures": jh.failures,
                         "text": obs.jobs[name].text if name in obs.jobs else None}
                  for name, jh in decision.history.jobs.items()},
+        "nodes": [{"url": n.url, "state": decision.history.nodes[n.url].state if n.url in decision.history.nodes
+                   else "unknown", "reason": decision.history.nodes[n.url].reason if n.url in decision.history.nodes
+                   else "", "in_use": n.in_use, "latency": round(n.probe.latency, 4) if n.probe else None}
+                  for n in obs.nodes],
         "recent_actions": recent,
     }
 
@@ -86,6 +90,13 @@ def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_secon
            [({"kind": k, "target": s, "cause": c}, n) for (s, k, c), n in sorted(counts.items())
             if k not in RESTART_KINDS and k != "start-job"])
     metric("cycle_seconds", "gauge", "Duration of the last supervision cycle.", [({}, f"{cycle_seconds:.4f}")])
+    if obs.nodes:  # a UI host's Ollama nodes (webui.ollama_urls)
+        metric("node_up", "gauge", "1 when the Ollama node answers its probe.",
+               [({"node": n.url}, int(bool(n.probe and n.probe.ok))) for n in obs.nodes])
+        metric("node_in_use", "gauge", "1 when Open WebUI uses the node (its connection is enabled).",
+               [({"node": n.url}, int(bool(n.in_use))) for n in obs.nodes if n.in_use is not None])
+        metric("node_probe_latency_seconds", "gauge", "Latency of the node's last probe.",
+               [({"node": n.url}, f"{n.probe.latency:.4f}") for n in obs.nodes if n.probe])
     gpu = obs.gpu
     metric("gpu_state", "gauge", "GPU watch state (1 for the current one).", [({"state": gpu.state}, 1)])
     metric("gpu_reboot_required", "gauge", "1 when GPU recovery gave up: only a reboot helps.",

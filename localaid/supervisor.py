@@ -98,15 +98,29 @@ class Supervisor:
                        generation=self.generation)
         self.notifier.send(ready=1)
 
+    def _admin(self):
+        """Open WebUI's admin API client of a UI host (webui.ollama_urls), kept while its
+        settings stay the same; None elsewhere."""
+        w = self.config.webui
+        if not (w.enabled and w.ollama_urls):
+            return None
+        key = (w.url, w.admin.email, w.admin.password_file)
+        if getattr(self, "_admin_key", None) != key:
+            from localaid.adapters.webui_admin import WebUIAdmin
+            self._admin_key, self._admin_client = key, WebUIAdmin(*key, timeout=3.0)
+        return self._admin_client
+
     def cycle(self) -> float:
         start = self.clock()
         ollama_unit = self._last_unit(OLLAMA)
         webui_h = self.history.services.get(WEBUI)
         # Units whose service is not plainly ok get fresh details (start time, restarts) every cycle.
         refresh = frozenset(UNITS[n] for n, h in self.history.services.items() if h.state != "ok")
+        self.actor.webui_admin = self._admin()
         obs = self.observer.observe(self.config, self.generation, self.actor.in_flight,
                                     ollama_cgroup=ollama_unit.control_group if ollama_unit else "",
-                                    webui_starting=webui_h is None or webui_h.state != "ok", refresh=refresh)
+                                    webui_starting=webui_h is None or webui_h.state != "ok", refresh=refresh,
+                                    admin=self.actor.webui_admin)
         self._last_obs = obs
         decision = policy.decide(self.config, obs, self.history)
         self.history = decision.history

@@ -52,6 +52,14 @@ def render(doc, age: float | None, daemon: str) -> str:
         lat_s = f"{lat * 1000:.0f} ms" if isinstance(lat, (int, float)) else "-"
         reason = s.get("reason") or s.get("detail") or ""
         lines.append(f"{s['name']:<12} {s['state']:<12} {lat_s:>8} {s.get('restarts_in_window', 0):>9}  {reason}")
+    if doc.get("nodes"):  # a UI host's Ollama nodes
+        lines.append("")
+        lines.append(f"{'NODE':<32} {'STATE':<8} {'PROBE':>8} {'IN USE':>7}  DETAIL")
+        for n in doc["nodes"]:
+            lat = n.get("latency")
+            lat_s = f"{lat * 1000:.0f} ms" if isinstance(lat, (int, float)) else "-"
+            use = {True: "yes", False: "no", None: "?"}[n.get("in_use")]
+            lines.append(f"{n['url']:<32} {n['state']:<8} {lat_s:>8} {use:>7}  {n.get('reason') or ''}")
     lines.append("")
     lines.extend(_gpu_lines(doc.get("gpu") or {}))
     models = [m for s in doc.get("services", []) for m in s.get("models", [])]

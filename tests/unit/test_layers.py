@@ -69,7 +69,8 @@ def _imports(module: str, path: Path) -> set[str]:
 
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
-PURE = {"localaid.records", "localaid.policy", "localaid.policy_gpu", "localaid.quantity", "localaid.vram"}
+PURE = {"localaid.records", "localaid.policy", "localaid.policy_gpu", "localaid.policy_nodes", "localaid.quantity",
+        "localaid.vram"}
 DAEMON = {"localaid.supervisor", "localaid.observe", "localaid.act", "localaid.report"}
 
 

@@ -46,6 +46,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 
+from open_webui import connections
+
 try:
     VERSION = metadata.version("open-webui")
 except metadata.PackageNotFoundError:  # running from the source tree
@@ -158,6 +160,7 @@ class App:
         self.db: DB | None = None
         self.startup_complete = False
         self.signup_lock = threading.Lock()
+        self.tokens: dict[str, str] = {}  # token -> role (sign-ins of this process)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -201,6 +204,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"status": True})
         if path == "/api/version":
             return self.send(200, {"version": VERSION})
+        if path == "/ollama/config":
+            if self.role() != "admin":
+                return self.send(401, {"detail": "Not authenticated"})
+            return self.send(200, connections.config(app.db))
         if path == "/api/config":
             if not app.startup_complete:
                 return self.send(503, {"detail": "Startup not complete"})
@@ -234,8 +241,24 @@ class Handler(BaseHTTPRequestHandler):
             row = app.db.user(str(form.get("email", "")))
             if row is None or not check_password(str(form.get("password", "")), row[3]):
                 return self.send(400, {"detail": "The email or password provided is incorrect."})
-            return self.send(200, {"email": row[0], "name": row[1], "role": row[2], "token": secrets.token_hex(16)})
+            token = secrets.token_hex(16)
+            app.tokens[token] = row[2]
+            return self.send(200, {"email": row[0], "name": row[1], "role": row[2], "token": token})
+        if path == "/ollama/config/update":
+            if self.role() != "admin":
+                return self.send(401, {"detail": "Not authenticated"})
+            doc = connections.update(app.db, form)
+            return self.send(200, doc) if doc else self.send(422, {"detail": "invalid form"})
+        if path == "/api/chat/completions":
+            if self.role() is None:
+                return self.send(401, {"detail": "Not authenticated"})
+            return self.send(*connections.chat(app.db, form))
         return self.send(404, {"detail": "Not Found"})
+
+    def role(self) -> str | None:
+        """The role of the Bearer token's user (None: no valid token)."""
+        auth = self.headers.get("Authorization", "")
+        return self.app.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
 
 
 class HangingHandler(socketserver.BaseRequestHandler):

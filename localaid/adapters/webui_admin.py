@@ -1,0 +1,95 @@
+"""Open WebUI's admin API, for a UI host's failover: which Ollama connections it uses, and
+switching one on or off (its `enable` flag in OLLAMA_API_CONFIGS; the connection list and its
+order are left as they are).
+
+    GET  /ollama/config          {"ENABLE_OLLAMA_API", "OLLAMA_BASE_URLS", "OLLAMA_API_CONFIGS"}
+    POST /ollama/config/update   the same document back (open-webui 0.12: routers/ollama.py)
+
+Both need an admin's token: localaid signs in as webui.admin.email with the password in
+webui.admin.password_file (root's, read at each sign-in; it is never on a command line), and
+signs in again when the token is refused. Changes are read-modify-write under one lock.
+Errors are raised as AdminError with words for STATUS.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from urllib.parse import urlsplit
+
+
+class AdminError(Exception):
+    pass
+
+
+class WebUIAdmin:
+    def __init__(self, base_url: str, email: str, password_file: str, timeout: float = 3.0):
+        self.base_url, self.email, self.password_file, self.timeout = base_url, email, password_file, timeout
+        self._token: str | None = None
+        self._lock = threading.Lock()
+
+    def connections(self) -> dict[str, bool]:
+        """{base URL: in use} for Open WebUI's Ollama connections."""
+        doc = self._call("GET", "/ollama/config")
+        configs = doc.get("OLLAMA_API_CONFIGS") or {}
+        return {url: bool((configs.get(str(i)) or {}).get("enable", True))
+                for i, url in enumerate(doc.get("OLLAMA_BASE_URLS") or [])}
+
+    def set_enabled(self, url: str, enabled: bool) -> None:
+        with self._lock:
+            doc = self._call("GET", "/ollama/config")
+            urls = list(doc.get("OLLAMA_BASE_URLS") or [])
+            if url not in urls:
+                raise AdminError(f"{url} is not one of Open WebUI's Ollama connections")
+            configs = dict(doc.get("OLLAMA_API_CONFIGS") or {})
+            key = str(urls.index(url))
+            configs[key] = {**(configs.get(key) or {}), "enable": enabled}
+            self._call("POST", "/ollama/config/update", {"ENABLE_OLLAMA_API": doc.get("ENABLE_OLLAMA_API", True),
+                                                         "OLLAMA_BASE_URLS": urls, "OLLAMA_API_CONFIGS": configs})
+
+    # ------------------------------------------------------------------------------- HTTP
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        for attempt in (1, 2):
+            if self._token is None:
+                self._token = self._signin()
+            status, doc = self._request(method, path, body, self._token)
+            if status == 401 and attempt == 1:
+                self._token = None
+                continue
+            if status != 200 or not isinstance(doc, dict):
+                raise AdminError(f"{method} {path}: HTTP {status}")
+            return doc
+        raise AdminError(f"{method} {path}: refused")
+
+    def _signin(self) -> str:
+        try:
+            with open(self.password_file) as f:
+                password = f.read().strip()
+        except OSError as e:
+            raise AdminError(f"cannot read {self.password_file}: {e.strerror}") from None
+        status, doc = self._request("POST", "/api/v1/auths/signin", {"email": self.email, "password": password})
+        token = doc.get("token") if isinstance(doc, dict) else None
+        if status != 200 or not token:
+            raise AdminError(f"admin sign-in refused (HTTP {status}): was the password changed in Open WebUI? "
+                             f"put it in {self.password_file}")
+        return str(token)
+
+    def _request(self, method: str, path: str, body: dict | None, token: str | None = None):
+        parts = urlsplit(self.base_url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=self.timeout)
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+            resp = conn.getresponse()
+            raw = resp.read(1 << 20)
+        except (OSError, http.client.HTTPException) as e:
+            raise AdminError(f"{method} {path}: {e or type(e).__name__}") from None
+        finally:
+            conn.close()
+        try:
+            return resp.status, json.loads(raw) if raw else None
+        except ValueError:
+            return resp.status, None

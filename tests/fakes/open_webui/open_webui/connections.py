@@ -1,0 +1,57 @@
+"""The fake's Ollama connections, as open-webui 0.12's routers/ollama.py has them: the list from
+OLLAMA_BASE_URLS (";"-separated) or OLLAMA_BASE_URL at first start, then from the database; the
+admin's GET /ollama/config and POST /ollama/config/update (per-connection `enable` flags in
+OLLAMA_API_CONFIGS); and POST /api/chat/completions, sent to one connection picked at random
+among the enabled ones, with no health check and Open WebUI's long client timeout
+(AIOHTTP_CLIENT_TIMEOUT, 300 s): a node that is down fails or stalls the chats sent to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import urllib.error
+import urllib.request
+
+
+def _urls() -> list[str]:
+    many = os.environ.get("OLLAMA_BASE_URLS")
+    if many:
+        return [u.strip().rstrip("/") for u in many.split(";") if u.strip()]
+    return [os.environ.get("OLLAMA_BASE_URL", "http://localhost:11434").rstrip("/")]
+
+
+def config(db) -> dict:
+    urls = json.loads(db.config("ollama.base_urls", "null")) or _urls()
+    return {"ENABLE_OLLAMA_API": json.loads(db.config("ollama.enable", "true")), "OLLAMA_BASE_URLS": urls,
+            "OLLAMA_API_CONFIGS": json.loads(db.config("ollama.api_configs", "{}"))}
+
+
+def update(db, form: dict) -> dict | None:
+    urls = form.get("OLLAMA_BASE_URLS")
+    if not isinstance(urls, list) or not isinstance(form.get("OLLAMA_API_CONFIGS"), dict):
+        return None
+    configs = {k: v for k, v in form["OLLAMA_API_CONFIGS"].items() if k in {str(i) for i in range(len(urls))}}
+    db.set_config("ollama.enable", json.dumps(form.get("ENABLE_OLLAMA_API")))
+    db.set_config("ollama.base_urls", json.dumps(urls))
+    db.set_config("ollama.api_configs", json.dumps(configs))
+    return {"ENABLE_OLLAMA_API": form.get("ENABLE_OLLAMA_API"), "OLLAMA_BASE_URLS": urls,
+            "OLLAMA_API_CONFIGS": configs}
+
+
+def chat(db, form: dict) -> tuple[int, dict]:
+    doc = config(db)
+    live = [u for i, u in enumerate(doc["OLLAMA_BASE_URLS"])
+            if (doc["OLLAMA_API_CONFIGS"].get(str(i)) or {}).get("enable", True)]
+    if not doc["ENABLE_OLLAMA_API"] or not live:
+        return 400, {"detail": "Model not found"}
+    url = random.choice(live)
+    body = json.dumps({"model": form.get("model"), "messages": form.get("messages") or [], "stream": False})
+    req = urllib.request.Request(url + "/api/chat", body.encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=float(os.environ.get("AIOHTTP_CLIENT_TIMEOUT", "300"))) as r:
+            answer = json.loads(r.read())
+    except (OSError, ValueError) as e:
+        return 500, {"detail": f"Open WebUI: Server Connection Error ({url}: {e})"}
+    content = (answer.get("message") or {}).get("content", "")
+    return 200, {"choices": [{"message": {"role": "assistant", "content": content}}], "backend": url}

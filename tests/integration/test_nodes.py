@@ -1,0 +1,163 @@
+"""A UI host over two Ollama nodes: localaid takes a node that stops answering out of Open
+WebUI's use through Open WebUI's admin API, and puts it back when it answers again.
+
+One container plays the UI host (ollama.enabled: false, webui.ollama_urls), with the two nodes
+as fake Ollamas (tests/fakes/ollama) on two loopback ports beside it; the fake Open WebUI keeps
+its connections as open-webui 0.12 does (per-connection `enable` flags, changed through
+POST /ollama/config/update) and sends each chat to one enabled connection at random, with no
+health check. A node dropped off the network (three hosts on a bridge) is not in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import REPO, boot
+from harness import wait_for
+
+NODES = {"a": 11501, "b": 11502}
+URLS = [f"http://127.0.0.1:{p}" for p in NODES.values()]
+ADMIN = "admin@localhost"
+CONFIG = f"""\
+ollama:
+  enabled: false
+webui:
+  find_links: [/opt/wheelhouse]
+  ollama_urls: [{", ".join(URLS)}]
+health:
+  start_grace:
+    webui: 30s
+"""
+
+
+def node_unit(name: str, port: int) -> str:
+    return (f"[Unit]\nDescription=fake Ollama node {name}\n[Service]\n"
+            f"ExecStart=/usr/bin/python3 /opt/fakes/ollama/ollama serve\n"
+            f"Environment=OLLAMA_HOST=127.0.0.1:{port} OLLAMA_MODELS=/var/lib/node-{name}/models "
+            f"FAKE_OLLAMA_FAULTS=/run/node-{name}/faults.json\nRestart=no\n")
+
+
+@pytest.fixture(scope="module")
+def uihost(deb, wheelhouse, rootfs):
+    def setup(c):
+        for name, port in NODES.items():
+            c.run(["mkdir", "-p", f"/var/lib/node-{name}/models", f"/run/node-{name}"])
+            c.write(f"/run/node-{name}/faults.json", "{}")
+            c.write(f"/etc/systemd/system/node-{name}.service", node_unit(name, port))
+        c.systemctl("daemon-reload")
+        for name, port in NODES.items():
+            c.systemctl("start", f"node-{name}.service")
+            wait_for(lambda p=port: c.run(["curl", "-sf", f"http://127.0.0.1:{p}/api/version"],
+                                          check=False).returncode == 0, timeout=30)
+            c.run(["curl", "-sf", f"http://127.0.0.1:{port}/api/pull", "-d", '{"model": "tinyllama", "stream": false}'])
+        c.write("/etc/pip.conf", "[global]\nno-index = true\n")
+
+    c = boot(rootfs, deb, install=True, config=CONFIG, setup=setup, name="uihost", private_network=True,
+             binds=[(str(wheelhouse), "/opt/wheelhouse", True), (str(REPO / "tests/fakes/ollama"), "/opt/fakes/ollama", True)])
+    yield c
+    c.stop()
+
+
+def status(c) -> str:
+    return c.unit_property("localaid", "StatusText")
+
+
+def token(c) -> str:
+    password = c.read("/etc/localaid/webui-admin-password").strip()
+    r = c.run(["curl", "-sf", "-H", "Content-Type: application/json", "-d",
+               json.dumps({"email": ADMIN, "password": password}), "http://127.0.0.1:3000/api/v1/auths/signin"])
+    return json.loads(r.stdout)["token"]
+
+
+def in_use(c, tok: str) -> list[bool]:
+    r = c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}", "http://127.0.0.1:3000/ollama/config"])
+    doc = json.loads(r.stdout)
+    return [bool((doc["OLLAMA_API_CONFIGS"].get(str(i)) or {}).get("enable", True))
+            for i in range(len(doc["OLLAMA_BASE_URLS"]))]
+
+
+def chats(c, tok: str, n: int) -> list[str]:
+    """n chats through Open WebUI; the backend each went to, or "failed: ..." (15 s each at most)."""
+    script = ("import json, sys, urllib.request\n"
+              "for _ in range(int(sys.argv[2])):\n"
+              "    req = urllib.request.Request('http://127.0.0.1:3000/api/chat/completions', json.dumps(\n"
+              "        {'model': 'tinyllama', 'messages': [{'role': 'user', 'content': 'hi'}]}).encode(),\n"
+              "        {'Content-Type': 'application/json', 'Authorization': 'Bearer ' + sys.argv[1]})\n"
+              "    try:\n"
+              "        print(json.loads(urllib.request.urlopen(req, timeout=15).read())['backend'])\n"
+              "    except Exception as e:\n"
+              "        print('failed: %s' % e)\n")
+    return c.run(["python3", "-c", script, tok, str(n)], timeout=30 + 16 * n).stdout.split("\n")[:n]
+
+
+def test_ui_host_runs_no_ollama_and_watches_its_nodes(uihost):
+    c = uihost
+    wait_for(lambda: "nodes 2/2 ok" in status(c) and "open-webui ok" in status(c), timeout=120)
+    line = status(c)
+    assert not line.startswith("ollama") and "ollama setup" not in line, line
+    assert c.run(["systemctl", "list-units", "--all", "--no-legend", "localaid-ollama-setup.service"]
+                 ).stdout.strip() == "" or c.is_active("localaid-ollama-setup.service") != "active"
+    env = c.read("/etc/localaid/open-webui.env")
+    assert f'OLLAMA_BASE_URLS="{";".join(URLS)}"' in env, env
+    tok = token(c)
+    assert in_use(c, tok) == [True, True]
+    assert {b for b in chats(c, tok, 12)} <= set(URLS)
+    out = c.run(["localaid", "status"], check=False).stdout  # each node: state, latency, in use
+    rows = [line.split() for line in out.splitlines() if line.startswith("http://127.0.0.1:115")]
+    assert [(r[0], r[1], r[-1]) for r in rows] == [(URLS[0], "ok", "yes"), (URLS[1], "ok", "yes")], out
+
+
+@pytest.mark.parametrize("fault", ["SIGSTOP", "stopped"])
+def test_a_node_that_stops_answering_is_taken_out_and_put_back(uihost, fault):
+    c = uihost
+    tok = token(c)
+    wait_for(lambda: in_use(c, tok) == [True, True] and "nodes 2/2 ok" in status(c), timeout=60)
+    t0 = time.monotonic()
+    if fault == "SIGSTOP":  # alive, not answering: Open WebUI would wait its 300 s client timeout
+        c.systemctl("kill", "-s", "SIGSTOP", "node-b.service")
+    else:
+        c.systemctl("stop", "node-b.service")
+    try:
+        wait_for(lambda: in_use(c, tok) == [True, False], timeout=15, interval=0.2)
+        out_after = time.monotonic() - t0
+        line = wait_for(lambda: (t := status(c)) and "nodes 1/2 ok (127.0.0.1:11502 out" in t and t, timeout=10)
+        backends = chats(c, tok, 20)  # while the node is out: every chat goes to node a
+        assert backends == [URLS[0]] * 20, backends
+    finally:
+        t1 = time.monotonic()
+        if fault == "SIGSTOP":
+            c.systemctl("kill", "-s", "SIGCONT", "node-b.service")
+        else:
+            c.systemctl("start", "node-b.service")
+    wait_for(lambda: in_use(c, tok) == [True, True], timeout=15, interval=0.2)
+    back_after = time.monotonic() - t1
+    print(f"\nnode b {fault}: out of Open WebUI's use after {out_after:.1f} s, back {back_after:.1f} s after "
+          f"it answered; STATUS: {line}")
+    assert out_after <= 10 and back_after <= 10
+    journal = c.journal("localaid")
+    assert f"node-disable {URLS[1]}: ok, out of Open WebUI's use" in journal
+    assert f"node-enable {URLS[1]}: ok, back in Open WebUI's use" in journal
+    wait_for(lambda: "nodes 2/2 ok" in status(c), timeout=10)
+
+
+def test_a_connection_the_admin_switched_off_is_left_off(uihost):
+    c = uihost
+    tok = token(c)
+    wait_for(lambda: in_use(c, tok) == [True, True] and "nodes 2/2 ok" in status(c), timeout=60)
+    time.sleep(2)  # localaid has seen it in use since it put it back
+    doc = json.loads(c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}",
+                            "http://127.0.0.1:3000/ollama/config"]).stdout)
+    doc["OLLAMA_API_CONFIGS"] = {"1": {"enable": False}}
+    c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}", "-H", "Content-Type: application/json", "-d",
+           json.dumps(doc), "http://127.0.0.1:3000/ollama/config/update"])
+    try:
+        time.sleep(4)
+        assert in_use(c, tok) == [True, False]  # node b answers, but the admin's choice stands
+    finally:
+        doc["OLLAMA_API_CONFIGS"] = {}
+        c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}", "-H", "Content-Type: application/json", "-d",
+               json.dumps(doc), "http://127.0.0.1:3000/ollama/config/update"])
+
