@@ -299,3 +299,37 @@ def test_seed_probe_finds_ensurepips_wheels():
     assert webui.Host().seed_wheels("/nonexistent/python") == webui.Seed()
     assert webui.Seed().pip("/py") is None
     assert webui.Seed(("/w/pip-1-py3-none-any.whl",)).pip("/py") == ["/py", "/w/pip-1-py3-none-any.whl/pip"]
+
+
+def test_doctor_on_a_ui_host_says_which_models_have_no_failover():
+    from localaid.adapters.ollama import OllamaError
+    from localaid.config.keys import OllamaConfig
+    from localaid.config.values import ModelSpec
+    from localaid.provision.webui.nodes import node_checks
+    tags = {"http://gpu-a:11434": ["llama3:latest", "nomic-embed-text:latest", "qwen2.5:7b"],
+            "http://gpu-b:11434": ["llama3:latest"], "http://gpu-c:11434": None}
+
+    class Client:
+        def __init__(self, url):
+            self.url = url
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def tags(self):
+            if tags[self.url] is None:
+                raise OllamaError("cannot connect: Connection refused")
+            return [type("M", (), {"name": n})() for n in tags[self.url]]
+    c = cfg(ollama_urls=tuple(tags))
+    c = dataclasses.replace(c, ollama=OllamaConfig(enabled=False, models=(
+        ModelSpec("llama3:latest"), ModelSpec("qwen2.5:7b"), ModelSpec("mistral:latest"))))
+    got = {ch.name: (ch.ok, ch.message) for ch in node_checks(c, Client)}
+    assert got["node gpu-a"][0] is True and got["node gpu-c"] == (
+        False, "http://gpu-c:11434: cannot connect: Connection refused")
+    assert got["model llama3:latest"] == (True, "on gpu-a, gpu-b")
+    assert got["model qwen2.5:7b"] == (None, "only on gpu-a: no failover for it")
+    assert got["model nomic-embed-text:latest"] == (None, "only on gpu-a: no failover for it")
+    assert got["model mistral:latest"][0] is False and "on no node" in got["model mistral:latest"][1]

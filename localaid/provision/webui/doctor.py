@@ -9,6 +9,7 @@ import pwd
 from localaid.records import Check
 import localaid.provision.webui.interpreter as interpreter
 from localaid.provision.webui.installer import WebUIHost
+from localaid.provision.webui.nodes import node_checks
 from localaid.provision.webui.layout import (
     SERVICE_USER, Ctx, Layout, current_version, is_complete, journal, marker, wanted_version)
 from localaid.provision.webui.service import base_url
@@ -66,6 +67,7 @@ def doctor_checks(config, layout: Layout | None = None) -> list[Check]:
                             f"chown -R {SERVICE_USER}: {w.data_dir}; chmod 700 {w.data_dir}"))
     except (FileNotFoundError, KeyError) as e:
         checks.append(Check("open-webui data", None, f"{w.data_dir}: {e}"))
+    checks += node_checks(config)
     base = base_url(config)
     status, body = host.get(base + "/api/config")
     if status == 200 and isinstance(body, dict):
