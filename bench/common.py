@@ -24,6 +24,16 @@ def deb_and_rootfs(deb: Path | None = None, rootfs: Path | None = None, suite: s
     return deb, rootfs
 
 
+# The fake Ollama (tests/fakes/ollama, bound at /opt/fakes/ollama) as ollama.service.
+OLLAMA_UNIT = """\
+[Service]
+ExecStart=/usr/bin/python3 /opt/fakes/ollama/ollama serve
+Environment=OLLAMA_MODELS=/var/lib/fake-ollama/models
+Restart=always
+RestartSec=3
+"""
+
+
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     print(title)

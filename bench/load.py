@@ -27,18 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, deb_and_rootfs, install_with_standins, print_table
+from common import OLLAMA_UNIT, REPO, deb_and_rootfs, install_with_standins, print_table
 from harness import Container, standin_unit, wait_for
 
 CONFIG = 'ollama: {install_script: /nonexistent/install.sh}\ngpu: {devices: {mode: "off"}}\n'  # else defaults
 
-OLLAMA_UNIT = """\
-[Service]
-ExecStart=/usr/bin/python3 /opt/fakes/ollama/ollama serve
-Environment=OLLAMA_MODELS=/var/lib/fake-ollama/models
-Restart=always
-RestartSec=3
-"""
 
 SLOW_START = ("[Service]\nExecStart=\nExecStart=/bin/sh -c 'sleep 20; exec /usr/bin/python3 -m http.server "
               "--bind 127.0.0.1 3000 --directory /srv/webui'\n")

@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, deb_and_rootfs, print_table
+from common import OLLAMA_UNIT, REPO, deb_and_rootfs, print_table
 from harness import Container, wait_for
 
 PORT = 3000  # the container has its own network: the default port is free
@@ -61,13 +61,6 @@ webui:
   find_links: [/opt/wheelhouse]
 """
 
-OLLAMA_UNIT = """\
-[Service]
-ExecStart=/usr/bin/python3 /opt/fakes/ollama/ollama serve
-Environment=OLLAMA_MODELS=/var/lib/fake-ollama/models
-Restart=always
-RestartSec=3
-"""
 
 # One sample: localaid's STATUS, the unit's state, /ready (one nsenter a second).
 SAMPLE = f"""\
@@ -127,32 +120,27 @@ def sample(c: Container) -> dict:
             "state": unit.get("ActiveState", ""), "ready": lines[2].strip() == "200"}
 
 
-def actions_since(c: Container, since_mono: float) -> list[tuple[float, str]]:
-    """localaid's restart/start lines for open-webui.service at or after since_mono (CLOCK_MONOTONIC)."""
+def journal_entries(c: Container) -> list[tuple[float, str]]:
+    """localaid's journal lines as (CLOCK_MONOTONIC seconds, message)."""
     out = c.run(["journalctl", "-u", "localaid", "-o", "json", "--no-pager", "-n", "3000"], check=False).stdout
-    found = []
+    entries = []
     for line in out.splitlines():
         try:
             e = json.loads(line)
         except ValueError:
             continue
-        msg, mono = e.get("MESSAGE"), int(e.get("__MONOTONIC_TIMESTAMP", 0)) / 1e6
-        if isinstance(msg, str) and mono >= since_mono and msg.startswith(ACTIONS):
-            found.append((mono, msg))
-    return found
+        if isinstance(e.get("MESSAGE"), str):
+            entries.append((int(e.get("__MONOTONIC_TIMESTAMP", 0)) / 1e6, e["MESSAGE"]))
+    return entries
+
+
+def actions_since(c: Container, since_mono: float) -> list[tuple[float, str]]:
+    """localaid's restart/start lines for open-webui.service at or after since_mono (CLOCK_MONOTONIC)."""
+    return [(mono, msg) for mono, msg in journal_entries(c) if mono >= since_mono and msg.startswith(ACTIONS)]
 
 
 def journal_around(c: Container, mono: float, before: float = 8.0, after: float = 4.0) -> str:
-    out = c.run(["journalctl", "-u", "localaid", "-o", "json", "--no-pager", "-n", "3000"], check=False).stdout
-    keep = []
-    for line in out.splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        t = int(e.get("__MONOTONIC_TIMESTAMP", 0)) / 1e6
-        if mono - before <= t <= mono + after and isinstance(e.get("MESSAGE"), str):
-            keep.append(f"  [{t - mono:+6.1f} s] {e['MESSAGE']}")
+    keep = [f"  [{t - mono:+6.1f} s] {msg}" for t, msg in journal_entries(c) if mono - before <= t <= mono + after]
     return "\n".join(keep)
 
 
