@@ -67,7 +67,7 @@ def render(doc, age: float | None, daemon: str) -> str:
         where = "GPU" if m["size_vram"] >= m["size"] > 0 else ("CPU" if m["size_vram"] == 0 else "partly CPU")
         lines.append(f"model {m['name']}: {m['size'] / 1e9:.1f} GB on {where}")
     for name, j in (doc.get("jobs") or {}).items():
-        if j.get("state") in ("failed", "started"):
+        if j.get("state") in ("failed", "started", "blocked"):
             lines.append(f"job {name}: {j['state']}" + (f" — {j['text']}" if j.get("text") else ""))
     recent = doc.get("recent_actions") or []
     if recent:
