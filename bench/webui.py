@@ -9,9 +9,6 @@ command works), enables Open WebUI in the configuration, then:
 1. ``systemctl start localaid-webui-setup.service`` from nothing, as localaid.service does after
    ``apt install`` (uv bootstrap, venv, install, user, secrets, first start to /ready), with the
    time of each phase (from localaid's journal line and the venv's completion marker);
-   with ``--real`` (and not ``--no-bare``), the prototype's path right after in the same container,
-   caches empty again: ``python3 -m venv`` + ``pip install uv`` + ``uv pip install`` + first start
-   of that venv to /ready — what the download and Open WebUI's own first start cost here;
 2. the same package set installed bare, cache warm: ``python3 -m venv`` + ``uv pip install``, and
    ``python3 -m venv`` + ``pip install``; and localaid's build again with the same warm cache, through
    its unit (the venv + install part localaid records in the venv's completion marker);
@@ -21,9 +18,27 @@ command works), enables Open WebUI in the configuration, then:
    schema, so localaid rolls back (database restored): command time and outage;
 5. ``systemd-analyze security open-webui.service``.
 
+With ``--real`` (the real package from this machine's pip configuration) it compares instead, in one
+table, for each variant (``--variants slim,full``: slim = webui.torch: false, the default, uv's
+--override leaving torch out; full = webui.torch: true) in a container of its own:
+
+- localaid cold: ``apt install`` with Open WebUI enabled, caches empty: end of ``apt install`` →
+  /ready, and the venv build time from localaid's completion marker;
+- localaid warm (not with ``--no-warm``): the venv removed and rebuilt through
+  localaid-webui-setup.service, uv's cache filled;
+- bare uv (not with ``--no-bare``), in the same container with the same indexes (and for slim the very
+  override file localaid wrote): ``python3 -m venv`` + ``uv pip install open-webui==VERSION``, cold (own
+  cache emptied) then warm, each followed by a first start (fresh DATA_DIR) to /health and /ready;
+
+and for each: venv disk (du; with the installer's cache too), packages (dist-info directories),
+first start to /health and /ready, RSS of the service's processes after the start; the issue's goals
+(healthy ≤ 60 s after ``apt install`` on a cold cache, ≤ 45 s slim; slim venv ≤ 1.5 GB) underneath.
+Each row also goes to stderr as soon as it is measured.
+
     sudo bench/webui.py                   # the fake open-webui (tests/fakes/open_webui), 0.12.4 → 0.12.5
-    sudo bench/webui.py --real            # the real package from this machine's pip configuration
-                                          # (install figures only; GBs of downloads)
+    sudo bench/webui.py --real            # the real package: slim and full, cold and warm, localaid
+                                          # and bare uv (GBs of downloads; about 15 minutes)
+    sudo bench/webui.py --real --variants slim --no-warm   # the shortest real run
 
 Prints a Markdown table (``--json``: one JSON line).
 """
@@ -122,10 +137,17 @@ def main() -> int:
     ap.add_argument("--real", action="store_true", help="the real open-webui from this machine's index")
     ap.add_argument("--version", default="0.12.4")
     ap.add_argument("--next", default="0.12.5", help="upgrade target (fake: 0.12.5)")
-    ap.add_argument("--no-bare", action="store_true", help="--real: skip the cold bare (prototype) run")
-    ap.add_argument("--no-pip", action="store_true", help="skip the bare pip install (minutes with --real)")
+    ap.add_argument("--no-bare", action="store_true", help="--real: skip the bare uv runs")
+    ap.add_argument("--no-pip", action="store_true", help="skip the bare pip install (fake mode)")
+    ap.add_argument("--variants", default="slim,full",
+                    help="--real: which installs, comma-separated: slim (webui.torch: false, the default), "
+                         "full (webui.torch: true); default slim,full")
+    ap.add_argument("--no-warm", action="store_true", help="--real: cold installs only (no rebuild, no warm bare)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    if not variants or any(v not in VARIANTS for v in variants):
+        ap.error(f"--variants: comma-separated, from {', '.join(VARIANTS)}")
     rootfs = tool([str(REPO / "tools/build-rootfs"), "--suite", "bookworm"])
     deb = Path(a.deb or tool([str(REPO / "tools/build-deb"), "--no-lintian"])).resolve()
     port = free_port()
@@ -141,13 +163,14 @@ def main() -> int:
     config = (f"ollama:\n  install_script: /nonexistent/install.sh\ngpu:\n  devices:\n    mode: \"off\"\n"
               f"webui:\n  enabled: ENABLED\n  version: \"{a.version}\"\n  listen: 127.0.0.1:{port}\n"
               f"  install_timeout: 1h\n{find_links}health:\n  start_grace:\n    webui: 5m\n")
+    if a.real:
+        return real_main(a, variants, rootfs, deb, binds, files, config, port)
     rows: list[tuple[str, str]] = []
     out: dict[str, float | str | None] = {}
     with Container(rootfs, binds=binds, name="bench-webui") as c:
         for f in files:
             c.write(f, Path(f).read_text())
-        if not a.real:
-            c.write("/etc/pip.conf", "[global]\nno-index = true\n")
+        c.write("/etc/pip.conf", "[global]\nno-index = true\n")
         # 1. from nothing, as a user gets it: Open WebUI enabled, `apt install`, then localaid.service
         # starts localaid-webui-setup.service (its mount namespace and settings included); the clock
         # runs from the end of `apt install` to /ready answering with the version.
@@ -176,22 +199,15 @@ def main() -> int:
         uv = f"{BASE}/tools/bin/uv"
         if not c.exists(uv):
             uv = c.run(["sh", "-c", "command -v uv"]).stdout.strip()
-        uv_env, idx = ("", "--no-index --find-links /opt/wheelhouse") if not a.real else _uv_index(c)
+        uv_env, idx = "", "--no-index --find-links /opt/wheelhouse"
         spec = f"open-webui=={a.version}"
-        if a.real and not a.no_bare:
-            c.run(["systemctl", "stop", "open-webui.service"])
-            bare = bare_cold(c, uv_env, idx, spec, port)
-            out.update(bare_cold=bare)
-            phase_rows.append(("bare prototype, cold", bare["total"], bare))
-            rows.append(("bare prototype, cold caches: venv + pip install uv + uv pip install + first start, "
-                         "to /ready", f"{bare['total']:.1f} s  (localaid {t / bare['total']:.2f}×)"))
 
         # 2. same set, warm caches: bare uv, bare pip, localaid's build again (nothing else running)
         c.run(["systemctl", "stop", "open-webui.service"])
         # bare, but as the user localaid builds as (its caches are that user's), without a sandbox
         env = (f"HOME=/var/tmp UV_CACHE_DIR={BASE}/venvs/.cache/uv PIP_CACHE_DIR={BASE}/venvs/.cache/pip "
                f"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt {uv_env}")
-        pip_idx = "--find-links /opt/wheelhouse" if not a.real else ""
+        pip_idx = "--find-links /opt/wheelhouse"
         t_uv, r = timed(c, ["sh", "-c", f"rm -rf /var/tmp/bare-uv && {env} /usr/bin/python3 -m venv /var/tmp/bare-uv && "
                                         f"{env} {uv} pip install -q --python /var/tmp/bare-uv/bin/python {idx} {spec}"],
                         user="open-webui")
@@ -216,23 +232,22 @@ def main() -> int:
                          f"{t_pip:.1f} s" + ("" if r2.returncode == 0 else " (failed)")))
         rows.append(("reinstall through localaid-webui-setup.service (venv gone), to /ready", f"{t_la:.1f} s"))
 
-        # 3./4. upgrade downtime and rollback (fake only: needs two releases on the index)
-        if not a.real:
-            health = f"http://127.0.0.1:{port}/health"
-            with Outage(health) as o:
-                t_up, r = timed(c, ["localaid", "upgrade", "webui", "--version", a.next])
-            m = re.search(r"downtime=([0-9.]+)s", r.stdout)
-            out.update(upgrade_s=round(t_up, 1), upgrade_downtime_s=round(o.longest, 2))
-            rows.append((f"upgrade {a.version} → {a.next}: command", f"{t_up:.1f} s"))
-            rows.append(("upgrade downtime (/health polled every 20 ms)",
-                         f"{o.longest:.2f} s" + (f" (localaid: stop → /ready {m.group(1)} s)" if m else "")))
-            with Outage(health) as o:
-                t_rb, r = timed(c, ["localaid", "upgrade", "webui", "--version", a.version], check=False)
-            if r.returncode == 0:
-                sys.exit("the downgrade was expected to fail (newer database schema) and roll back")
-            out.update(rollback_s=round(t_rb, 1), rollback_outage_s=round(o.longest, 2))
-            rows.append((f"failed start of {a.version} on a {a.next} database → rollback: command", f"{t_rb:.1f} s"))
-            rows.append(("outage during that rollback", f"{o.longest:.2f} s"))
+        # 3./4. upgrade downtime and rollback (needs two releases on the index)
+        health = f"http://127.0.0.1:{port}/health"
+        with Outage(health) as o:
+            t_up, r = timed(c, ["localaid", "upgrade", "webui", "--version", a.next])
+        m = re.search(r"downtime=([0-9.]+)s", r.stdout)
+        out.update(upgrade_s=round(t_up, 1), upgrade_downtime_s=round(o.longest, 2))
+        rows.append((f"upgrade {a.version} → {a.next}: command", f"{t_up:.1f} s"))
+        rows.append(("upgrade downtime (/health polled every 20 ms)",
+                     f"{o.longest:.2f} s" + (f" (localaid: stop → /ready {m.group(1)} s)" if m else "")))
+        with Outage(health) as o:
+            t_rb, r = timed(c, ["localaid", "upgrade", "webui", "--version", a.version], check=False)
+        if r.returncode == 0:
+            sys.exit("the downgrade was expected to fail (newer database schema) and roll back")
+        out.update(rollback_s=round(t_rb, 1), rollback_outage_s=round(o.longest, 2))
+        rows.append((f"failed start of {a.version} on a {a.next} database → rollback: command", f"{t_rb:.1f} s"))
+        rows.append(("outage during that rollback", f"{o.longest:.2f} s"))
 
         sec = c.run(["systemd-analyze", "security", "--no-pager", "open-webui.service"], check=False).stdout
         m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\S+)", sec)
@@ -242,13 +257,271 @@ def main() -> int:
     if a.json:
         print(json.dumps(out))
     else:
-        what = "real open-webui" if a.real else "fake open-webui (tests/fakes)"
+        what = "fake open-webui (tests/fakes)"
         print(f"\nOpen WebUI through localaid — {what} {a.version}, {out.get('packages')} packages\n")
         print("| measure | value |\n|---|---|")
         for k, v in rows:
             print(f"| {k} | {v} |")
         print_phases(phase_rows)
     return 0
+
+
+# ------------------------------------------------------------------ --real: slim and full, cold and warm
+VARIANTS = {"slim": False, "full": True}  # name → webui.torch
+GOAL_READY_S = {"slim": 45.0, "full": 60.0}  # cold: end of `apt install` → healthy (the issue's goals)
+GOAL_DISK_SLIM = 1.5e9  # bytes: the slim venv
+SETTLE_S = 5.0  # RSS is read this long after /ready
+BARE_VENV, BARE_CACHE, BARE_DATA = "/var/tmp/bare-uv", "/var/tmp/bare-uv-cache", "/var/tmp/bare-data"
+
+# RSS (KiB) summed over the processes of a unit's cgroup, read inside the container
+RSS_CODE = r"""
+import os, subprocess, sys
+show = subprocess.run(["systemctl", "show", "-p", "ControlGroup", "-p", "MainPID", sys.argv[1]],
+                      capture_output=True, text=True).stdout
+props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+cg, main = props.get("ControlGroup", ""), props.get("MainPID", "0")
+pids = None
+for top in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"):  # v2, hybrid, v1
+    try:
+        pids = open(f"{top}{cg}/cgroup.procs").read().split() if cg else None
+        break
+    except OSError:
+        pass
+if pids is None:  # no cgroup file: the main process and its descendants
+    parent = {}
+    for p in os.listdir("/proc"):
+        try:
+            parent[p] = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            pass
+    pids = [main] if main != "0" else []
+    for p in parent:
+        q = p
+        while q in parent and q != main:
+            q = parent[q]
+        if q == main and p != main:
+            pids.append(p)
+total = 0
+for p in pids:
+    try:
+        for line in open(f"/proc/{p}/status"):
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    except OSError:
+        pass
+print(total, len(pids))
+"""
+
+
+def real_main(a, variants, rootfs, deb, binds, files, config, port) -> int:
+    """One container per variant (localaid's cold install must start from `apt install`): localaid
+    cold, localaid warm (venv rebuilt through its unit), then bare uv cold and warm in the same
+    container, with the same indexes and, for slim, the same override file."""
+    spec = f"open-webui=={a.version}"
+    rows: list[dict] = []
+    notes: list[str] = []
+    t_run = time.monotonic()
+    for v in variants:
+        torch = VARIANTS[v]
+        cfg = config.replace("ENABLED", "true").replace("  install_timeout: 1h\n",
+                                                       f"  install_timeout: 1h\n  torch: {str(torch).lower()}\n")
+        with Container(rootfs, binds=binds, name=f"bench-webui-{v}") as c:
+            for f in files:
+                c.write(f, Path(f).read_text())
+            c.write("/etc/localaid/localaid.yaml", cfg)
+            # localaid, cold: what a new user's `apt install` does, caches empty (a new container)
+            drop_caches()
+            t_apt, _ = timed(c, ["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold",
+                                 f"/mnt/{deb.name}"], timeout=600)
+            t0 = time.monotonic()
+            if not wait_ready(f"http://127.0.0.1:{port}", a.version, 3600,
+                              lambda: c.is_active("localaid-webui-setup.service") == "failed"):
+                sys.exit(f"{v}: localaid-webui-setup failed:\n{c.journal('localaid-webui-setup.service')[-4000:]}")
+            t = time.monotonic() - t0
+            c.run(["systemctl", "stop", "localaid.service"])  # from here on only the measured commands act
+            wait_inactive(c, "localaid-webui-setup.service")
+            notes.append(f"{v}: `apt install` of localaid {t_apt:.1f} s")
+            rows.append(report(localaid_row(c, f"localaid {v}, cold", v, "cold", a.version, t)))
+            if not a.no_warm:  # localaid, warm: the venv rebuilt through its unit, uv's cache filled
+                c.run(["sh", "-c", f"rm -rf {BASE}/venvs/{a.version} {BASE}/current"])
+                t_la, r = timed(c, ["systemctl", "start", "localaid-webui-setup.service"], check=False)
+                if r.returncode != 0:
+                    sys.exit(f"{v}: warm rebuild failed:\n{c.journal('localaid-webui-setup.service')[-4000:]}")
+                rows.append(report(localaid_row(c, f"localaid {v}, warm (venv rebuilt)", v, "warm", a.version,
+                                                t_la)))
+            if a.no_bare:
+                continue
+            c.run(["systemctl", "stop", "open-webui.service"])
+            uv = f"{BASE}/tools/bin/uv"
+            if not c.exists(uv):
+                uv = c.run(["sh", "-c", "command -v uv"]).stdout.strip()
+            uv_env, idx = _uv_index(c)
+            override = "" if torch else f"--override {BASE}/uv-overrides.txt"  # the very file localaid wrote
+            uv_version = c.run([uv, "--version"]).stdout.strip()
+            notes.append(f"{v}: bare uv = localaid's ({uv_version}), run as root, own cache {BARE_CACHE}, "
+                         f"`uv pip install {override + ' ' if override else ''}{spec}` (no --compile-bytecode)")
+            for temp in ("cold",) + (() if a.no_warm else ("warm",)):
+                rows.append(report(bare_row(c, f"bare uv {v}, {temp}", v, temp, uv, uv_env,
+                                            f"{idx} {override}".strip(), spec)))
+            c.run(["sh", "-c", f"rm -rf {BARE_VENV} {BARE_CACHE} {BARE_DATA}"])
+    total = time.monotonic() - t_run
+    if a.json:
+        print(json.dumps({"version": a.version, "rows": rows, "notes": notes, "seconds": round(total, 1)}))
+    else:
+        print_real(a.version, rows, notes, total)
+    return 0
+
+
+def localaid_row(c: Container, name: str, variant: str, temp: str, version: str, total: float) -> dict:
+    """What localaid recorded (completion marker, journal phases) and what the venv and service take."""
+    venv = f"{BASE}/venvs/{version}"
+    marker = json.loads(c.read(f"{venv}/.localaid-complete"))
+    ph = setup_phases(c)
+    time.sleep(SETTLE_S)
+    return {"name": name, "variant": variant, "temp": temp, "total_s": round(total, 1),
+            "build_s": marker.get("seconds"), "install_s": ph.get("install"),
+            "to_health_s": ph.get("to_health"), "to_ready_s": ph.get("to_ready"),
+            "rss_mib": unit_rss(c, "open-webui.service"), **disk(c, venv, f"{BASE}/venvs/.cache"),
+            "packages": dist_count(c, venv), "installer_packages": marker.get("packages"),
+            "torch": marker.get("torch")}
+
+
+def bare_row(c: Container, name: str, variant: str, temp: str, uv: str, uv_env: str, idx: str,
+             spec: str) -> dict:
+    """`python3 -m venv` + `uv pip install` as root (cold: cache emptied and host's page cache dropped;
+    warm: the cache of the cold run), then the first start of that venv, fresh DATA_DIR, same env file
+    as open-webui.service, to /health and /ready."""
+    p2 = free_port()
+    c.run(["sh", "-c", f"rm -rf {BARE_VENV} {BARE_DATA} && mkdir -p {BARE_DATA}"
+                       + (f" && rm -rf {BARE_CACHE}" if temp == "cold" else "")])
+    envfile = re.sub(r"(?m)^(DATA_DIR|PORT|PIP_CACHE_DIR)=.*$", "", c.read("/etc/localaid/open-webui.env"))
+    c.write("/var/tmp/bare.env", envfile + f"DATA_DIR={BARE_DATA}\nPORT={p2}\n", mode=0o600)
+    env = f"UV_CACHE_DIR={BARE_CACHE} SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt {uv_env}"
+    if temp == "cold":
+        drop_caches()
+    t0 = time.monotonic()
+    t_venv, _ = timed(c, ["/usr/bin/python3", "-m", "venv", BARE_VENV])
+    t_inst, r = timed(c, ["sh", "-c", f"{env} {uv} pip install --python {BARE_VENV}/bin/python {idx} {spec}"])
+    n_uv = None
+    for line in (r.stdout + r.stderr).splitlines():
+        m = re.match(r"\s*Installed\s+(\d+)\s+packages?", line)
+        if m:
+            n_uv = int(m.group(1))
+    unit = f"bare-webui-{variant}-{temp}"
+    t_start = time.monotonic()
+    c.run(["systemd-run", "--unit", unit, "-p", "EnvironmentFile=/var/tmp/bare.env",
+           f"--working-directory={BARE_DATA}", f"{BARE_VENV}/bin/open-webui", "serve", "--host", "127.0.0.1",
+           "--port", str(p2)])
+    failed = lambda: c.is_active(unit) in ("failed", "inactive")  # noqa: E731
+    to_health = wait_health(f"http://127.0.0.1:{p2}", 600, failed)
+    ok = to_health is not None and wait_ready(f"http://127.0.0.1:{p2}", spec.split("==")[1], 600, failed)
+    to_ready = time.monotonic() - t_start
+    total = time.monotonic() - t0
+    time.sleep(SETTLE_S)
+    rss = unit_rss(c, unit) if ok else None
+    c.run(["systemctl", "stop", unit], check=False)
+    c.run(["systemctl", "reset-failed", unit], check=False)
+    row = {"name": name, "variant": variant, "temp": temp, "total_s": round(total, 1) if ok else None,
+           "build_s": round(t_venv + t_inst, 1), "install_s": round(t_inst, 1),
+           "to_health_s": round(to_health, 1) if to_health is not None else None,
+           "to_ready_s": round(to_ready, 1) if ok else None, "rss_mib": rss,
+           **disk(c, BARE_VENV, BARE_CACHE), "packages": dist_count(c, BARE_VENV), "installer_packages": n_uv}
+    if not ok:
+        row["error"] = "did not become ready: " + c.journal(unit)[-600:].replace("\n", " | ")
+    return row
+
+
+def wait_health(base: str, timeout: float, failed=lambda: False) -> float | None:
+    """Seconds until GET /health answers 200 (polled every 0.25 s from the host); None if never."""
+    t0, n = time.monotonic(), 0
+    while time.monotonic() - t0 < timeout:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except OSError:
+            pass
+        n += 1
+        if n % 20 == 0 and failed():
+            return None
+        time.sleep(0.25)
+    return None
+
+
+def unit_rss(c: Container, unit: str) -> int | None:
+    """MiB, summed over the unit's processes."""
+    r = c.run(["/usr/bin/python3", "-c", RSS_CODE, unit], check=False)
+    try:
+        kib, n = (int(x) for x in r.stdout.split())
+    except ValueError:
+        return None
+    return kib // 1024 if n else None
+
+
+def disk(c: Container, venv: str, cache: str) -> dict:
+    """du of the venv, and of the venv and installer cache together (uv hard-links between them)."""
+    r = c.run(["du", "-scx", "-B1", venv, cache], check=False).stdout.split("\n")
+    sizes = [int(ln.split()[0]) for ln in r if ln.strip()]
+    return {"venv_bytes": sizes[0] if sizes else None, "with_cache_bytes": sizes[-1] if len(sizes) > 2 else None}
+
+
+def dist_count(c: Container, venv: str) -> int | None:
+    r = c.run(["sh", "-c", f"ls -d {venv}/lib/python3*/site-packages/*.dist-info | wc -l"], check=False)
+    return int(r.stdout.strip()) if r.stdout.strip().isdigit() else None
+
+
+def report(row: dict) -> dict:
+    """Each row on stderr as soon as it is measured: a run cut short still tells what it got."""
+    print(f"[bench] {json.dumps(row)}", file=sys.stderr, flush=True)
+    return row
+
+
+def _gb(b) -> str:
+    return "" if b is None else f"{b / 1e9:.2f} GB"
+
+
+def _s(x) -> str:
+    return "" if x is None else f"{x:.1f} s"
+
+
+def print_real(version: str, rows: list[dict], notes: list[str], total: float) -> None:
+    print(f"\nReal open-webui {version}: localaid (slim = webui.torch: false, default; full = webui.torch: true) "
+          f"against bare uv, cold (empty uv cache) and warm (cache filled)")
+    print(f"Goals (issue): healthy ≤ {GOAL_READY_S['full']:.0f} s after `apt install` on a cold cache "
+          f"(≤ {GOAL_READY_S['slim']:.0f} s slim); venv disk ≤ {GOAL_DISK_SLIM / 1e9:.1f} GB slim\n")
+    print("| run | total → /ready | venv build | of which install | start → /health | start → /ready "
+          f"| RSS ({SETTLE_S:.0f} s after /ready) | venv disk | venv + cache | packages (dist-info) |")
+    print("|---|" + "---|" * 9)
+    for r in rows:
+        print(f"| {r['name']} | {_s(r['total_s'])} | {_s(r['build_s'])} | {_s(r['install_s'])} "
+              f"| {_s(r['to_health_s'])} | {_s(r['to_ready_s'])} "
+              f"| {'' if r['rss_mib'] is None else str(r['rss_mib']) + ' MiB'} | {_gb(r['venv_bytes'])} "
+              f"| {_gb(r['with_cache_bytes'])} | {r['packages'] if r['packages'] is not None else ''} |")
+    print("\n- total → /ready: localaid cold = end of `apt install` → /ready (uv bootstrap, venv, install, "
+          "first start); localaid warm = `systemctl start localaid-webui-setup.service` with the venv removed; "
+          "bare = `python3 -m venv` + `uv pip install` + first start")
+    print("- venv build: localaid = its completion marker's seconds (venv, seed, install with "
+          "--compile-bytecode, verify); bare = venv + uv pip install")
+    print("- start → /health, /ready: localaid = its own timings (journal); bare = from `systemd-run`, "
+          "fresh DATA_DIR, open-webui.service's env file")
+    print("- venv disk: du after the first start (bare venvs: with the .pyc files that start wrote; localaid's "
+          "are compiled at install); venv + cache: du of both together (uv hard-links the venv to its cache)")
+    for r in rows:
+        if r.get("error"):
+            print(f"- {r['name']}: {r['error']}")
+    for r in rows:
+        if r["name"].startswith("localaid") and r["temp"] == "cold":
+            goal = GOAL_READY_S[r["variant"]]
+            verdict = [f"healthy {_s(r['total_s'])} after `apt install` "
+                       f"({'meets' if r['total_s'] <= goal else 'misses'} ≤ {goal:.0f} s)"]
+            if r["variant"] == "slim" and r["venv_bytes"] is not None:
+                verdict.append(f"venv {_gb(r['venv_bytes'])} "
+                               f"({'meets' if r['venv_bytes'] <= GOAL_DISK_SLIM else 'misses'} "
+                               f"≤ {GOAL_DISK_SLIM / 1e9:.1f} GB)")
+            print(f"- goal, {r['name']}: " + "; ".join(verdict))
+    for n in notes:
+        print(f"- {n}")
+    print(f"- whole run: {total:.0f} s")
 
 
 PHASES = [  # (key in localaid's phases / the bare run, label)
@@ -321,45 +594,6 @@ def drop_caches() -> None:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     except OSError:
         pass
-
-
-def bare_cold(c: Container, uv_env: str, idx: str, spec: str, port: int) -> dict[str, float]:
-    """The prototype's path by hand, caches empty: venv, pip install uv, uv pip install, first start."""
-    proto, cache, data, p2 = "/var/tmp/proto", "/var/tmp/proto-cache", "/var/tmp/proto-data", free_port()
-    c.run(["sh", "-c", f"rm -rf {proto} {cache} {data} && mkdir -p {data}"])
-    envfile = c.read("/etc/localaid/open-webui.env")
-    envfile = re.sub(r"(?m)^(DATA_DIR|PORT|PIP_CACHE_DIR)=.*$", "", envfile)
-    c.write("/var/tmp/proto.env", envfile + f"DATA_DIR={data}\nPORT={p2}\n", mode=0o600)
-    env = f"UV_CACHE_DIR={cache} PIP_CACHE_DIR={cache}/pip SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt {uv_env}"
-    drop_caches()
-    out: dict[str, float] = {}
-    t0 = time.monotonic()
-    out["venv"], _ = timed(c, ["/usr/bin/python3", "-m", "venv", proto])
-    out["uv_bootstrap"], _ = timed(c, ["sh", "-c", f"{env} {proto}/bin/pip install -q uv"])
-    out["install"], r = timed(c, ["sh", "-c", f"{env} {proto}/bin/uv pip install --python {proto}/bin/python "
-                                            f"{idx} {spec}"])
-    for line in (r.stdout + r.stderr).splitlines():
-        m = re.match(r"\s*(Resolved|Prepared|Installed)\s+\d+\s+packages?\s+in\s+(.+?)\s*$", line)
-        if m:
-            out["uv_" + m.group(1).lower()] = _seconds(m.group(2))
-    t_start = time.monotonic()
-    c.run(["systemd-run", "--unit", "proto-webui", "-p", "EnvironmentFile=/var/tmp/proto.env",
-           f"--working-directory={data}", f"{proto}/bin/open-webui", "serve", "--host", "127.0.0.1",
-           "--port", str(p2)])
-    wait_ready(f"http://127.0.0.1:{p2}", spec.split("==")[1], 600)
-    out["to_ready"] = round(time.monotonic() - t_start, 2)
-    out["total"] = round(time.monotonic() - t0, 2)
-    c.run(["systemctl", "stop", "proto-webui"], check=False)
-    c.run(["sh", "-c", f"rm -rf {proto} {cache} {data} /var/tmp/proto.env"])
-    return {k: round(v, 2) for k, v in out.items() if v is not None}
-
-
-def _seconds(text: str) -> float | None:
-    total, found = 0.0, False
-    for num, unit in re.findall(r"([0-9.]+)\s*(ms|s|m|h)\b", text):
-        total += float(num) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-        found = True
-    return total if found else None
 
 
 def _uv_index(c: Container) -> tuple[str, str]:

@@ -468,7 +468,7 @@ def test_uv_path_bootstraps_uv_and_translates_pip_configuration(env, tmp_path):
     assert any(r[-1] == "uv" and r[0] == os.path.join(layout.tools, "bin", "python") for r in runs)
     install = next(r for r in runs if r[0] == uv)
     assert install[1:5] == ("pip", "install", "--python", os.path.join(layout.venv("0.12.4"), "bin", "python"))
-    assert install[5:] == ("--compile-bytecode", "--no-index", "--no-build", "--override", layout.overrides,
+    assert install[5:] == ("--no-index", "--no-build", "--override", layout.overrides,
                            "open-webui==0.12.4")  # wheels only, and no torch (webui.torch: false)
     assert "torch; sys_platform == 'never'" in open(layout.overrides).read()
     assert stat.S_IMODE(os.stat(layout.overrides).st_mode) == 0o644  # root's: the build unit only reads it  # wheels only by default
@@ -497,7 +497,7 @@ def test_uv_path_seeds_venv_with_ensurepips_wheels_and_bootstraps_uv_without_a_v
             "--only-binary", ":all:", "uv") in runs
     assert (*pip, "config", "list") in runs
     seed = (uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps", *wheels)
-    install = (uv, "pip", "install", "--python", python, "--compile-bytecode", "--no-index", "--no-build",
+    install = (uv, "pip", "install", "--python", python, "--no-index", "--no-build",
                "--override", layout.overrides, "open-webui==0.12.4")
     assert runs.index(seed) < runs.index(install)
     site = os.path.join(venv, "lib", "python3.11", "site-packages")
@@ -592,6 +592,11 @@ def test_debian13_gets_a_python_from_uv_once_root_owned_and_reused(env, tmp_path
     assert upgrade(layout, host, debian13(), "0.12.5") == 0
     assert sum(1 for u in host.units if u["argv"][1:3] == ["python", "install"]) == 1
     assert (exe, "-m", "venv", layout.venv("0.12.5")) in [c[1] for c in host.calls if c[0] == "run"]
+    # the upgrade's build compiles the byte code while 0.12.4 serves; the first install did not
+    installs = [u["argv"] for u in host.units if u["argv"][1:3] == ["pip", "install"] and u["argv"][-1].startswith(
+        "open-webui==")]
+    assert [("--compile-bytecode" in a, a[-1]) for a in installs] == [(False, "open-webui==0.12.4"),
+                                                                    (True, "open-webui==0.12.5")]
 
 
 def test_a_link_out_of_the_downloaded_tree_is_refused(env, tmp_path):
