@@ -46,8 +46,9 @@ class Actor:
             if a.kind == "preload":
                 self._background(f"preload:{a.target}", self._preload, a, config)
                 continue
-            if a.kind in ("node-disable", "node-enable"):  # Open WebUI's admin API: seconds at worst
-                self._background(f"node:{a.target}", self._node, a, config)
+            if a.kind in ("node-disable", "node-enable", "nodes-sync"):  # Open WebUI's admin API
+                key = "nodes:sync" if a.kind == "nodes-sync" else f"node:{a.target}"
+                self._background(key, self._node, a, config)
                 continue
             outcome = self._do(a)
             self._record(a, outcome)
@@ -126,6 +127,9 @@ class Actor:
         """Switch a UI host's Ollama node on or off in Open WebUI's connection settings."""
         if self.webui_admin is None:
             return "failed: no Open WebUI admin client"
+        if a.kind == "nodes-sync":
+            self.webui_admin.sync(config.webui.ollama_urls)
+            return "ok, Open WebUI's Ollama connections are now webui.ollama_urls"
         self.webui_admin.set_enabled(a.target, a.kind == "node-enable")
         return "ok, " + ("back in Open WebUI's use" if a.kind == "node-enable" else "out of Open WebUI's use")
 

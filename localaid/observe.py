@@ -61,7 +61,7 @@ class Observer:
             client = self._clients[key] = http.Client(url)
         return self._submit(key, client.request, timeout)
 
-    def _nodes(self, urls, probe) -> tuple[tuple[NodeObs, ...], str | None]:
+    def _nodes(self, urls, probe) -> tuple[tuple[NodeObs, ...], str | None, bool]:
         """The nodes' probes, with Open WebUI's `enable` flags as last read (a read that did
         not end this cycle keeps the previous one: signing in can take a second)."""
         fut = self._pending.get("conns")
@@ -71,7 +71,8 @@ class Observer:
             except Exception as e:  # AdminError: words for STATUS
                 self._conns = (None, str(e) or type(e).__name__)
         conns, error = self._conns if urls else (None, None)
-        return tuple(NodeObs(u, probe(f"node:{u}")[0], conns.get(u) if conns else None) for u in urls), error
+        nodes = tuple(NodeObs(u, probe(f"node:{u}")[0], conns.get(u) if conns else None) for u in urls)
+        return nodes, error, conns is not None and list(conns) != [u.rstrip("/") for u in urls]
 
     def _drop_clients(self, keep) -> None:
         """Close the connections of probes not made this cycle (Open WebUI's /ready once it is up)."""
@@ -148,7 +149,7 @@ class Observer:
         if config.webui.enabled:
             unit = unit_states.get(UNITS[WEBUI])
             services[WEBUI] = ServiceObs(WEBUI, unit, unit_err, wp, rp, cpu_seconds=_cpu_if_failed(unit, wp))
-        node_obs, nodes_error = self._nodes(nodes, probe)
+        node_obs, nodes_error, nodes_differ = self._nodes(nodes, probe)
         gpu_obs, gpu_err = result("gpu") if "gpu" in futs else (GpuObs(state="off"), None)
         if gpu_obs is None:
             gpu_obs = GpuObs(state="error", error=f"GPU watch: {gpu_err}")
@@ -161,7 +162,7 @@ class Observer:
         return Observation(now=self.clock(), services=MappingProxyType(services), gpu=gpu_obs,
                            jobs=MappingProxyType(job_obs), maintenance=maintenance(),
                            generation=generation, in_flight=in_flight, exposed=_exposed(config),
-                           nodes=node_obs, nodes_error=nodes_error)
+                           nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ)
 
 
 class UnitWatch:

@@ -68,6 +68,11 @@ def decide_nodes(config, obs: Observation, hist, now: float, in_flight=frozenset
     if not (config.webui.enabled and config.webui.ollama_urls):
         return [], MappingProxyType({}), "", []
     actions, notes, out = [], [], {}
+    syncing = obs.nodes_differ or "nodes:sync" in in_flight
+    if obs.nodes_differ and "nodes:sync" not in in_flight:
+        # Open WebUI keeps the list it was first started with (settings in its database)
+        actions.append(Action("nodes-sync", "open-webui", "config", "Open WebUI's Ollama connections are not "
+                              "webui.ollama_urls"))
     for node in obs.nodes:
         h = hist.get(node.url, NodeHistory())
         if node.probe is not None:
@@ -76,7 +81,7 @@ def decide_nodes(config, obs: Observation, hist, now: float, in_flight=frozenset
             if note:
                 notes.append(f"node {name(node.url)}: {note}")
         want = h.state != "out"
-        busy = f"node:{node.url}" in in_flight
+        busy = f"node:{node.url}" in in_flight or syncing
         if node.in_use is not None and not busy:
             if node.in_use and not want:
                 actions.append(Action("node-disable", node.url, "node-down", h.reason or "probes failed"))

@@ -153,6 +153,7 @@ class Observation:
     exposed: bool = False  # ollama.allow_from is configured, and this host was found not to enforce it
     nodes: tuple[NodeObs, ...] = ()  # a UI host's Ollama nodes, in webui.ollama_urls order
     nodes_error: str | None = None  # why Open WebUI's connection settings could not be read
+    nodes_differ: bool = False  # Open WebUI's connection list is not webui.ollama_urls
 
 
 # ----------------------------------------------------------------------------------- decide

@@ -36,6 +36,18 @@ class WebUIAdmin:
         return {url: bool((configs.get(str(i)) or {}).get("enable", True))
                 for i, url in enumerate(doc.get("OLLAMA_BASE_URLS") or [])}
 
+    def sync(self, urls) -> None:
+        """Make Open WebUI's connection list webui.ollama_urls (it seeds its settings from
+        OLLAMA_BASE_URLS at its first start only), keeping each URL's own settings."""
+        with self._lock:
+            doc = self._call("GET", "/ollama/config")
+            old = list(doc.get("OLLAMA_BASE_URLS") or [])
+            configs = doc.get("OLLAMA_API_CONFIGS") or {}
+            by_url = {u: configs.get(str(i)) for i, u in enumerate(old) if configs.get(str(i))}
+            self._call("POST", "/ollama/config/update", {
+                "ENABLE_OLLAMA_API": doc.get("ENABLE_OLLAMA_API", True), "OLLAMA_BASE_URLS": list(urls),
+                "OLLAMA_API_CONFIGS": {str(i): by_url[u] for i, u in enumerate(urls) if u in by_url}})
+
     def set_enabled(self, url: str, enabled: bool) -> None:
         with self._lock:
             doc = self._call("GET", "/ollama/config")

@@ -68,12 +68,17 @@ def status(c) -> str:
 def token(c) -> str:
     password = c.read("/etc/localaid/webui-admin-password").strip()
     r = c.run(["curl", "-sf", "-H", "Content-Type: application/json", "-d",
-               json.dumps({"email": ADMIN, "password": password}), "http://127.0.0.1:3000/api/v1/auths/signin"])
-    return json.loads(r.stdout)["token"]
+               json.dumps({"email": ADMIN, "password": password}), "http://127.0.0.1:3000/api/v1/auths/signin"],
+              check=False)
+    return json.loads(r.stdout)["token"] if r.returncode == 0 else ""  # "" while Open WebUI restarts
 
 
-def in_use(c, tok: str) -> list[bool]:
-    r = c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}", "http://127.0.0.1:3000/ollama/config"])
+def in_use(c, tok: str) -> list[bool] | None:
+    """Open WebUI's `enable` flag of each connection (None while it does not answer)."""
+    r = c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}", "http://127.0.0.1:3000/ollama/config"],
+              check=False)
+    if r.returncode != 0:
+        return None
     doc = json.loads(r.stdout)
     return [bool((doc["OLLAMA_API_CONFIGS"].get(str(i)) or {}).get("enable", True))
             for i in range(len(doc["OLLAMA_BASE_URLS"]))]
@@ -161,3 +166,20 @@ def test_a_connection_the_admin_switched_off_is_left_off(uihost):
         c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}", "-H", "Content-Type: application/json", "-d",
                json.dumps(doc), "http://127.0.0.1:3000/ollama/config/update"])
 
+
+
+def test_a_changed_node_list_reaches_open_webui(uihost):
+    """Open WebUI stores its connections at its first start and ignores OLLAMA_BASE_URLS after:
+    localaid writes a changed webui.ollama_urls through the admin API."""
+    c = uihost
+    c.write("/etc/localaid/conf.d/60-one-node.yaml", f"webui:\n  ollama_urls: [{URLS[0]}]\n")
+    c.systemctl("reload", "localaid")
+    try:
+        # the set-up job rewrites the environment and restarts Open WebUI, which keeps its list
+        wait_for(lambda: in_use(c, token(c)) == [True], timeout=60, interval=0.5)
+        assert "nodes 1/1 ok" in wait_for(lambda: (t := status(c)) and "nodes 1/1 ok" in t and t, timeout=30)
+        assert "nodes-sync open-webui: ok" in c.journal("localaid")
+    finally:
+        c.run(["rm", "-f", "/etc/localaid/conf.d/60-one-node.yaml"])
+        c.systemctl("reload", "localaid")
+    wait_for(lambda: in_use(c, token(c)) == [True, True], timeout=30, interval=0.5)

@@ -103,3 +103,12 @@ def test_nothing_is_sent_while_a_change_is_in_flight_or_settings_unreadable():
 def test_every_node_out_is_unhealthy():
     ds = run([observe(100.0 + i, a=REFUSED, b=REFUSED) for i in range(4)])
     assert not ds[-1].healthy and "nodes 0/2 ok" in ds[-1].status_line
+
+
+def test_open_webuis_stored_list_is_brought_to_the_configured_one_first():
+    """Open WebUI keeps the connections it was first started with: a changed webui.ollama_urls
+    is written through its admin API before any node is switched."""
+    o = replace(observe(100.0, b=REFUSED, in_use=(True, None)), nodes_differ=True)
+    ds = run([o, replace(o, now=101.0), replace(o, now=102.0, in_flight=frozenset({"nodes:sync"}))])
+    assert [a.kind for a in ds[0].actions if a.kind.startswith("node")] == ["nodes-sync"]
+    assert node_actions(ds[2]) == []  # nothing else while it is written

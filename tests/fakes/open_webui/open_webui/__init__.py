@@ -296,6 +296,7 @@ def startup(app: App) -> None:
         except SystemExit as e:
             log(str(e))
             os._exit(1)
+        connections.seed(app.db)
         email, password = os.environ.get("WEBUI_ADMIN_EMAIL", ""), os.environ.get("WEBUI_ADMIN_PASSWORD", "")
         if email and password and app.db.users() == 0:
             app.db.add_user(email, os.environ.get("WEBUI_ADMIN_NAME", "Admin"), password, "admin")

@@ -1,5 +1,6 @@
 """The fake's Ollama connections, as open-webui 0.12's routers/ollama.py has them: the list from
-OLLAMA_BASE_URLS (";"-separated) or OLLAMA_BASE_URL at first start, then from the database; the
+OLLAMA_BASE_URLS (";"-separated) or OLLAMA_BASE_URL stored at the first start, then only from the
+database (a changed environment is ignored, as Open WebUI's persistent config does); the
 admin's GET /ollama/config and POST /ollama/config/update (per-connection `enable` flags in
 OLLAMA_API_CONFIGS); and POST /api/chat/completions, sent to one connection picked at random
 among the enabled ones, with no health check and Open WebUI's long client timeout
@@ -19,6 +20,13 @@ def _urls() -> list[str]:
     if many:
         return [u.strip().rstrip("/") for u in many.split(";") if u.strip()]
     return [os.environ.get("OLLAMA_BASE_URL", "http://localhost:11434").rstrip("/")]
+
+
+def seed(db) -> None:
+    """At start, as open-webui's seed_registered_defaults(): the environment's list is stored
+    once; from then on the database's list is used and OLLAMA_BASE_URLS is ignored."""
+    if db.config("ollama.base_urls", "null") == "null":
+        db.set_config("ollama.base_urls", json.dumps(_urls()))
 
 
 def config(db) -> dict:
