@@ -71,7 +71,8 @@ class Observer:
             except Exception as e:  # AdminError: words for STATUS
                 self._conns = (None, str(e) or type(e).__name__)
         conns, error = self._conns if urls else (None, None)
-        nodes = tuple(NodeObs(u, probe(f"node:{u}")[0], conns.get(u) if conns else None) for u in urls)
+        nodes = tuple(NodeObs(u, probe(f"node:{u}")[0], *(conns.get(u) or (None, False) if conns else (None, False)))
+                      for u in urls)
         return nodes, error, conns is not None and list(conns) != [u.rstrip("/") for u in urls]
 
     def _drop_clients(self, keep) -> None:

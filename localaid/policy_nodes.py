@@ -75,6 +75,8 @@ def decide_nodes(config, obs: Observation, hist, now: float, in_flight=frozenset
                               "webui.ollama_urls"))
     for node in obs.nodes:
         h = hist.get(node.url, NodeHistory())
+        if node.ours and not h.ours:  # switched off by an earlier localaid (restart, reboot)
+            h = replace(h, ours=True, state="out", since=h.since or now, reason=h.reason or "switched off earlier")
         if node.probe is not None:
             h, note = _step(h, node.probe.ok, node.probe.error or f"HTTP {node.probe.status}", now,
                             config.health.failures)

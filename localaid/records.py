@@ -139,6 +139,7 @@ class NodeObs:
     url: str
     probe: Probe | None
     in_use: bool | None = None
+    ours: bool = False  # its connection carries localaid's mark: localaid switched it off
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
-"""Open WebUI's admin API, for a UI host's failover: which Ollama connections it uses, and
-switching one on or off (its `enable` flag in OLLAMA_API_CONFIGS; the connection list and its
-order are left as they are).
+"""Open WebUI's admin API. Open WebUI seeds its settings from its environment at its first start
+and keeps them in its database after: what localaid configures later is written through here.
+For a UI host's failover: which Ollama connections it uses, switching one on or off (its `enable`
+flag in OLLAMA_API_CONFIGS; the order is kept), and the list itself; for the set-up job: the
+document-embedding engine and model.
 
     GET  /ollama/config          {"ENABLE_OLLAMA_API", "OLLAMA_BASE_URLS", "OLLAMA_API_CONFIGS"}
     POST /ollama/config/update   the same document back (open-webui 0.12: routers/ollama.py)
+    GET  /api/v1/retrieval/embedding, POST /api/v1/retrieval/embedding/update   (routers/retrieval.py)
 
 Both need an admin's token: localaid signs in as webui.admin.email with the password in
 webui.admin.password_file (root's, read at each sign-in; it is never on a command line), and
@@ -19,6 +22,9 @@ import threading
 from urllib.parse import urlsplit
 
 
+MARK = "localaid"  # key in a connection's settings: localaid switched it off
+
+
 class AdminError(Exception):
     pass
 
@@ -29,12 +35,27 @@ class WebUIAdmin:
         self._token: str | None = None
         self._lock = threading.Lock()
 
-    def connections(self) -> dict[str, bool]:
-        """{base URL: in use} for Open WebUI's Ollama connections."""
+    def connections(self) -> dict[str, tuple[bool, bool]]:
+        """{base URL: (in use, switched off by localaid)} for Open WebUI's Ollama connections.
+        localaid marks the connections it switches off in their own settings (MARK), so that
+        it puts back only those, after a restart of its own or a reboot too."""
         doc = self._call("GET", "/ollama/config")
         configs = doc.get("OLLAMA_API_CONFIGS") or {}
-        return {url: bool((configs.get(str(i)) or {}).get("enable", True))
-                for i, url in enumerate(doc.get("OLLAMA_BASE_URLS") or [])}
+        out = {}
+        for i, url in enumerate(doc.get("OLLAMA_BASE_URLS") or []):
+            c = configs.get(str(i)) or {}
+            out[url] = (bool(c.get("enable", True)), MARK in c)
+        return out
+
+    def embedding(self) -> dict:
+        """Open WebUI's document-embedding settings (GET /api/v1/retrieval/embedding)."""
+        return self._call("GET", "/api/v1/retrieval/embedding")
+
+    def set_embedding(self, engine: str, model: str, ollama_url: str | None) -> None:
+        body: dict = {"RAG_EMBEDDING_ENGINE": engine, "RAG_EMBEDDING_MODEL": model}
+        if ollama_url:
+            body["ollama_config"] = {"url": ollama_url, "key": ""}
+        self._call("POST", "/api/v1/retrieval/embedding/update", body)
 
     def sync(self, urls) -> None:
         """Make Open WebUI's connection list webui.ollama_urls (it seeds its settings from
@@ -57,6 +78,10 @@ class WebUIAdmin:
             configs = dict(doc.get("OLLAMA_API_CONFIGS") or {})
             key = str(urls.index(url))
             configs[key] = {**(configs.get(key) or {}), "enable": enabled}
+            if enabled:
+                configs[key].pop(MARK, None)
+            else:
+                configs[key][MARK] = "switched off by localaid: the node did not answer"
             self._call("POST", "/ollama/config/update", {"ENABLE_OLLAMA_API": doc.get("ENABLE_OLLAMA_API", True),
                                                          "OLLAMA_BASE_URLS": urls, "OLLAMA_API_CONFIGS": configs})
 

@@ -188,7 +188,8 @@ def test_allow_from_becomes_the_units_firewall():
     assert text.endswith("\n") and 'Environment="OLLAMA_HOST=0.0.0.0:11434"' in text
 
 
-@pytest.mark.parametrize("said, verdict", [("EPERM", True), ("ECONNREFUSED", False), ("connected", False),
+@pytest.mark.parametrize("said, verdict", [("EPERM", True), ("TIMEOUT", True), ("ECONNREFUSED", False),
+                                           ("connected", False),
                                            ("Failed to start transient service unit", None)])
 def test_the_firewall_probe_believes_only_a_dropped_packet(said, verdict):
     from localaid.provision.host import Result

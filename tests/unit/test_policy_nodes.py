@@ -112,3 +112,14 @@ def test_open_webuis_stored_list_is_brought_to_the_configured_one_first():
     ds = run([o, replace(o, now=101.0), replace(o, now=102.0, in_flight=frozenset({"nodes:sync"}))])
     assert [a.kind for a in ds[0].actions if a.kind.startswith("node")] == ["nodes-sync"]
     assert node_actions(ds[2]) == []  # nothing else while it is written
+
+
+def test_a_connection_localaid_switched_off_before_a_restart_is_put_back():
+    """localaid marks what it switches off in the connection's own settings in Open WebUI: a new
+    localaid (after a restart or a reboot) puts it back once the node answers."""
+    def marked(now, b):
+        o = observe(now, b=b, in_use=(True, False))
+        return replace(o, nodes=(o.nodes[0], replace(o.nodes[1], ours=True)))
+    ds = run([marked(100.0, REFUSED), marked(101.0, OK), marked(102.0, OK)])
+    assert "nodes 1/2 ok (gpu-b out" in ds[0].status_line and node_actions(ds[0]) == []
+    assert node_actions(ds[2]) == [("node-enable", B)]

@@ -40,6 +40,27 @@ class Killed(BaseException):
     """kill -9: nothing after it runs (BaseException: no `except Exception` catches it)."""
 
 
+class AdminDouble:
+    """Open WebUI's admin API as the set-up job uses it (its embedding settings)."""
+
+    def __init__(self):
+        self.settings = {"RAG_EMBEDDING_ENGINE": "", "RAG_EMBEDDING_MODEL": "sentence-transformers/all-MiniLM-L6-v2",
+                         "ollama_config": {"url": "", "key": ""}}
+        self.updates: list[tuple] = []
+        self.refuse = None
+
+    def embedding(self):
+        if self.refuse:
+            from localaid.adapters.webui_admin import AdminError
+            raise AdminError(self.refuse)
+        return dict(self.settings)
+
+    def set_embedding(self, engine, model, url):
+        self.updates.append((engine, model, url))
+        self.settings = {"RAG_EMBEDDING_ENGINE": engine, "RAG_EMBEDDING_MODEL": model,
+                         "ollama_config": {"url": url or "", "key": ""}}
+
+
 class FakeHost(webui.Host):
     def __init__(self, layout: webui.Layout):
         super().__init__()
@@ -47,6 +68,7 @@ class FakeHost(webui.Host):
         self.free = 10**12
         self.python = (3, 11, 2)
         self.managed_version = "3.11.2"  # what the uv double installs
+        self.admin = AdminDouble()
         self.planted_link = None  # a link the download plants in the interpreter's tree
         self.fail_install: set[str] = set()
         self.unhealthy: set[str] = set()
@@ -100,6 +122,9 @@ class FakeHost(webui.Host):
                 return Result(0, (self.managed_version,))
         rc, tail = self._run(argv, kw.get("on_line"))
         return Result(rc, tuple(tail))
+
+    def webui_admin(self, config, layout):
+        return self.admin
 
     def _uv_python(self, argv, env):
         self.calls.append(("run", tuple(argv)))
@@ -616,3 +641,17 @@ def test_an_explicit_python_that_cannot_run_open_webui_blocks_the_job(env, tmp_p
     p = job(tmp_path)
     assert p["state"] == "blocked" and p["text"] == "needs Python 3.11 or 3.12, see localaid doctor"
     assert not any(u["argv"][1:3] == ["python", "install"] for u in host.units)  # never a download
+
+
+
+def test_embedding_settings_stored_by_an_earlier_start_are_brought_to_the_configuration(env, tmp_path):
+    """Open WebUI seeds its settings from the environment at its first start only: an install
+    from before localaid set RAG_EMBEDDING_* keeps the local engine until it is told otherwise."""
+    layout, host = env
+    assert provision(layout, host, config()) == 0
+    assert host.admin.updates == [("ollama", "nomic-embed-text:latest", "http://127.0.0.1:11434")]
+    assert provision(layout, host, config()) == 0
+    assert len(host.admin.updates) == 1  # already as configured: nothing written
+    host.admin.refuse = "admin sign-in refused (HTTP 400)"
+    assert provision(layout, host, config()) == 0  # a warning, never a failed job
+    assert len(host.admin.updates) == 1 and job(tmp_path)["state"] == "done"

@@ -5,8 +5,9 @@ systemd enforces these with a BPF program attached to the unit's cgroup; where i
 one (cgroup v1 hierarchies, bpf() filtered by a container manager) it only logs a warning and
 the unit runs unfiltered. We measured that on our test hosts: `IPAddressDeny=any` blocked nothing.
 So localaid never claims the protection without proof: a transient unit with ``IPAddressDeny=any``
-connects to a closed loopback port; EPERM means the filter dropped the packet (enforced), a
-refused or accepted connection means it went through (not enforced). The verdict is kept in
+connects to a closed loopback port; EPERM or a timeout means the filter dropped the packet
+(enforced; kernels differ in which), a refused or accepted connection means it went through (not
+enforced). The verdict is kept in
 /run/localaid/ollama-firewall.json for STATUS (observe.py) and shown by `localaid doctor`.
 
 The filter applies to everything the unit sends and receives: with allow_from set, Ollama's own
@@ -28,6 +29,8 @@ PROBE = ("import errno, socket\n"
          "try:\n"
          "    s.connect(('127.0.0.1', 9))\n"
          "    print('connected')\n"
+         "except socket.timeout:\n"
+         "    print('TIMEOUT')\n"
          "except OSError as e:\n"
          "    print(errno.errorcode.get(e.errno, e.errno))\n")
 NOT_ENFORCED = "Ollama's API is open to the network: systemd cannot enforce ollama.allow_from here"
@@ -49,8 +52,8 @@ def probe(host) -> tuple[bool | None, str]:
                   "--property=IPAddressDeny=any", "--property=DynamicUser=yes", "--property=PrivateTmp=yes",
                   "--", "/usr/bin/python3", "-c", PROBE], timeout=30)
     answer = r.last.strip() if r.tail else ""
-    if answer == "EPERM":
-        return True, "enforced (a denied connection was dropped)"
+    if answer in ("EPERM", "TIMEOUT"):  # on loopback only a filter drops a SYN (a closed port refuses)
+        return True, f"enforced (a denied connection was dropped: {answer})"
     if answer in ("ECONNREFUSED", "connected"):
         return False, f"not enforced: a unit with IPAddressDeny=any still reached 127.0.0.1 ({answer})"
     return None, f"could not be checked ({answer or 'no answer'}, exit status {r.rc})"

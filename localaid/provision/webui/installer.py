@@ -97,6 +97,12 @@ class WebUIHost(Host):
         why = sandbox.exec_failure(r.rc, jail.unit)
         return Result(r.rc, (*r.tail, why)) if why else r
 
+    def webui_admin(self, config, layout):
+        """Open WebUI's admin API as the configured admin (adapters/webui_admin.py)."""
+        from localaid.adapters.webui_admin import WebUIAdmin
+        w = config.webui
+        return WebUIAdmin(w.url, w.admin.email, layout.p(w.admin.password_file), timeout=30.0)
+
     def same_fs(self, a: str, b: str) -> bool:
         """Whether two existing paths share one file system (and so its free space)."""
         return os.stat(a).st_dev == os.stat(b).st_dev

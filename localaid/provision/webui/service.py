@@ -300,3 +300,24 @@ def settle_admin(ctx, version: str, again: bool = True) -> None:
     ctx.host.restart(UNIT)
     if wait_healthy(ctx, version, start_timeout(ctx.config)) is None:
         settle_admin(ctx, version, again=False)
+
+
+def settle_embedding(ctx) -> None:
+    """Open WebUI keeps its document-embedding settings in its database from its first start: an
+    install made before localaid set them, or a changed webui.embedding, is written through its
+    admin API. Never fails the job: what could not be done is a warning."""
+    from localaid.adapters.webui_admin import AdminError
+    e, config = ctx.config.webui.embedding, ctx.config
+    engine, model = ("ollama" if e.engine == "ollama" else ""), e.model_name
+    url = config.ollama_nodes[0] if e.engine == "ollama" and config.ollama_nodes else None
+    try:
+        admin = ctx.host.webui_admin(config, ctx.layout)
+        have = admin.embedding()
+        if ((have.get("RAG_EMBEDDING_ENGINE") or "", have.get("RAG_EMBEDDING_MODEL")) == (engine, model)
+                and (url is None or (have.get("ollama_config") or {}).get("url") == url)):
+            return
+        admin.set_embedding(engine, model, url)
+        ctx.rep.say("Open WebUI's document embedding set from webui.embedding", engine=engine or "local",
+                    model=model, was=f"{have.get('RAG_EMBEDDING_ENGINE') or 'local'} {have.get('RAG_EMBEDDING_MODEL')}")
+    except AdminError as err:
+        ctx.rep.warn("cannot check Open WebUI's document embedding settings", error=str(err))

@@ -204,10 +204,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"status": True})
         if path == "/api/version":
             return self.send(200, {"version": VERSION})
-        if path == "/ollama/config":
+        if path in ("/ollama/config", "/api/v1/retrieval/embedding"):
             if self.role() != "admin":
                 return self.send(401, {"detail": "Not authenticated"})
-            return self.send(200, connections.config(app.db))
+            return self.send(200, (connections.config if path.startswith("/ollama") else connections.embedding)(app.db))
         if path == "/api/config":
             if not app.startup_complete:
                 return self.send(503, {"detail": "Startup not complete"})
@@ -244,10 +244,10 @@ class Handler(BaseHTTPRequestHandler):
             token = secrets.token_hex(16)
             app.tokens[token] = row[2]
             return self.send(200, {"email": row[0], "name": row[1], "role": row[2], "token": token})
-        if path == "/ollama/config/update":
+        if path in ("/ollama/config/update", "/api/v1/retrieval/embedding/update"):
             if self.role() != "admin":
                 return self.send(401, {"detail": "Not authenticated"})
-            doc = connections.update(app.db, form)
+            doc = (connections.update if path.startswith("/ollama") else connections.set_embedding)(app.db, form)
             return self.send(200, doc) if doc else self.send(422, {"detail": "invalid form"})
         if path == "/api/chat/completions":
             if self.role() is None:

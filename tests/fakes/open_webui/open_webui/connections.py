@@ -27,6 +27,26 @@ def seed(db) -> None:
     once; from then on the database's list is used and OLLAMA_BASE_URLS is ignored."""
     if db.config("ollama.base_urls", "null") == "null":
         db.set_config("ollama.base_urls", json.dumps(_urls()))
+    if db.config("rag.embedding", "null") == "null":  # the same for the document embedding settings
+        db.set_config("rag.embedding", json.dumps({
+            "RAG_EMBEDDING_ENGINE": os.environ.get("RAG_EMBEDDING_ENGINE", ""),
+            "RAG_EMBEDDING_MODEL": os.environ.get("RAG_EMBEDDING_MODEL", "sentence-transformers/all-MiniLM-L6-v2"),
+            "ollama_config": {"url": os.environ.get("RAG_OLLAMA_BASE_URL", _urls()[0]), "key": ""}}))
+
+
+def embedding(db) -> dict:
+    return {"status": True, **json.loads(db.config("rag.embedding", "{}"))}
+
+
+def set_embedding(db, form: dict) -> dict | None:
+    if not isinstance(form.get("RAG_EMBEDDING_ENGINE"), str) or not isinstance(form.get("RAG_EMBEDDING_MODEL"), str):
+        return None
+    doc = json.loads(db.config("rag.embedding", "{}"))
+    doc.update(RAG_EMBEDDING_ENGINE=form["RAG_EMBEDDING_ENGINE"], RAG_EMBEDDING_MODEL=form["RAG_EMBEDDING_MODEL"])
+    if form["RAG_EMBEDDING_ENGINE"] == "ollama" and isinstance(form.get("ollama_config"), dict):
+        doc["ollama_config"] = form["ollama_config"]
+    db.set_config("rag.embedding", json.dumps(doc))
+    return {"status": True, **doc}
 
 
 def config(db) -> dict:

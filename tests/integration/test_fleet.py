@@ -1,0 +1,398 @@
+"""A fleet of three hosts on one network: a UI host and two GPU nodes, each a booted Debian 12 with
+localaid installed from the .deb. A node that drops off the network, hangs or stops is taken out
+of Open WebUI's use by the UI host's localaid and put back when it answers; a node's Ollama API
+answers only the UI host where systemd enforces ollama.allow_from.
+
+    ui     10.213.0.10  ollama.enabled: false, webui.ollama_urls: [node1, node2], the fake Open
+                        WebUI (tests/fakes/open_webui, from its wheelhouse)
+    node1  10.213.0.11  the GPU-node role: ollama.host 0.0.0.0, allow_from [ui], webui.enabled:
+    node2  10.213.0.12  false; the fake Ollama (tests/fakes/ollama) laid out as its release is
+                        (/usr/local/bin/ollama, /usr/local/lib/ollama) with the install script's
+                        ollama.service, so localaid's set-up job finds it installed and only
+                        writes its drop-in (OLLAMA_HOST, IPAddressAllow=/IPAddressDeny=any)
+
+The network (Fleet): a network namespace of its own (`ip netns add`) holding a bridge and
+nothing else. Each container boots with --private-network (its own network namespace, loopback
+only); a veth pair then joins them: one end (v-<role>) in the fleet namespace as a bridge port,
+the other (fleet0, with the host's 10.213.0.x/24) in the container. No address or route leads
+out of the fleet namespace, so no packet leaves it. A partition is `ip link set v-node2 down`
+in the fleet namespace: node2 loses its carrier, the others get no ARP answer for it.
+
+The containers boot as test_gpu_sandbox.py's do: the unified cgroup hierarchy
+(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1), bpf() allowed (--system-call-filter=bpf), each in a cgroup
+of its own, so that their systemd can attach its BPF firewall (IPAddressDeny=). localaid's
+set-up job probes whether it holds (/run/localaid/ollama-firewall.json); the allow_from test
+asserts the enforced path where it holds and the "not enforced" STATUS/doctor path where not.
+
+The flapping hold (policy_nodes: a third outage within 10 minutes keeps a node out 15 s once it
+answers) would turn this module's third outage of node2 into a 15 s wait: the UI host's localaid
+is restarted (its node history is in memory only) before each fault, with both nodes in use.
+bench/fleet.py runs the same fleet for timings, localaid against Open WebUI alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, guest_deb_path, install_deb
+from harness import Container, wait_for
+from test_gpu_sandbox import own_cgroup, remove_cgroups  # the same cgroup set-up
+from test_nodes import chats, in_use, status, token  # the same Open WebUI calls
+
+sys.path.insert(0, str(REPO / "tests/fakes/ollama"))
+import release as fake_release  # noqa: E402
+
+SUBNET = "10.213.0"
+ADDR = {"ui": f"{SUBNET}.10", "node1": f"{SUBNET}.11", "node2": f"{SUBNET}.12"}
+NODES = ("node1", "node2")
+URLS = [f"http://{ADDR[n]}:11434" for n in NODES]
+BRIDGE = "br0"
+NETNS_PREFIX = "lafleet-"
+OLLAMA_VERSION = "0.9.0"
+
+NODE_CONFIG = f"""\
+ollama:
+  host: 0.0.0.0
+  allow_from: [{ADDR["ui"]}]
+  install_script: /nonexistent/install.sh
+webui:
+  enabled: false
+gpu:
+  devices:
+    mode: "off"
+  watch: false
+"""
+
+UI_CONFIG = f"""\
+ollama:
+  enabled: false
+webui:
+  find_links: [/opt/wheelhouse]
+  ollama_urls: [{", ".join(URLS)}]
+health:
+  start_grace:
+    webui: 30s
+"""
+
+# What Ollama's install script writes (tests/fakes/ollama/install.sh.in, the real one alike).
+OLLAMA_UNIT = """\
+[Unit]
+Description=Ollama Service
+After=network-online.target
+
+[Service]
+ExecStart=/usr/local/bin/ollama serve
+User=ollama
+Group=ollama
+Restart=always
+RestartSec=3
+Environment="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["ip", *argv], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(argv)}: {r.stderr.strip()}")
+    return r
+
+
+def reap_stale_netns() -> list[str]:
+    """Fleet namespaces left by a killed run (named lafleet-<pid>-<hex>, that pid gone)."""
+    gone = []
+    for line in _ip("netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if not name.startswith(NETNS_PREFIX):
+            continue
+        try:
+            pid = int(name[len(NETNS_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if not Path(f"/proc/{pid}").exists():
+            _ip("netns", "del", name, check=False)
+            gone.append(name)
+    return gone
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Fleet:
+    """The three containers on their own bridge (see the module docstring). start() / stop()."""
+
+    def __init__(self, rootfs: Path, deb: Path, wheelhouse: Path, unified: bool = True, label: str = "fleet",
+                 log=lambda msg: None):
+        self.rootfs, self.deb, self.wheelhouse, self.unified = rootfs, deb, wheelhouse, unified
+        self.label, self.log = label, log
+        self.netns = f"{NETNS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.c: dict[str, Container] = {}
+        self.cgroups: list[Path] = []
+        self.timings: dict[str, float] = {}
+        self._stopped = False
+
+    def __enter__(self) -> "Fleet":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __getitem__(self, role: str) -> Container:
+        return self.c[role]
+
+    # ---- set-up
+    def start(self) -> "Fleet":
+        atexit.register(self.stop)
+        try:
+            t0 = time.monotonic()
+            reap_stale_netns()
+            _ip("netns", "add", self.netns)
+            _ip("-n", self.netns, "link", "set", "lo", "up")
+            _ip("-n", self.netns, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0")
+            _ip("-n", self.netns, "link", "set", BRIDGE, "up")
+            for role in ("ui", *NODES):
+                self._boot(role)
+                self._join(role)
+            self.timings["boot"] = time.monotonic() - t0
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                for f in [pool.submit(self._setup_node, n) for n in NODES] + [pool.submit(self._setup_ui)]:
+                    f.result()
+            self.timings["ready"] = time.monotonic() - t0
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _boot(self, role: str) -> None:
+        binds = [(str(self.deb), guest_deb_path(self.deb), True)]
+        if role == "ui":
+            binds.append((str(self.wheelhouse), "/opt/wheelhouse", True))
+        c = Container(self.rootfs, binds=binds, name=f"{self.label}-{role}", private_network=True,
+                      nspawn_args=["--system-call-filter=bpf"] if self.unified else [])
+        self.c[role] = c
+        if not self.unified:
+            c.start()
+            return
+        tag = f"localaid-it-{c.name}"
+        with _env(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1"), own_cgroup(tag) as made:
+            self.cgroups += made
+            c.start()
+
+    def _join(self, role: str) -> None:
+        c, port = self.c[role], f"v-{role}"
+        _ip("-n", self.netns, "link", "add", port, "type", "veth", "peer", "name", "fleet0", "netns", str(c.leader))
+        _ip("-n", self.netns, "link", "set", port, "master", BRIDGE, "up")
+        c.run(["ip", "addr", "add", f"{ADDR[role]}/24", "dev", "fleet0"])
+        c.run(["ip", "link", "set", "fleet0", "up"])
+
+    def _setup_node(self, role: str) -> None:
+        c = self.c[role]
+        c.write("/usr/local/bin/ollama", fake_release.fake_binary(OLLAMA_VERSION), mode=0o755)
+        for name, data in fake_release.fake_libs().items():
+            c.write(f"/usr/local/lib/ollama/{name}", data)
+        c.run(["useradd", "-r", "-s", "/bin/false", "-U", "-m", "-d", "/usr/share/ollama", "ollama"])
+        c.write("/etc/systemd/system/ollama.service", OLLAMA_UNIT)
+        c.systemctl("daemon-reload")
+        c.systemctl("enable", "--now", "ollama.service")
+        install_deb(c, self.deb, config=NODE_CONFIG)
+        # the set-up job wrote the drop-in and restarted Ollama on 0.0.0.0
+        try:
+            # (asked on loopback: with allow_from enforced, node1 itself is not the UI host)
+            wait_for(lambda: c.exists("/run/localaid/ollama-firewall.json")
+                     and "0.0.0.0:11434" in c.run(["ss", "-Hltn", "sport = :11434"], check=False).stdout
+                     and c.run(["curl", "-sf", "-m", "1", "http://127.0.0.1:11434/api/version"],
+                               check=False).returncode == 0,
+                     timeout=120, message=f"{role}: Ollama set up by localaid, listening on 0.0.0.0:11434")
+        except TimeoutError:
+            raise RuntimeError(f"{role}: {status(c)}\n{c.journal('localaid-ollama-setup.service', lines=60)}\n"
+                               f"{c.journal('ollama.service', lines=30)}") from None
+        c.run(["curl", "-sf", "-m", "30", "http://127.0.0.1:11434/api/pull", "-d",
+               '{"model": "tinyllama", "stream": false}'])
+        self.log(f"{role}: ready: {status(c)}")
+
+    def _setup_ui(self) -> None:
+        c = self.c["ui"]
+        c.write("/etc/pip.conf", "[global]\nno-index = true\n")
+        install_deb(c, self.deb, config=UI_CONFIG)
+        try:
+            wait_for(lambda: "open-webui ok" in status(c), timeout=300, interval=1,
+                     message="open-webui ok in the UI host's STATUS")
+        except TimeoutError:
+            raise RuntimeError(f"ui: {status(c)}\n{c.journal('localaid-webui-setup.service', lines=60)}") from None
+        self.log(f"ui: ready: {status(c)}")
+
+    # ---- faults
+    def link(self, role: str, up: bool) -> None:
+        _ip("-n", self.netns, "link", "set", f"v-{role}", "up" if up else "down")
+
+    def firewall(self, role: str) -> dict:
+        return json.loads(self.c[role].read("/run/localaid/ollama-firewall.json"))
+
+    # ---- teardown
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for c in self.c.values():
+            with contextlib.suppress(Exception):
+                c.stop()
+        _ip("netns", "del", self.netns, check=False)
+        remove_cgroups(self.cgroups)
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+
+
+def reach(c: Container, url: str, seconds: float = 3) -> str:
+    """curl's verdict from inside `c`: "200", or "rc=N" (7 refused, 28 timed out)."""
+    r = c.run(["curl", "-s", "-o", "/dev/null", "-m", str(seconds), "-w", "%{http_code}", url], check=False)
+    return r.stdout.strip() if r.returncode == 0 else f"rc={r.returncode}"
+
+
+# ------------------------------------------------------------------------------------ tests
+@pytest.fixture(scope="module")
+def fleet(rootfs, deb, wheelhouse):
+    f = Fleet(rootfs, deb, wheelhouse, log=lambda m: print(m, file=sys.stderr))
+    f.start()
+    print(f"\nfleet up: booted {f.timings['boot']:.0f} s, ready {f.timings['ready']:.0f} s", file=sys.stderr)
+    yield f
+    f.stop()
+
+
+@pytest.fixture(autouse=True)
+def _journals_on_failure(request):
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed and "fleet" in request.fixturenames:
+        for role, c in request.getfixturevalue("fleet").c.items():
+            if c.running:
+                print(f"\n===== {role}: journal of localaid (last 80 lines) =====\n{c.journal('localaid', lines=80)}")
+
+
+def both_in_use(f: Fleet, tok: str) -> None:
+    for n in NODES:  # a (re)started localaid runs the node's set-up job: it may (re)start Ollama
+        wait_for(lambda n=n: f[n].is_active("localaid-ollama-setup.service") in ("inactive", "failed"), timeout=60,
+                 message=f"{n}: localaid-ollama-setup.service finished")
+    wait_for(lambda: in_use(f["ui"], tok) == [True, True] and "nodes 2/2 ok" in status(f["ui"]), timeout=60,
+             message="both nodes in use, nodes 2/2 ok")
+
+
+def test_healthy_fleet(fleet):
+    ui = fleet["ui"]
+    wait_for(lambda: "open-webui ok" in status(ui), timeout=60)
+    tok = token(ui)
+    both_in_use(fleet, tok)  # (taken out while the nodes were being set up: back by now)
+    backends = chats(ui, tok, 12)
+    assert set(backends) <= set(URLS) and len(backends) == 12, backends
+    for n in NODES:  # the GPU-node role: Ollama on 0.0.0.0 behind localaid's drop-in
+        dropin = fleet[n].read("/etc/systemd/system/ollama.service.d/50-localaid.conf")
+        assert "OLLAMA_HOST=0.0.0.0:11434" in dropin and \
+            f"IPAddressAllow=localhost {ADDR['ui']}\nIPAddressDeny=any\n" in dropin, dropin
+
+    def rows():  # localaid's view of Open WebUI's flags trails them by a few seconds
+        out = ui.run(["localaid", "status"], check=False).stdout
+        return [(r[0], r[1], r[-1]) for r in (ln.split() for ln in out.splitlines() if ln.startswith("http://"))]
+    want = [(URLS[0], "ok", "yes"), (URLS[1], "ok", "yes")]
+    try:
+        wait_for(lambda: rows() == want, timeout=15)
+    except TimeoutError:
+        assert rows() == want, ui.run(["localaid", "status"], check=False).stdout
+
+
+FAULTS = ["partition", "SIGSTOP", "stopped"]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_node2_out_of_use_and_back(fleet, fault):
+    ui, node2 = fleet["ui"], fleet["node2"]
+    tok = token(ui)
+    both_in_use(fleet, tok)
+    ui.systemctl("restart", "localaid")  # a fresh node history: no flapping hold (module docstring)
+    both_in_use(fleet, tok)
+    if fault == "SIGSTOP":  # node2's own localaid would kill-restart its hung Ollama within seconds
+        node2.systemctl("stop", "localaid")
+    t0 = time.monotonic()
+    if fault == "partition":
+        fleet.link("node2", False)
+    elif fault == "SIGSTOP":
+        node2.systemctl("kill", "-s", "SIGSTOP", "ollama.service")
+    else:
+        node2.systemctl("stop", "ollama.service")  # node2's localaid: "stopped by admin", left so
+    try:
+        wait_for(lambda: in_use(ui, tok) == [True, False], timeout=15, interval=0.2,
+                 message="node2 out of Open WebUI's use")
+        out_after = time.monotonic() - t0
+        line = wait_for(lambda: (t := status(ui)) and f"nodes 1/2 ok ({ADDR['node2']} out" in t and t, timeout=10)
+        backends = chats(ui, tok, 20)  # while node2 is out: every chat goes to node1 and succeeds
+        assert backends == [URLS[0]] * 20, backends
+    finally:
+        t1 = time.monotonic()
+        if fault == "partition":
+            fleet.link("node2", True)
+        elif fault == "SIGSTOP":
+            node2.systemctl("kill", "-s", "SIGCONT", "ollama.service")
+            node2.systemctl("start", "localaid")
+        else:
+            node2.systemctl("start", "ollama.service")
+    wait_for(lambda: in_use(ui, tok) == [True, True], timeout=20, interval=0.2, message="node2 back in use")
+    back_after = time.monotonic() - t1
+    print(f"\nnode2 {fault}: out of Open WebUI's use after {out_after:.1f} s, back {back_after:.1f} s after "
+          f"the fault ended; STATUS: {line}")
+    assert out_after <= 10 and back_after <= 10, (out_after, back_after)
+    journal = ui.journal("localaid")
+    assert f"node-disable {URLS[1]}: ok, out of Open WebUI's use" in journal
+    assert f"node-enable {URLS[1]}: ok, back in Open WebUI's use" in journal
+    wait_for(lambda: "nodes 2/2 ok" in status(ui), timeout=10)
+    assert chats(ui, tok, 4) and set(chats(ui, tok, 12)) <= set(URLS)
+
+
+def test_allow_from(fleet):
+    """node1's Ollama answers the UI host and loopback; node2, on the same bridge, only where
+    systemd enforces IPAddressDeny= here. Where it cannot, localaid says so instead."""
+    node1, node2, ui = fleet["node1"], fleet["node2"], fleet["ui"]
+    verdict = fleet.firewall("node1")
+    assert verdict["allow_from"] == [ADDR["ui"]], verdict
+    api = f"http://{ADDR['node1']}:11434/api/version"
+    from_ui, from_node2 = reach(ui, api), reach(node2, api)
+    control = reach(node2, f"http://{ADDR['node1']}:9/")  # a closed port on node1: the path is there
+    doctor = node1.run(["localaid", "doctor"], check=False).stdout
+    line = next(x for x in doctor.splitlines() if "ollama allow_from" in x)
+    st = status(node1)
+    print(f"\nallow_from on node1: {verdict['words']}\n  from ui: {from_ui}; from node2: {from_node2} "
+          f"(node2 to a closed port of node1: {control})\n  doctor: {line}\n  STATUS: {st}")
+    assert from_ui == "200" and reach(node1, "http://127.0.0.1:11434/api/version") == "200"
+    assert control == "rc=7"  # refused: node2 reaches node1; only Ollama's unit drops it
+    if from_node2 != "200":  # systemd enforces it here: the unit's BPF filter drops node2's packets
+        assert from_node2 == "rc=28", from_node2  # dropped, not refused: a timeout
+        # ... and localaid must say so, not "could not be checked" or "open to the network"
+        assert verdict["enforced"] is True, f"the filter holds, but localaid's verdict is {verdict}"
+        assert line.startswith("[ok  ]") and "enforced" in line, line
+        assert "open to the network" not in st, st
+    else:  # not enforced: localaid says the API is open, in STATUS and in doctor
+        assert verdict["enforced"] is False, verdict
+        assert line.startswith("[FAIL]") and "not enforced" in line, line
+        wait_for(lambda: "ollama API open to the network (allow_from not enforced here" in status(node1),
+                 timeout=15)
