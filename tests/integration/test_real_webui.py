@@ -457,3 +457,59 @@ def test_journal_is_clean(container):
     print(f"\nopen-webui's journal: {len(log.splitlines())} lines, {sum(seen.values())} warnings/errors")
     for line, n in list(seen.items())[:15]:
         print(f"  {n}x {line}")
+
+
+NODE2 = "http://127.0.0.1:11502"
+NODE2_UNIT = """\
+[Service]
+ExecStart=/usr/bin/python3 /opt/fakes/ollama/ollama serve
+Environment=OLLAMA_HOST=127.0.0.1:11502 OLLAMA_MODELS=/var/lib/node2/models FAKE_OLLAMA_FAULTS=/run/node2/faults.json
+"""
+
+
+def test_ui_host_failover_through_the_real_admin_api(container):
+    """The real Open WebUI as a UI host's over two nodes: localaid writes the node list into its
+    stored connections, switches a stopped node off and on again through its admin API, and chats
+    keep working meanwhile."""
+    c = container
+    c.sh("mkdir -p /var/lib/node2/models /run/node2 && echo '{}' > /run/node2/faults.json")
+    c.write("/etc/systemd/system/node2.service", NODE2_UNIT)
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "node2.service")
+    wait_for(lambda: c.run(["curl", "-sf", "-m", "2", NODE2 + "/api/version"], check=False).returncode == 0, timeout=30)
+    c.run(["curl", "-sf", "-m", "30", NODE2 + "/api/pull", "-d", json.dumps({"model": "llama3.2:latest",
+                                                                              "stream": False})])
+    urls = ["http://127.0.0.1:11434", NODE2]
+    c.write("/etc/localaid/conf.d/70-ui-host.yaml", f"ollama:\n  enabled: false\nwebui:\n  ollama_urls: [{', '.join(urls)}]\n")
+    c.systemctl("reload", "localaid")
+
+    def conns():
+        code, body = api(c, "GET", "/ollama/config", token=admin_token(c), timeout=5)
+        if code != 200:
+            return None
+        cfgs = body.get("OLLAMA_API_CONFIGS") or {}
+        return [(u, (cfgs.get(str(i)) or {}).get("enable", True)) for i, u in enumerate(body["OLLAMA_BASE_URLS"])]
+    try:
+        wait_for(lambda: conns() == [(urls[0], True), (urls[1], True)], timeout=180, interval=1,
+                 message="the node list written into Open WebUI's stored connections")
+        c.systemctl("stop", "node2.service")
+        t0 = time.monotonic()
+        wait_for(lambda: conns() == [(urls[0], True), (urls[1], False)], timeout=20, interval=0.3,
+                 message="node2 switched off in the real Open WebUI")
+        out_after = time.monotonic() - t0
+        tok = admin_token(c)
+        ok = 0
+        for _ in range(10):  # the real chat endpoint, through the remaining node
+            code, body = api(c, "POST", "/api/chat/completions", {"model": "llama3.2:latest", "stream": False,
+                             "messages": [{"role": "user", "content": "hello"}]}, token=tok, timeout=30)
+            ok += code == 200
+        c.systemctl("start", "node2.service")
+        t1 = time.monotonic()
+        wait_for(lambda: conns() == [(urls[0], True), (urls[1], True)], timeout=20, interval=0.3,
+                 message="node2 switched on again")
+        print(f"\nreal Open WebUI as UI host: node2 out of use {out_after:.1f} s after it stopped, back "
+              f"{time.monotonic() - t1:.1f} s after it started; chats meanwhile {ok}/10 ok")
+        assert out_after <= 10 and ok == 10
+    finally:
+        c.run(["rm", "-f", "/etc/localaid/conf.d/70-ui-host.yaml"])
+        c.systemctl("reload", "localaid")
