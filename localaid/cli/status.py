@@ -52,14 +52,15 @@ def render(doc, age: float | None, daemon: str) -> str:
         lat_s = f"{lat * 1000:.0f} ms" if isinstance(lat, (int, float)) else "-"
         reason = s.get("reason") or s.get("detail") or ""
         lines.append(f"{s['name']:<12} {s['state']:<12} {lat_s:>8} {s.get('restarts_in_window', 0):>9}  {reason}")
-    if doc.get("nodes"):  # a UI host's Ollama nodes
+    if doc.get("nodes"):  # a UI host's Ollama nodes, with what each says now
         lines.append("")
-        lines.append(f"{'NODE':<32} {'STATE':<8} {'PROBE':>8} {'IN USE':>7}  DETAIL")
+        lines.append(f"{'NODE':<32} {'STATE':<8} {'PROBE':>8} {'IN USE':>7}  VERSION, MODELS (LOADED)")
         for n in doc["nodes"]:
             lat = n.get("latency")
             lat_s = f"{lat * 1000:.0f} ms" if isinstance(lat, (int, float)) else "-"
             use = {True: "yes", False: "no", None: "?"}[n.get("in_use")]
-            lines.append(f"{n['url']:<32} {n['state']:<8} {lat_s:>8} {use:>7}  {n.get('reason') or ''}")
+            lines.append(f"{n['url']:<32} {n['state']:<8} {lat_s:>8} {use:>7}  "
+                         f"{n.get('reason') or node_detail(n['url'])}")
     lines.append("")
     lines.extend(_gpu_lines(doc.get("gpu") or {}))
     models = [m for s in doc.get("services", []) for m in s.get("models", [])]
@@ -77,6 +78,17 @@ def render(doc, age: float | None, daemon: str) -> str:
             when = time.strftime("%H:%M:%S", time.localtime(a["at"]))
             lines.append(f"  {when} {a['kind']} {a['target']} ({a['cause']}): {a['outcome']}")
     return "\n".join(lines)
+
+
+def node_detail(url: str, timeout: float = 1.0) -> str:
+    """ "Ollama 0.9.1, 3 models (llama3:latest)" asked of the node now; its error otherwise."""
+    from localaid.adapters.ollama import OllamaClient, OllamaError
+    try:
+        with OllamaClient(url, timeout=timeout) as c:
+            version, models, loaded = c.version(), c.tags(), c.running()
+    except OllamaError as e:
+        return str(e)
+    return f"Ollama {version}, {len(models)} models" + (f" ({', '.join(m.name for m in loaded)})" if loaded else "")
 
 
 def _gpu_lines(gpu: dict) -> list[str]:

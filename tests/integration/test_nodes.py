@@ -111,8 +111,9 @@ def test_ui_host_runs_no_ollama_and_watches_its_nodes(uihost):
     assert in_use(c, tok) == [True, True]
     assert {b for b in chats(c, tok, 12)} <= set(URLS)
     out = c.run(["localaid", "status"], check=False).stdout  # each node: state, latency, in use
-    rows = [line.split() for line in out.splitlines() if line.startswith("http://127.0.0.1:115")]
-    assert [(r[0], r[1], r[-1]) for r in rows] == [(URLS[0], "ok", "yes"), (URLS[1], "ok", "yes")], out
+    rows = [line.split(None, 5) for line in out.splitlines() if line.startswith("http://127.0.0.1:115")]
+    assert [(r[0], r[1], r[4]) for r in rows] == [(URLS[0], "ok", "yes"), (URLS[1], "ok", "yes")], out
+    assert all(r[5].startswith("Ollama ") and ", 1 models" in r[5] for r in rows), out  # version, models
 
 
 @pytest.mark.parametrize("fault", ["SIGSTOP", "stopped"])
