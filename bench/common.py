@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +33,19 @@ Environment=OLLAMA_MODELS=/var/lib/fake-ollama/models
 Restart=always
 RestartSec=3
 """
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def wheelhouse() -> Path:
+    """The fake open-webui's wheelhouse (tests/fakes/open_webui/build-wheelhouse)."""
+    r = subprocess.run(["/usr/bin/python3", str(REPO / "tests/fakes/open_webui/build-wheelhouse")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"build-wheelhouse failed:\n{r.stderr[-3000:]}")
+    return Path(r.stdout.strip().splitlines()[-1])
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:

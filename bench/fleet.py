@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from common import REPO, deb_and_rootfs, print_table
+from common import REPO, deb_and_rootfs, log, print_table, wheelhouse
 from harness import wait_for
 
 import test_fleet as tf  # noqa: E402 - tests/integration is on sys.path (common)
@@ -104,16 +103,6 @@ print(json.dumps(events))
 '''
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def wheelhouse() -> Path:
-    r = subprocess.run(["/usr/bin/python3", str(REPO / "tests/fakes/open_webui/build-wheelhouse")],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"build-wheelhouse failed:\n{r.stderr[-3000:]}")
-    return Path(r.stdout.strip().splitlines()[-1])
 
 
 def one_run(f: tf.Fleet, tok: str, down: float, rate: float, timeout: float, after: float) -> dict:

@@ -37,12 +37,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import OLLAMA_UNIT, REPO, deb_and_rootfs, print_table
+from common import OLLAMA_UNIT, REPO, deb_and_rootfs, log, print_table, wheelhouse
 from harness import Container, wait_for
 
 PORT = 3000  # the container has its own network: the default port is free
@@ -73,16 +72,6 @@ curl -s -o /dev/null -m 0.8 -w '%{{http_code}}\\n' http://127.0.0.1:{PORT}/ready
 ACTIONS = ("kill-restart open-webui.service", "restart open-webui.service", "start open-webui.service")
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def wheelhouse() -> Path:
-    r = subprocess.run(["/usr/bin/python3", str(REPO / "tests/fakes/open_webui/build-wheelhouse")],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"build-wheelhouse failed:\n{r.stderr[-3000:]}")
-    return Path(r.stdout.strip().splitlines()[-1])
 
 
 def setup(c: Container, deb: Path) -> None:
