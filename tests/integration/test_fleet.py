@@ -314,7 +314,8 @@ def test_healthy_fleet(fleet):
 
     def rows():  # localaid's view of Open WebUI's flags trails them by a few seconds
         out = ui.run(["localaid", "status"], check=False).stdout
-        return [(r[0], r[1], r[-1]) for r in (ln.split() for ln in out.splitlines() if ln.startswith("http://"))]
+        return [(r[0], r[1], r[4]) for r in (ln.split(None, 5) for ln in out.splitlines() if ln.startswith("http://"))
+                if len(r) > 4]  # URL, state, "12 ms", in use, then the node's version and models
     want = [(URLS[0], "ok", "yes"), (URLS[1], "ok", "yes")]
     try:
         wait_for(lambda: rows() == want, timeout=15)
