@@ -71,8 +71,11 @@ class Observer:
             except Exception as e:  # AdminError: words for STATUS
                 self._conns = (None, str(e) or type(e).__name__)
         conns, error = self._conns if urls else (None, None)
-        nodes = tuple(NodeObs(u, probe(f"node:{u}")[0], *(conns.get(u) or (None, False) if conns else (None, False)))
-                      for u in urls)
+        nodes = []
+        for u in urls:
+            in_use, ours = (conns or {}).get(u, (None, False))  # (None, False): not among Open WebUI's
+            nodes.append(NodeObs(u, probe(f"node:{u}")[0], in_use, ours))
+        nodes = tuple(nodes)
         return nodes, error, conns is not None and list(conns) != [u.rstrip("/") for u in urls]
 
     def _drop_clients(self, keep) -> None:

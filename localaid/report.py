@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from localaid import __version__, fsutil, paths
 from localaid.act import RESTART_KINDS
-from localaid.records import Decision, Observation
+from localaid.records import Decision, NodeHistory, NodeObs, Observation
 
 
 def state_document(config, obs: Observation, decision: Decision, recent: list[dict], generation: int,
@@ -40,12 +40,15 @@ def state_document(config, obs: Observation, decision: Decision, recent: list[di
         "jobs": {name: {"state": jh.state, "failures": jh.failures,
                         "text": obs.jobs[name].text if name in obs.jobs else None}
                  for name, jh in decision.history.jobs.items()},
-        "nodes": [{"url": n.url, "state": decision.history.nodes[n.url].state if n.url in decision.history.nodes
-                   else "unknown", "reason": decision.history.nodes[n.url].reason if n.url in decision.history.nodes
-                   else "", "in_use": n.in_use, "latency": round(n.probe.latency, 4) if n.probe else None}
-                  for n in obs.nodes],
+        "nodes": [_node(n, decision.history.nodes.get(n.url, NodeHistory(state="unknown"))) for n in obs.nodes],
         "recent_actions": recent,
     }
+
+
+def _node(n: NodeObs, h: NodeHistory) -> dict:
+    """One of a UI host's Ollama nodes, for `localaid status`."""
+    return {"url": n.url, "state": h.state, "reason": h.reason, "in_use": n.in_use,
+            "latency": round(n.probe.latency, 4) if n.probe else None}
 
 
 def _reboot_required(decision: Decision) -> bool:

@@ -63,6 +63,8 @@ class Supervisor:
         # reloaded nvidia_uvm with a new major) that came later is out of reach until a restart.
         self.majors_at_start = nvidia_majors() if config.gpu.watch else frozenset()
         self._driver_checked = clock()
+        self._admin_key: tuple | None = None  # what the Open WebUI admin client was made for (_admin)
+        self._admin_client = None
 
     # ---- signals: set a flag, nothing else ----------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -105,7 +107,7 @@ class Supervisor:
         if not (w.enabled and w.ollama_urls):
             return None
         key = (w.url, w.admin.email, w.admin.password_file)
-        if getattr(self, "_admin_key", None) != key:
+        if self._admin_key != key:
             from localaid.adapters.webui_admin import WebUIAdmin
             self._admin_key, self._admin_client = key, WebUIAdmin(*key, timeout=3.0)
         return self._admin_client

@@ -53,19 +53,17 @@ def python_dir(ctx) -> str:
 def describe(ctx, version: str) -> tuple[bool | None, str]:
     """doctor's finding: (ok, words); ok None when only a download is missing (the set-up job
     does it)."""
-    w, host = ctx.config.webui, ctx.host
-    if w.python != "auto":
-        problem = python_problem(w.python, host.python_version(w.python), version)
-        return (False, problem) if problem else (True, f"{w.python} (webui.python)")
-    found = host.python_version(SYSTEM_PYTHON)
-    if python_problem(SYSTEM_PYTHON, found, version) is None:
-        return True, f"{SYSTEM_PYTHON} (Python {'.'.join(map(str, found))})"
-    have = managed(ctx)
-    system = ".".join(map(str, found)) if found else "missing"
-    if have:
-        return True, f"{have} (installed by uv: the system's python3 is {system})"
+    c = choose(ctx, version)
+    if c.problem:
+        return False, c.problem
+    if not c.managed:
+        return True, (f"{c.path} (webui.python)" if ctx.config.webui.python != "auto" else
+                      f"{c.path} (Python {c.system})")
+    system = c.system or "missing"
+    if c.path:
+        return True, f"{c.path} (installed by uv: the system's python3 is {system})"
     return None, (f"the system's python3 is {system}; Open WebUI {version} needs {need_text()}: the set-up job has "
-                  f"uv download Python {w.managed_python.version} (see its journal if it failed)")
+                  f"uv download Python {ctx.config.webui.managed_python.version} (see its journal if it failed)")
 
 
 def need_text() -> str:
@@ -78,22 +76,36 @@ def blocked(detail: str) -> JobError:
     return JobError(detail, blocked=f"needs {need_text()}, see localaid doctor")
 
 
-def resolve(ctx, version: str, find_uv) -> Interpreter:
-    """The interpreter for Open WebUI `version`. `find_uv(python)`: uv's path, or None."""
+@dataclass(frozen=True)
+class Choice:
+    """What webui.python means on this machine now (choose()): resolve() acts on it, describe()
+    says it."""
+    path: str | None  # the interpreter; None: a managed one is wanted but not downloaded yet
+    managed: bool = False
+    problem: str | None = None  # the configured webui.python cannot run Open WebUI
+    system: str = ""  # the system python3's version ("" when it does not run)
+
+
+def choose(ctx, version: str) -> Choice:
     w, host = ctx.config.webui, ctx.host
     if w.python != "auto":
-        problem = python_problem(w.python, host.python_version(w.python), version)
-        if problem:
-            raise blocked(problem)
-        return Interpreter(w.python, w.python, False)
+        return Choice(w.python, problem=python_problem(w.python, host.python_version(w.python), version))
     found = host.python_version(SYSTEM_PYTHON)
+    system = ".".join(map(str, found)) if found else ""
     if python_problem(SYSTEM_PYTHON, found, version) is None:
-        return Interpreter(SYSTEM_PYTHON, SYSTEM_PYTHON, False)
-    have = managed(ctx)
-    if have:
-        return Interpreter(have, SYSTEM_PYTHON, True)
-    system = ".".join(map(str, found)) if found else "none that runs"
-    uv = find_uv(SYSTEM_PYTHON if found else None)
+        return Choice(SYSTEM_PYTHON, system=system)
+    return Choice(managed(ctx), managed=True, system=system)
+
+
+def resolve(ctx, version: str, find_uv) -> Interpreter:
+    """The interpreter for Open WebUI `version`. `find_uv(python)`: uv's path, or None."""
+    c = choose(ctx, version)
+    if c.problem:
+        raise blocked(c.problem)
+    if c.path:
+        return Interpreter(c.path, SYSTEM_PYTHON if c.managed else c.path, c.managed)
+    system = c.system or "none that runs"
+    uv = find_uv(SYSTEM_PYTHON if c.system else None)
     if uv is None:
         raise JobError(f"Open WebUI {version} needs {need_text()}; the system's python3 is {system}, and uv, which "
                        f"would download one, could not be had (pip-installing it failed: see above; or put uv on "
