@@ -175,17 +175,7 @@ def main() -> int:
         # starts localaid-webui-setup.service (its mount namespace and settings included); the clock
         # runs from the end of `apt install` to /ready answering with the version.
         c.write("/etc/localaid/localaid.yaml", config.replace("ENABLED", "true"))
-        drop_caches()
-        t_apt, _ = timed(c, ["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold",
-                             f"/mnt/{deb.name}"], timeout=600)
-        t0 = time.monotonic()
-        if not wait_ready(f"http://127.0.0.1:{port}", a.version, 3600,
-                          lambda: c.is_active("localaid-webui-setup.service") == "failed"):
-            sys.exit(f"localaid-webui-setup failed:\n{c.journal('localaid-webui-setup.service')[-4000:]}")
-        t = time.monotonic() - t0
-        # From here on only the measured commands act: no supervisor, no setup job in flight.
-        c.run(["systemctl", "stop", "localaid.service"])
-        wait_inactive(c, "localaid-webui-setup.service")
+        t_apt, t = install_cold(c, deb, port, a.version)
         out["apt_install_s"] = round(t_apt, 1)
         rows.append(("`apt install` of localaid (Open WebUI enabled in the configuration)", f"{t_apt:.1f} s"))
         marker = json.loads(c.read(f"{BASE}/venvs/{a.version}/.localaid-complete"))
@@ -330,16 +320,7 @@ def real_main(a, variants, rootfs, deb, binds, files, config, port) -> int:
                 c.write(f, Path(f).read_text())
             c.write("/etc/localaid/localaid.yaml", cfg)
             # localaid, cold: what a new user's `apt install` does, caches empty (a new container)
-            drop_caches()
-            t_apt, _ = timed(c, ["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold",
-                                 f"/mnt/{deb.name}"], timeout=600)
-            t0 = time.monotonic()
-            if not wait_ready(f"http://127.0.0.1:{port}", a.version, 3600,
-                              lambda: c.is_active("localaid-webui-setup.service") == "failed"):
-                sys.exit(f"{v}: localaid-webui-setup failed:\n{c.journal('localaid-webui-setup.service')[-4000:]}")
-            t = time.monotonic() - t0
-            c.run(["systemctl", "stop", "localaid.service"])  # from here on only the measured commands act
-            wait_inactive(c, "localaid-webui-setup.service")
+            t_apt, t = install_cold(c, deb, port, a.version, label=f"{v}: ")
             notes.append(f"{v}: `apt install` of localaid {t_apt:.1f} s")
             rows.append(report(localaid_row(c, f"localaid {v}, cold", v, "cold", a.version, t)))
             if not a.no_warm:  # localaid, warm: the venv rebuilt through its unit, uv's cache filled
@@ -557,6 +538,23 @@ def setup_phases(c: Container) -> dict[str, float]:
         return {}
     m = re.search(r'phases="([^"]*)"', lines[-1])
     return {k: float(v) for k, v in (kv.split("=", 1) for kv in (m.group(1).split() if m else []))}
+
+
+def install_cold(c: Container, deb: Path, port: int, version: str, label: str = "") -> tuple[float, float]:
+    """`apt install` with page caches dropped, then localaid.service installs Open WebUI: (seconds
+    of `apt install`, seconds from its end to /ready answering `version`). localaid.service is
+    stopped afterwards: from then on only the measured commands act."""
+    drop_caches()
+    t_apt, _ = timed(c, ["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confold",
+                         f"/mnt/{deb.name}"], timeout=600)
+    t0 = time.monotonic()
+    if not wait_ready(f"http://127.0.0.1:{port}", version, 3600,
+                      lambda: c.is_active("localaid-webui-setup.service") == "failed"):
+        sys.exit(f"{label}localaid-webui-setup failed:\n{c.journal('localaid-webui-setup.service')[-4000:]}")
+    t = time.monotonic() - t0
+    c.run(["systemctl", "stop", "localaid.service"])
+    wait_inactive(c, "localaid-webui-setup.service")
+    return t_apt, t
 
 
 def wait_ready(base: str, version: str, timeout: float, failed=lambda: False) -> bool:

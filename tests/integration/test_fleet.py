@@ -48,7 +48,7 @@ import pytest
 from conftest import REPO, guest_deb_path, install_deb
 from harness import Container, wait_for
 from test_gpu_sandbox import own_cgroup, remove_cgroups  # the same cgroup set-up
-from test_nodes import chats, in_use, status, token  # the same Open WebUI calls
+from test_nodes import chats, in_use, status, token, ui_host_config  # the same Open WebUI calls
 
 sys.path.insert(0, str(REPO / "tests/fakes/ollama"))
 import release as fake_release  # noqa: E402
@@ -74,16 +74,7 @@ gpu:
   watch: false
 """
 
-UI_CONFIG = f"""\
-ollama:
-  enabled: false
-webui:
-  find_links: [/opt/wheelhouse]
-  ollama_urls: [{", ".join(URLS)}]
-health:
-  start_grace:
-    webui: 30s
-"""
+UI_CONFIG = ui_host_config(URLS)
 
 # What Ollama's install script writes (tests/fakes/ollama/install.sh.in, the real one alike).
 OLLAMA_UNIT = """\

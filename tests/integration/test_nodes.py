@@ -21,16 +21,15 @@ from harness import wait_for
 NODES = {"a": 11501, "b": 11502}
 URLS = [f"http://127.0.0.1:{p}" for p in NODES.values()]
 ADMIN = "admin@localhost"
-CONFIG = f"""\
-ollama:
-  enabled: false
-webui:
-  find_links: [/opt/wheelhouse]
-  ollama_urls: [{", ".join(URLS)}]
-health:
-  start_grace:
-    webui: 30s
-"""
+
+
+def ui_host_config(urls) -> str:
+    """A UI host over `urls` with the fake Open WebUI from the wheelhouse (test_fleet.py too)."""
+    return (f"ollama:\n  enabled: false\nwebui:\n  find_links: [/opt/wheelhouse]\n  ollama_urls: [{', '.join(urls)}]\n"
+            f"health:\n  start_grace:\n    webui: 30s\n")
+
+
+CONFIG = ui_host_config(URLS)
 
 
 def node_unit(name: str, port: int) -> str:
