@@ -10,7 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from localaid import log
+from localaid import log, modelchoice, paths
 from localaid.adapters import http
 from localaid.adapters.systemd import SystemdError
 from localaid.records import JOB_UNITS, Action
@@ -70,11 +70,16 @@ class Actor:
                 unit = JOB_UNITS[a.target]
                 self._reset_failed(unit)
                 self.systemd.start(unit)
+            elif a.kind == "choose-model":
+                modelchoice.write(a.data)
+                return f"ok, recorded in {paths.MODEL_CHOICE_FILE}"
             else:
                 return f"failed: unknown action kind {a.kind!r}"
             return "ok"
         except (SystemdError, KeyError) as e:
             return f"failed: {e}"
+        except OSError as e:  # the pick could not be written (a full disk): picked again next cycle
+            return f"failed: {e.strerror or e}"
 
     def _reset_failed(self, unit: str) -> None:
         """Clear a failed state (and the start rate limit) before a start. A unit systemd has not

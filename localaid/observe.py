@@ -31,6 +31,7 @@ class Observer:
         self.systemd = systemd
         self.gpu = gpu
         self.clock = clock
+        self._host = None  # records.HostFacts, once read
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="observe")
         self._pending: dict[str, Future] = {}
         self.units = UnitWatch(systemd, list(UNITS.values()) + list(JOB_UNITS.values()),
@@ -166,7 +167,14 @@ class Observer:
         return Observation(now=self.clock(), services=MappingProxyType(services), gpu=gpu_obs,
                            jobs=MappingProxyType(job_obs), maintenance=maintenance(),
                            generation=generation, in_flight=in_flight, exposed=_exposed(config),
-                           nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ)
+                           nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ,
+                           host=self._host_facts() if local and config.ollama.models_auto else None)
+
+    def _host_facts(self):
+        """RAM and cores, read once: ollama.models: auto sizes a CPU model by them."""
+        if self._host is None:
+            self._host = procfs.host_facts()
+        return self._host
 
 
 class UnitWatch:

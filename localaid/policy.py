@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import replace
 from types import MappingProxyType
 
-from localaid import policy_gpu, policy_nodes
+from localaid import policy_gpu, policy_models, policy_nodes
 from localaid.quantity import fmt_seconds
 from localaid.records import (
     OLLAMA, UNITS, WEBUI, Action, Decision, History, JobHistory, Observation,
@@ -257,6 +257,13 @@ def _jobs(config, obs: Observation, hist: History, now: float):
     return actions, _freeze(jobs), notes
 
 
+def _pct(jo) -> str:
+    """" (40%)" after a job's words, unless they say how far already ("… 42 % of 5.2 GB")."""
+    if jo is None or jo.fraction is None or "%" in (jo.text or ""):
+        return ""
+    return f" ({jo.fraction * 100:.0f}%)"
+
+
 def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
     out = []
     for job, jh in jobs.items():
@@ -265,8 +272,7 @@ def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
         running = jo is not None and jo.unit is not None and (jo.unit.job or jo.unit.active_state == "activating")
         if running:
             text = jo.text or "running"
-            pct = f" ({jo.fraction * 100:.0f}%)" if jo.fraction is not None else ""
-            out.append(f"{label}: {text}{pct}")
+            out.append(f"{label}: {text}{_pct(jo)}")
         elif jh.state == "failed":
             why = (jo.text if jo and jo.text else "failed")
             why = why.removeprefix(f"{label} failed: ")  # the job's own words may say it already
@@ -309,8 +315,7 @@ def _setup_status(st: ServiceStatus, job, jo, running: bool, now: float) -> Serv
     nobody stopped because it never ran."""
     text = jo.text if jo is not None and jo.text else ""
     if running:
-        pct = f" ({jo.fraction * 100:.0f}%)" if jo is not None and jo.fraction is not None else ""
-        return replace(st, state="installing", reason=_short(text or "set-up in progress") + pct)
+        return replace(st, state="installing", reason=_short(text or "set-up in progress") + _pct(jo))
     if job.state == "blocked":  # "open-webui not installed (needs Python 3.11 or 3.12, see localaid doctor)"
         return replace(st, state="not installed", reason=_short(text or "needs the administrator, see localaid doctor"))
     if job.state == "failed":
@@ -377,6 +382,9 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     notes += node_notes
     hist = replace(hist, nodes=node_hist)
 
+    # A pick is recorded before the set-up job starts in the same cycle, which then pulls it.
+    model_actions, model_fragment = policy_models.decide_model(config, obs)
+    actions += model_actions
     actions += job_actions
     notes += job_notes
     hist = replace(hist, jobs=jobs)
@@ -395,13 +403,22 @@ def decide(config, obs: Observation, hist: History) -> Decision:
             parts.append("ollama API open to the network (allow_from not enforced here, see localaid doctor)")
         if st.name == OLLAMA and gpu_fragment:
             parts.append(gpu_fragment)
+        if st.name == OLLAMA and model_fragment:
+            parts.append(model_fragment)
         if st.name == WEBUI and node_fragment:
             parts.append(node_fragment)
     parts += _job_fragments(obs, {j: jh for j, jh in jobs.items() if j not in folded}, now)
-    healthy = all(st.state == "ok" for st in statuses) and \
+    healthy = all(st.state == "ok" for st in statuses) and not model_fragment and not _pulling(obs) and \
         (not obs.nodes or any(h.state != "out" for h in node_hist.values()))  # a UI host needs a node
     return Decision(tuple(actions), hist, " · ".join(parts), healthy, tuple(statuses), tuple(notes),
                     recheck=_recheck(config, obs, hist))
+
+
+def _pulling(obs: Observation) -> bool:
+    """Ollama's set-up job is pulling models: the stack is not ready to chat yet."""
+    jo = obs.jobs.get("ollama-setup")
+    return jo is not None and jo.unit is not None and (jo.unit.job or jo.unit.active_state == "activating") \
+        and (jo.text or "").startswith("pulling")
 
 
 def _recheck(config, obs: Observation, hist: History) -> float:

@@ -13,7 +13,7 @@ import glob
 import os
 import re
 
-from localaid.records import NO_DRIVER
+from localaid.records import NO_DRIVER, HostFacts
 
 PROC = os.environ.get("LOCALAID_PROC", "/proc")
 SYS = os.environ.get("LOCALAID_SYS", "/sys")
@@ -130,3 +130,14 @@ def cgroup_cpu_seconds(control_group: str, root: str = CGROUP_ROOT) -> float | N
         if ns.isdigit():
             return int(ns) / 1e9
     return None
+
+
+def host_facts(meminfo: str = "/proc/meminfo") -> HostFacts:
+    """RAM (MemTotal) and the CPUs this process may run on: what a model for the CPU is sized by.
+    Always the real /proc: these are not the driver's state that tests fake."""
+    m = re.search(r"^MemTotal:\s+(\d+)\s*kB", _read(meminfo), re.M)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except OSError:
+        cores = os.cpu_count() or 1
+    return HostFacts(int(m.group(1)) * 1024 if m else 0, cores)

@@ -143,6 +143,12 @@ class NodeObs:
 
 
 @dataclass(frozen=True)
+class HostFacts:
+    ram: int  # bytes (MemTotal)
+    cores: int  # CPUs this process may run on
+
+
+@dataclass(frozen=True)
 class Observation:
     now: float
     services: Mapping[str, ServiceObs] = field(default_factory=lambda: EMPTY)
@@ -155,16 +161,18 @@ class Observation:
     nodes: tuple[NodeObs, ...] = ()  # a UI host's Ollama nodes, in webui.ollama_urls order
     nodes_error: str | None = None  # why Open WebUI's connection settings could not be read
     nodes_differ: bool = False  # Open WebUI's connection list is not webui.ollama_urls
+    host: HostFacts | None = None  # RAM and cores; read only while ollama.models: auto needs them
 
 
 # ----------------------------------------------------------------------------------- decide
 @dataclass(frozen=True)
 class Action:
-    kind: str  # restart | kill-restart | start | start-job | preload | gpu-step
+    kind: str  # restart | kill-restart | start | start-job | preload | gpu-step | choose-model
     target: str  # unit name, job name or model name
     cause: str  # hung | crash-loop | failed | cpu-fallback | boot-race | gpu-lost | xid | provision ...
     evidence: str = ""
     service: str | None = None  # the service key the action is for (OLLAMA / WEBUI)
+    data: object = None  # what the action needs beyond words (choose-model: the catalog.Pick)
 
 
 @dataclass(frozen=True)

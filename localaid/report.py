@@ -41,8 +41,16 @@ def state_document(config, obs: Observation, decision: Decision, recent: list[di
                         "text": obs.jobs[name].text if name in obs.jobs else None}
                  for name, jh in decision.history.jobs.items()},
         "nodes": [_node(n, decision.history.nodes.get(n.url, NodeHistory(state="unknown"))) for n in obs.nodes],
+        "models": _models(config),
         "recent_actions": recent,
     }
+
+
+def _models(config) -> dict:
+    """ollama.models as configured: auto (with the pick once made) or the list."""
+    o = config.ollama
+    return {"auto": o.models_auto, "names": [m.name for m in o.models],
+            "pick": asdict(o.chosen) if o.chosen is not None else None}
 
 
 def _node(n: NodeObs, h: NodeHistory) -> dict:

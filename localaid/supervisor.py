@@ -18,7 +18,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from localaid import config as config_mod
-from localaid import fsutil, log, paths, policy, report
+from localaid import fsutil, log, modelchoice, paths, policy, report
 from localaid.act import Actor
 from localaid.adapters.notify import Notifier, watchdog_interval
 from localaid.adapters.systemd import Systemd
@@ -100,6 +100,15 @@ class Supervisor:
                        generation=self.generation)
         self.notifier.send(ready=1)
 
+    def _take_pick(self) -> None:
+        """A model pick just recorded (ollama.models: auto) is ollama.models from now on, as
+        config.load() gives it to every other reader: a new generation, so that the set-up jobs
+        run again and pull it. A pick that could not be written is picked again next cycle."""
+        pick = modelchoice.read()
+        if pick is not None and pick != self.config.ollama.chosen:
+            self.config = modelchoice.applied(self.config, pick)
+            self.generation += 1
+
     def _admin(self):
         """Open WebUI's admin API client of a UI host (webui.ollama_urls), kept while its
         settings stay the same; None elsewhere."""
@@ -129,6 +138,8 @@ class Supervisor:
         for note in decision.notes:
             log.notice(note)
         self.actor.run(decision.actions, self.config)
+        if any(a.kind == "choose-model" for a in decision.actions):
+            self._take_pick()
         took = self.clock() - start
         changed = decision.status_line != self._last_status or decision.actions or decision.notes
         if changed or start - self._last_write >= STATE_EVERY:

@@ -365,3 +365,19 @@ def cgroup_pids(control_group: str, bases: tuple[str, ...] = CGROUP_BASES) -> tu
                     continue
         return tuple(pids)
     return ()
+
+
+def machine_now(config):
+    """(catalog.Machine or None, the GpuObs) for `localaid models --suggest` and doctor: one
+    look through NVML (no events), sized as the daemon sizes it (policy_models.machine)."""
+    from localaid.policy_models import machine
+    from localaid.records import Observation
+    if config.gpu.watch:
+        gpu = Gpu(config, events=False)
+        try:
+            gobs = gpu.observe()
+        finally:
+            gpu.close()
+    else:
+        gobs = GpuObs(state="off")
+    return machine(Observation(now=0.0, gpu=gobs, host=procfs.host_facts())), gobs

@@ -2,11 +2,12 @@
 and keeps them in its database after: what localaid configures later is written through here.
 For a UI host's failover: which Ollama connections it uses, switching one on or off (its `enable`
 flag in OLLAMA_API_CONFIGS; the order is kept), and the list itself; for the set-up job: the
-document-embedding engine and model.
+document-embedding engine and model, and the default model of new chats.
 
     GET  /ollama/config          {"ENABLE_OLLAMA_API", "OLLAMA_BASE_URLS", "OLLAMA_API_CONFIGS"}
     POST /ollama/config/update   the same document back (open-webui 0.12: routers/ollama.py)
     GET  /api/v1/retrieval/embedding, POST /api/v1/retrieval/embedding/update   (routers/retrieval.py)
+    GET  /api/v1/configs/models, POST the same   DEFAULT_MODELS for new chats (routers/configs.py)
 
 Both need an admin's token: localaid signs in as webui.admin.email with the password in
 webui.admin.password_file (root's, read at each sign-in; it is never on a command line), and
@@ -23,6 +24,9 @@ from urllib.parse import urlsplit
 
 
 MARK = "localaid"  # key in a connection's settings: localaid switched it off
+# The fields of open-webui 0.12's ModelsConfigForm (routers/configs.py).
+MODELS_FORM = ("DEFAULT_MODELS", "DEFAULT_PINNED_MODELS", "MODEL_ORDER_LIST", "DEFAULT_MODEL_METADATA",
+               "DEFAULT_MODEL_PARAMS")
 
 
 class AdminError(Exception):
@@ -56,6 +60,20 @@ class WebUIAdmin:
         if ollama_url:
             body["ollama_config"] = {"url": ollama_url, "key": ""}
         self._call("POST", "/api/v1/retrieval/embedding/update", body)
+
+    def models_config(self) -> dict:
+        """Open WebUI's model defaults (GET /api/v1/configs/models): DEFAULT_MODELS, a
+        comma-separated string, is the model a new chat starts with."""
+        return self._call("GET", "/api/v1/configs/models")
+
+    def set_default_model(self, model: str) -> None:
+        """Make `model` the default of new chats. The form's every field is stored as sent
+        (a missing one as null), so the whole document goes back with only DEFAULT_MODELS changed."""
+        with self._lock:
+            doc = self.models_config()
+            form = {k: doc.get(k) for k in MODELS_FORM}
+            form["DEFAULT_MODELS"] = model
+            self._call("POST", "/api/v1/configs/models", form)
 
     def sync(self, urls) -> None:
         """Make Open WebUI's connection list webui.ollama_urls (it seeds its settings from

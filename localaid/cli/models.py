@@ -92,7 +92,74 @@ def render(table: list[ModelRow]) -> str:
 
 
 def main(args) -> int:
-    return run(args, load_config(args))
+    config = load_config(args)
+    if getattr(args, "suggest", False):
+        return suggest(args, config)
+    return run(args, config)
+
+
+# ------------------------------------------------------------------------- --suggest: the tiers
+def suggest_rows(m, inputs, picked: str | None) -> list[dict]:
+    """One row per catalogue entry: its figures, its tier, whether it fits this machine."""
+    from localaid.catalog import CATALOG, choose, cpu_tier_of, fits_gpu, tier_name
+    would = choose(m, inputs).model if m is not None else None
+    rows_out = []
+    for e in CATALOG:
+        if m is None:
+            fits = None
+        elif m.gpu_name:
+            fits = fits_gpu(e, m.vram, inputs)
+        else:
+            fits = e.need(inputs.context, inputs.parallel) <= m.ram // 2  # as catalog's CPU tiers count
+        tier = tier_name(e, inputs) + (f"; {cpu_tier_of(e.name)}" if cpu_tier_of(e.name) else "")
+        mark = "picked" if e.name == picked else ("would be picked" if e.name == would else "")
+        rows_out.append({"model": e.name, "params": e.params, "download": e.download,
+                         "need": e.need(inputs.context, inputs.parallel), "tier": tier, "fits": fits, "mark": mark})
+    return rows_out
+
+
+def suggest(args, config) -> int:
+    from localaid.catalog import GIB, Inputs, choose, gpu_budget
+    from localaid.adapters.gpu import machine_now
+    m, gobs = machine_now(config)
+    inputs = Inputs.of(config)
+    o = config.ollama
+    picked = o.chosen.model if o.models_auto and o.chosen is not None else None
+    table = suggest_rows(m, inputs, picked)
+    would = choose(m, inputs) if m is not None else None
+    if getattr(args, "json", False):
+        print(json.dumps({"machine": asdict(m) if m else None, "gpu_state": gobs.state, "inputs": asdict(inputs),
+                          "auto": o.models_auto, "picked": asdict(o.chosen) if o.chosen else None,
+                          "would_pick": asdict(would) if would else None, "tiers": table}, indent=1))
+        return EX_OK
+    if m is None:
+        print(f"This machine: the GPU does not answer now ({gobs.state}: {gobs.error or 'see localaid doctor'}); "
+              "localaid waits for it before it picks a model.")
+    elif m.gpu_name:
+        print(f"This machine: {m.basis}; {gpu_budget(m.vram, inputs) / GIB:.1f} GiB of it for a chat model "
+              f"(context {inputs.context} tokens × {inputs.parallel}).")
+    else:
+        print(f"This machine: {m.basis}: models run on the CPU.")
+    head = f"{'MODEL':<12} {'PARAMS':>6} {'DOWNLOAD':>9} {'NEEDS':>9}  {'FITS':<4}  TIER"
+    print("\n" + head)
+    for r in table:
+        fits = {True: "yes", False: "no", None: "?"}[r["fits"]]
+        print(f"{r['model']:<12} {r['params']:>6} {size_text(r['download']):>9} {size_text(r['need']):>9}  "
+              f"{fits:<4}  {r['tier']}" + (f"  ← {r['mark']}" if r["mark"] else ""))
+    print("FITS: needs at most the GPU memory left for a chat model" if m is not None and m.gpu_name else
+          "FITS: needs at most half the RAM (the CPU tier is what answers at a readable speed)")
+    print("")
+    if not o.models_auto:
+        print("ollama.models is a list: localaid pulls those and picks nothing (auto would pick "
+              f"{would.model if would else 'once the GPU answers'}).")
+    elif o.chosen is not None:
+        print(f"Picked {o.chosen.model} for {o.chosen.basis}: {o.chosen.reason}.")
+        if would is not None and would.model != o.chosen.model:
+            print(f"For this machine now: {would.model} ({would.reason}); to use it, set ollama.models: "
+                  f"[{would.model}] in {(config.sources or ('/etc/localaid/localaid.yaml',))[0]}.")
+    elif would is not None:
+        print(f"Would pick {would.model}: {would.reason}.")
+    return EX_OK
 
 
 def run(args, config) -> int:

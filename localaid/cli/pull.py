@@ -12,6 +12,7 @@ import time
 
 from localaid.adapters.ollama import OllamaClient, OllamaError, PullProgress, same_model
 from localaid.cli.common import EX_FAIL, EX_OK, clock_text, load_config, size_text
+from localaid.pullmeter import PullMeter
 
 
 class PullDisplay:
@@ -22,32 +23,19 @@ class PullDisplay:
         self.out = out or sys.stdout
         self.tty = self.out.isatty() if tty is None else tty
         self.clock = clock
-        self.start = clock()
-        self.layers: dict[str, tuple[int, int]] = {}
+        self.meter = PullMeter(model, clock)
         self.status = ""
-        self.samples: list[tuple[float, int]] = []  # (time, bytes done) for the speed
         self.last_decile = -1
         self.last_draw = 0.0
         self.bar_shown = False
 
     @property
     def totals(self) -> tuple[int, int]:
-        return sum(c for c, _ in self.layers.values()), sum(t for _, t in self.layers.values())
-
-    def speed(self) -> float:
-        if len(self.samples) < 2:
-            return 0.0
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        return self.meter.done, self.meter.total
 
     def update(self, p: PullProgress) -> None:
-        now = self.clock()
-        if p.digest and p.total:
-            self.layers[p.digest] = (min(p.completed or 0, p.total), p.total)
-            done, _ = self.totals
-            self.samples.append((now, done))
-            self.samples = [s for s in self.samples if now - s[0] <= 10.0] or self.samples[-1:]
-            self._progress(now)
+        if self.meter.add(p.digest, p.total, p.completed):
+            self._progress(self.clock())
             return
         if p.status and p.status != self.status:
             self.status = p.status
@@ -55,9 +43,9 @@ class PullDisplay:
 
     def _progress(self, now: float) -> None:
         done, total = self.totals
-        frac = done / total if total else 0.0
-        speed = self.speed()
-        eta = f"ETA {clock_text((total - done) / speed)}" if speed > 0 and done < total else ""
+        frac = self.meter.fraction
+        speed, left = self.meter.speed(), self.meter.left()
+        eta = f"ETA {clock_text(left)}" if left is not None else ""
         text = f"{size_text(done)}/{size_text(total)}  {speed / 1e6:5.1f} MB/s  {eta}".rstrip()
         if self.tty:
             if now - self.last_draw < 0.1 and done < total:
@@ -87,7 +75,7 @@ class PullDisplay:
         if self.tty and self.bar_shown:
             self.out.write("\n")
         _, total = self.totals
-        took = self.clock() - self.start
+        took = self.clock() - self.meter.start
         size = f" ({size_text(total)})" if total else ""
         self.out.write(f"pulled {self.model}{size} in {clock_text(took)}\n")
         self.out.flush()

@@ -63,6 +63,7 @@ def render(doc, age: float | None, daemon: str) -> str:
                          f"{n.get('reason') or node_detail(n['url'])}")
     lines.append("")
     lines.extend(_gpu_lines(doc.get("gpu") or {}))
+    lines.extend(_choice_lines(doc.get("models") or {}))
     models = [m for s in doc.get("services", []) for m in s.get("models", [])]
     for m in models:
         where = "GPU" if m["size_vram"] >= m["size"] > 0 else ("CPU" if m["size_vram"] == 0 else "partly CPU")
@@ -89,6 +90,18 @@ def node_detail(url: str, timeout: float = 1.0) -> str:
     except OllamaError as e:
         return str(e)
     return f"Ollama {version}, {len(models)} models" + (f" ({', '.join(m.name for m in loaded)})" if loaded else "")
+
+
+def _choice_lines(models: dict) -> list[str]:
+    """ollama.models: auto: the model picked for this machine and why, or that it is not yet."""
+    if not models.get("auto"):
+        return []
+    pick = models.get("pick")
+    if not pick:
+        return ["chat model (ollama.models: auto): not picked yet, see the status line"]
+    made = time.strftime("%Y-%m-%d %H:%M", time.localtime(pick.get("made") or 0))
+    return [f"chat model (ollama.models: auto): {pick['model']}, picked {made} for {pick.get('basis')}",
+            f"  why: {pick.get('reason')}  (other sizes: localaid models --suggest)"]
 
 
 def _gpu_lines(gpu: dict) -> list[str]:

@@ -124,11 +124,17 @@ COMMANDS: tuple[Command, ...] = (
             "Pull MODEL (e.g. deepseek-r1:8b) through Ollama's API with a progress bar (size, speed,\n"
             "ETA). Talks to Ollama directly: works whether or not the localaid daemon runs.",
             args=(arg("model", metavar="MODEL"),), handler=".pull:main"),
-    Command(("models",), "list installed and loaded models",
+    Command(("models",), "list models; --suggest: which fit this machine",
             "List installed models, configured ones not pulled yet and those loaded in memory, with\n"
             "size, VRAM use, whether each runs on the GPU, the CPU or partly both, and whether it fits\n"
-            "the GPU's memory with room for its KV cache (else a size that does).",
-            args=(arg("--json", action="store_true", help="machine-readable output"),), handler=".models:main"),
+            "the GPU's memory with room for its KV cache (else a size that does).\n"
+            "With --suggest: the models ollama.models: auto picks from, each with its download size,\n"
+            "the memory it needs at the configured context, the smallest card it fits and whether it\n"
+            "fits this machine; the one picked (or that would be) and why.",
+            args=(arg("--json", action="store_true", help="machine-readable output"),
+                  arg("--suggest", action="store_true",
+                      help="the models auto picks from, which fit this machine, and the pick")),
+            handler=".models:main"),
     Command(("upgrade",), "upgrade Ollama or Open WebUI explicitly",
             "Upgrade a component explicitly; localaid never upgrades on its own.", metavar="COMPONENT"),
     Command(("upgrade", "ollama"), "upgrade ollama",

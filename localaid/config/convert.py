@@ -333,9 +333,12 @@ def _model_name(item: Item) -> str:
     return text if ":" in text.rpartition("/")[2] else text + ":latest"
 
 
-def models(item: Item, ctx: Ctx, key: str) -> tuple[ModelSpec, ...]:
+def models(item: Item, ctx: Ctx, key: str) -> tuple[tuple[ModelSpec, ...], bool]:
+    """→ (models, auto): `auto` (localaid picks one for this machine) or a list of models."""
+    if item.kind == "scalar" and item.tag == STR and item.value == "auto":
+        return (), True
     if item.kind != "seq":
-        raise Invalid(f"expected a list of models, got {show(item)}")
+        raise Invalid(f"expected auto or a list of models, got {show(item)}")
     out: list[ModelSpec] = []
     seen: dict[str, int] = {}
     for i, el in enumerate(item.value):
@@ -364,7 +367,7 @@ def models(item: Item, ctx: Ctx, key: str) -> tuple[ModelSpec, ...]:
             continue
         seen[name] = name_item.line
         out.append(ModelSpec(name, keep_warm))
-    return tuple(out)
+    return tuple(out), False
 
 
 _GO_MAX_SECONDS = 2**63 / 1e9         # Go's time.Duration: int64 nanoseconds, about 292 years

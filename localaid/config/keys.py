@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import localaid.config.convert as c
 from localaid.config.schema import key, schema_of, section
+from localaid.catalog import Pick
 from localaid.config.values import FrozenMap, ModelSpec
 
 DEFAULT_WEBUI_VERSION = "0.12.4"
@@ -84,7 +85,11 @@ class OllamaConfig:
     gpu_overhead: int | None = key(None, c.size(0, 2**40), "GPU memory Ollama leaves unused on each GPU (bytes)")
     environment: FrozenMap = key(FrozenMap(), c.environment(OLLAMA_MANAGED_ENV),
                                  "extra environment for ollama.service, NAME: value")
-    models: tuple[ModelSpec, ...] = key((), c.models, "models to pull, and keep loaded unless keep_warm: false")
+    models: tuple[ModelSpec, ...] = key(
+        (), c.models, "models to pull and keep loaded (unless keep_warm: false); auto: one chosen for this "
+                      "machine; []: none", attrs=("models", "models_auto"))
+    models_auto: bool = True                     # set with models, by the key `models` ("auto")
+    chosen: Pick | None = None                   # auto: the recorded pick (config.load reads it)
 
     @property
     def url(self) -> str:

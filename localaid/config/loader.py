@@ -20,6 +20,7 @@ import dataclasses
 import os
 
 import localaid.config.trust as trust
+from localaid import modelchoice
 from localaid.config.checks import CHECKS
 from localaid.config.convert import Ctx
 from localaid.config.keys import SCHEMA, Config
@@ -34,7 +35,7 @@ _PATHS = [p for p, _ in keys(SCHEMA)]
 
 
 def load(path: str = DEFAULT_PATH, conf_d: str | None = DEFAULT_CONF_D, *, missing_ok: bool = True,
-         trusted_uid: int | None = trust.AUTO) -> Config:
+         trusted_uid: int | None = trust.AUTO, choice: bool = True) -> Config:
     """Read, merge and validate the configuration; raise ConfigError listing every problem.
 
     A missing main file means all defaults (missing_ok=False makes it an error, for
@@ -44,6 +45,9 @@ def load(path: str = DEFAULT_PATH, conf_d: str | None = DEFAULT_CONF_D, *, missi
     trusted_uid: files and directories must be owned by root or this uid and writable by no one
     else (trust.py).  The default checks for root (uid 0) when running as root and checks nothing
     otherwise; None never checks.
+
+    With `ollama.models: auto`, the model localaid picked for this machine (modelchoice.py) is
+    ollama.models once it is recorded; choice=False leaves it out (checking a file as written).
     """
     path = os.fspath(path)
     conf_d = None if conf_d is None else os.fspath(conf_d)
@@ -80,4 +84,5 @@ def load(path: str = DEFAULT_PATH, conf_d: str | None = DEFAULT_CONF_D, *, missi
             order.setdefault(file, len(order))
         problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line or 0))
         raise ConfigError(problems)
-    return dataclasses.replace(config, sources=tuple(sources))
+    config = dataclasses.replace(config, sources=tuple(sources))
+    return modelchoice.applied(config, modelchoice.read() if config.ollama.models_auto and choice else None)

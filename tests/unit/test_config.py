@@ -159,7 +159,7 @@ BAD = [
      ['@/localaid.yaml:2: ollama.port: expected an integer, got "11434" (remove the quotes)',
       "@/localaid.yaml:3: ollama.num_parallel: expected an integer, got 2.5",
       "@/localaid.yaml:4: ollama.max_loaded_models: expected a decimal integer, got 0x10",
-      '@/localaid.yaml:5: ollama.models: expected a list of models, got "llama3"',
+      '@/localaid.yaml:5: ollama.models: expected auto or a list of models, got "llama3"',
       "@/localaid.yaml:6: ollama.environment: expected a mapping of variable names to values, got a list",
       '@/localaid.yaml:8: webui.version: expected a version such as "0.6.5", got a list',
       '@/localaid.yaml:9: webui.extra_index_urls: expected a list of URLs, '

@@ -25,6 +25,8 @@ def doctor_checks(config, layout: Layout = LAYOUT) -> list[Check]:
     if cfg.models_dir:
         checks.append(_models_dir_check(cfg.models_dir))
     checks += _api_checks(cfg, config.wanted_models)
+    if cfg.models_auto:
+        checks.append(_pick_check(config))
     if cfg.allow_from:
         enforced, words = firewall.probe(Host())
         checks.append(Check("ollama allow_from", enforced, f"IPAddressAllow=localhost {' '.join(cfg.allow_from)}: "
@@ -32,6 +34,26 @@ def doctor_checks(config, layout: Layout = LAYOUT) -> list[Check]:
                             "" if enforced else "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1), or "
                                                 f"firewall port {cfg.port} with nftables"))
     return checks
+
+
+def _pick_check(config) -> Check:
+    """ollama.models: auto: what was picked and why; a larger model this machine fits now is a
+    suggestion (a bigger card never leads to a download by itself)."""
+    from localaid.adapters.gpu import machine_now
+    from localaid.catalog import Inputs, better
+    pick = config.ollama.chosen
+    m, gobs = machine_now(config)
+    if pick is None:
+        why = f"the GPU does not answer ({gobs.state})" if m is None else "the daemon has not run a cycle"
+        return Check("ollama model pick", None, f"ollama.models: auto: no model picked yet: {why}",
+                     "systemctl status localaid; localaid models --suggest shows what would be picked")
+    text = f"ollama.models: auto: {pick.model} picked for {pick.basis}: {pick.reason}"
+    bigger = better(pick.model, m, Inputs.of(config)) if m is not None else None
+    if bigger:
+        return Check("ollama model pick", None, f"{text}; this machine ({m.basis}) now fits {bigger}",
+                     f"to use it: set ollama.models: [{bigger}] in {(config.sources or ('/etc/localaid/localaid.yaml',))[0]} "
+                     "(a download of its size; localaid models --suggest)")
+    return Check("ollama model pick", True, text)
 
 
 def _install_checks(cfg, layout: Layout) -> list[Check]:

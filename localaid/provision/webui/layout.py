@@ -131,6 +131,11 @@ class Layout:
         return os.path.join(self.base, "admin-created")
 
     @property
+    def default_model_marker(self) -> str:
+        """The default model localaid last wrote into Open WebUI's settings."""
+        return os.path.join(self.base, "default-model")
+
+    @property
     def secret(self) -> str:
         return os.path.join(self.base, "secret-key")
 

@@ -321,3 +321,43 @@ def settle_embedding(ctx) -> None:
                     model=model, was=f"{have.get('RAG_EMBEDDING_ENGINE') or 'local'} {have.get('RAG_EMBEDDING_MODEL')}")
     except AdminError as err:
         ctx.rep.warn("cannot check Open WebUI's document embedding settings", error=str(err))
+
+
+def settle_default_model(ctx) -> None:
+    """New chats start with the first of ollama.models (the model localaid picked, with auto):
+    Open WebUI's DEFAULT_MODELS, written through its admin API, so that the first chat needs no
+    click in its settings. A default an admin chose in Open WebUI is theirs: only an empty one,
+    or the one localaid wrote last (layout.default_model_marker), is changed. Never fails the job."""
+    from localaid.adapters.webui_admin import AdminError
+    model = next((m.name for m in ctx.config.ollama.models), None)
+    if model is None or not ctx.config.ollama_nodes:
+        return
+    marker = ctx.layout.default_model_marker
+    try:
+        with open(marker, encoding="utf-8") as f:
+            ours = f.read().strip()
+    except OSError:
+        ours = ""
+    try:
+        admin = ctx.host.webui_admin(ctx.config, ctx.layout)
+        have = str(admin.models_config().get("DEFAULT_MODELS") or "")
+        if have not in ("", ours, model):
+            if ours != model:  # said once per change of ollama.models
+                ctx.rep.say("Open WebUI's default model was chosen in its settings: kept", default=have, ours=model)
+                fsutil.atomic_write(marker, model + "\n", mode=0o644)
+            return
+        if have != model:
+            admin.set_default_model(model)
+            ctx.rep.say("Open WebUI's default model for new chats set from ollama.models", model=model,
+                        was=have or None)
+        if ours != model:
+            fsutil.atomic_write(marker, model + "\n", mode=0o644)
+    except AdminError as err:
+        ctx.rep.warn("cannot check Open WebUI's default model", error=str(err))
+
+
+def settle_stored(ctx) -> None:
+    """What Open WebUI keeps in its database and localaid configures: the document embedding,
+    and the default model of new chats."""
+    settle_embedding(ctx)
+    settle_default_model(ctx)

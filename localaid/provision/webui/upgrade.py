@@ -21,7 +21,7 @@ from localaid.provision import safefs
 from localaid.provision.job import ROLLBACK, JobError, Maintenance, Step, drive, resume
 from localaid.provision.webui.layout import (
     COMPLETE_MARKER, SERVICE_USER, UNIT, current_version, is_complete, journal, switch_current)
-from localaid.provision.webui.service import enable, settle_admin, settle_embedding, start_timeout, wait_healthy
+from localaid.provision.webui.service import enable, settle_admin, settle_stored, start_timeout, wait_healthy
 from localaid.provision.webui.venv import build_venv, phase_text
 from localaid.quantity import format_size
 
@@ -217,7 +217,7 @@ def run(ctx, j: dict | None = None) -> int | None:
             maint.off()
     prune(ctx)
     settle_admin(ctx, j["to"])
-    settle_embedding(ctx)
+    settle_stored(ctx)
     frm = j.get("from")
     downtime = time.time() - j["stopped_at"] if j.get("stopped_at") and frm else None
     ctx.rep.say("Open WebUI upgraded" if frm else "Open WebUI installed", version=j["to"], previous=frm,
@@ -249,7 +249,7 @@ def install(ctx, version: str, config_version: str, restart: bool = False) -> in
             if why:
                 return _failed(ctx, why)
         settle_admin(ctx, version)
-        settle_embedding(ctx)
+        settle_stored(ctx)
         ctx.rep.done(f"Open WebUI {version} serving on {ctx.config.webui.url}")
         return 0
     j = {"to": version, "from": cur if cur and is_complete(layout, cur) else None, "step": "build",

@@ -163,6 +163,13 @@ class App:
         self.tokens: dict[str, str] = {}  # token -> role (sign-ins of this process)
 
 
+ADMIN_GET = {"/ollama/config": connections.config, "/api/v1/retrieval/embedding": connections.embedding,
+             "/api/v1/configs/models": connections.models_config}
+ADMIN_POST = {"/ollama/config/update": connections.update,
+              "/api/v1/retrieval/embedding/update": connections.set_embedding,
+              "/api/v1/configs/models": connections.set_models_config}
+
+
 class Handler(BaseHTTPRequestHandler):
     app: App
     protocol_version = "HTTP/1.1"
@@ -204,10 +211,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"status": True})
         if path == "/api/version":
             return self.send(200, {"version": VERSION})
-        if path in ("/ollama/config", "/api/v1/retrieval/embedding"):
+        if path in ADMIN_GET:
             if self.role() != "admin":
                 return self.send(401, {"detail": "Not authenticated"})
-            return self.send(200, (connections.config if path.startswith("/ollama") else connections.embedding)(app.db))
+            return self.send(200, ADMIN_GET[path](app.db))
         if path == "/api/config":
             if not app.startup_complete:
                 return self.send(503, {"detail": "Startup not complete"})
@@ -244,10 +251,10 @@ class Handler(BaseHTTPRequestHandler):
             token = secrets.token_hex(16)
             app.tokens[token] = row[2]
             return self.send(200, {"email": row[0], "name": row[1], "role": row[2], "token": token})
-        if path in ("/ollama/config/update", "/api/v1/retrieval/embedding/update"):
+        if path in ADMIN_POST:
             if self.role() != "admin":
                 return self.send(401, {"detail": "Not authenticated"})
-            doc = (connections.update if path.startswith("/ollama") else connections.set_embedding)(app.db, form)
+            doc = ADMIN_POST[path](app.db, form)
             return self.send(200, doc) if doc else self.send(422, {"detail": "invalid form"})
         if path == "/api/chat/completions":
             if self.role() is None:

@@ -2,7 +2,9 @@
 OLLAMA_BASE_URLS (";"-separated) or OLLAMA_BASE_URL stored at the first start, then only from the
 database (a changed environment is ignored, as Open WebUI's persistent config does); the
 admin's GET /ollama/config and POST /ollama/config/update (per-connection `enable` flags in
-OLLAMA_API_CONFIGS); and POST /api/chat/completions, sent to one connection picked at random
+OLLAMA_API_CONFIGS); the model defaults (GET/POST /api/v1/configs/models, seeded from
+DEFAULT_MODELS at the first start; the form's first three fields are required and every field
+is stored as sent, as in routers/configs.py); and POST /api/chat/completions, sent to one connection picked at random
 among the enabled ones, with no health check and Open WebUI's long client timeout
 (AIOHTTP_CLIENT_TIMEOUT, 300 s): a node that is down fails or stalls the chats sent to it."""
 
@@ -27,11 +29,33 @@ def seed(db) -> None:
     once; from then on the database's list is used and OLLAMA_BASE_URLS is ignored."""
     if db.config("ollama.base_urls", "null") == "null":
         db.set_config("ollama.base_urls", json.dumps(_urls()))
+    if db.config("ui.models_config", "null") == "null":  # DEFAULT_MODELS: the same, once
+        db.set_config("ui.models_config", json.dumps({**dict.fromkeys(MODELS_FORM),
+                                                      "DEFAULT_MODELS": os.environ.get("DEFAULT_MODELS")}))
     if db.config("rag.embedding", "null") == "null":  # the same for the document embedding settings
         db.set_config("rag.embedding", json.dumps({
             "RAG_EMBEDDING_ENGINE": os.environ.get("RAG_EMBEDDING_ENGINE", ""),
             "RAG_EMBEDDING_MODEL": os.environ.get("RAG_EMBEDDING_MODEL", "sentence-transformers/all-MiniLM-L6-v2"),
             "ollama_config": {"url": os.environ.get("RAG_OLLAMA_BASE_URL", _urls()[0]), "key": ""}}))
+
+
+MODELS_FORM = ("DEFAULT_MODELS", "DEFAULT_PINNED_MODELS", "MODEL_ORDER_LIST", "DEFAULT_MODEL_METADATA",
+               "DEFAULT_MODEL_PARAMS")
+
+
+def models_config(db) -> dict:
+    return json.loads(db.config("ui.models_config", "null")) or dict.fromkeys(MODELS_FORM)
+
+
+def set_models_config(db, form: dict) -> dict | None:
+    """None (HTTP 422) when a required field is missing or has the wrong type."""
+    if any(k not in form for k in MODELS_FORM[:3]):
+        return None
+    if form["DEFAULT_MODELS"] is not None and not isinstance(form["DEFAULT_MODELS"], str):
+        return None
+    doc = {k: form.get(k) for k in MODELS_FORM}
+    db.set_config("ui.models_config", json.dumps(doc))
+    return doc
 
 
 def embedding(db) -> dict:
