@@ -41,19 +41,33 @@ class Killed(BaseException):
 
 
 class AdminDouble:
-    """Open WebUI's admin API as the set-up job uses it (its embedding settings)."""
+    """Open WebUI's admin API as the set-up job uses it (its embedding settings, the default model)."""
 
     def __init__(self):
         self.settings = {"RAG_EMBEDDING_ENGINE": "", "RAG_EMBEDDING_MODEL": "sentence-transformers/all-MiniLM-L6-v2",
                          "ollama_config": {"url": "", "key": ""}}
         self.updates: list[tuple] = []
         self.refuse = None
+        self.default_models: str | None = None  # Open WebUI's DEFAULT_MODELS
+        self.default_updates: list[str] = []
 
-    def embedding(self):
+    def _refused(self):
         if self.refuse:
             from localaid.adapters.webui_admin import AdminError
             raise AdminError(self.refuse)
+
+    def embedding(self):
+        self._refused()
         return dict(self.settings)
+
+    def models_config(self):
+        self._refused()
+        return {"DEFAULT_MODELS": self.default_models, "DEFAULT_PINNED_MODELS": None, "MODEL_ORDER_LIST": [],
+                "DEFAULT_MODEL_METADATA": None, "DEFAULT_MODEL_PARAMS": None}
+
+    def set_default_model(self, model):
+        self.default_updates.append(model)
+        self.default_models = model
 
     def set_embedding(self, engine, model, url):
         self.updates.append((engine, model, url))
@@ -655,3 +669,38 @@ def test_embedding_settings_stored_by_an_earlier_start_are_brought_to_the_config
     host.admin.refuse = "admin sign-in refused (HTTP 400)"
     assert provision(layout, host, config()) == 0  # a warning, never a failed job
     assert len(host.admin.updates) == 1 and job(tmp_path)["state"] == "done"
+
+
+def with_models(cfg, *names, auto=False):
+    """cfg with ollama.models as a list, or as an auto pick of names[0] (as config.load gives it)."""
+    from localaid import modelchoice
+    from localaid.catalog import Pick
+    from localaid.config import ModelSpec
+    if auto:
+        return modelchoice.applied(cfg, Pick(names[0], "test", "no GPU"))
+    return dataclasses.replace(cfg, ollama=dataclasses.replace(cfg.ollama, models_auto=False,
+                                                               models=tuple(ModelSpec(n) for n in names)))
+
+
+def test_the_picked_model_becomes_open_webuis_default_for_new_chats(env, tmp_path):
+    layout, host = env
+    assert provision(layout, host, config()) == 0  # auto, nothing picked yet: nothing to set
+    assert host.admin.default_updates == []
+    assert provision(layout, host, with_models(config(), "qwen3:1.7b", auto=True)) == 0
+    assert host.admin.default_updates == ["qwen3:1.7b"] and host.admin.default_models == "qwen3:1.7b"
+    assert provision(layout, host, with_models(config(), "qwen3:1.7b", auto=True)) == 0
+    assert host.admin.default_updates == ["qwen3:1.7b"]  # already so: nothing written
+    # a list: its first model; the default localaid wrote follows it
+    assert provision(layout, host, with_models(config(), "deepseek-r1:8b", "llama3.2:3b")) == 0
+    assert host.admin.default_updates == ["qwen3:1.7b", "deepseek-r1:8b"]
+
+
+def test_a_default_model_the_admin_chose_in_open_webui_is_kept(env, tmp_path):
+    layout, host = env
+    host.admin.default_models = "llama3.2:3b"  # chosen in Open WebUI's settings
+    assert provision(layout, host, with_models(config(), "qwen3:1.7b", auto=True)) == 0
+    assert host.admin.default_updates == [] and host.admin.default_models == "llama3.2:3b"
+    assert job(tmp_path)["state"] == "done"
+    host.admin.refuse = "admin sign-in refused (HTTP 400)"
+    assert provision(layout, host, with_models(config(), "qwen3:4b", auto=True)) == 0  # a warning only
+    assert job(tmp_path)["state"] == "done"
