@@ -130,10 +130,11 @@ def restrictive_nodes(c) -> None:
 
 
 def make_gpu_box(make_container, nvml_lib, mode="ensure", nodes="good", start_ollama=True, race=False,
-                 config_extra="", models=("tinyllama",), driver=True):
+                 config_extra="", models=("tinyllama",), driver=True, nvml=None):
     """A container with the fake GPU, user ollama, the fake Ollama unit, then localaid installed.
     driver=False: an NVIDIA card on the PCI bus and no driver at all (no module, no nodes, NVML
-    answering "driver not loaded"), localaid's units looking at the fake /proc and /sys."""
+    answering "driver not loaded"), localaid's units looking at the fake /proc and /sys.
+    models=(): ollama.models left at its default (auto). nvml: the fake NVML's state (memory_total ...)."""
     def setup(c):
         c.copy_in(nvml_lib, "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1")
         c.run(["ldconfig"])
@@ -165,7 +166,7 @@ def make_gpu_box(make_container, nvml_lib, mode="ensure", nodes="good", start_ol
             c.write("/etc/systemd/system/ollama.service.d/40-test.conf",
                     "[Unit]\nWants=localaid-devices.service\nAfter=localaid-devices.service\n")
         c.systemctl("daemon-reload")
-        nvml_state(c, **({} if driver else {"driver_loaded": False}))
+        nvml_state(c, **({} if driver else {"driver_loaded": False}), **(nvml or {}))
         if start_ollama:
             c.systemctl("enable", "--now", "ollama.service")
             wait_for(lambda: api(c, "/") == "Ollama is running", timeout=20)

@@ -256,9 +256,18 @@ class Container:
             raise
         return self
 
-    def _start(self) -> None:
+    def reboot(self, timeout: float = 60.0) -> None:
+        """Power off and boot the same root again, its changes kept: a reboot (/run starts empty,
+        enabled units start, /var and /etc stay)."""
+        subprocess.run(self._nsenter(["systemctl", "poweroff", "--no-block"]), capture_output=True, timeout=5,
+                       check=False)
+        self.proc.wait(timeout=timeout)
+        self.leader = None
+        self._start(again=True)
+
+    def _start(self, again: bool = False) -> None:
         t0 = time.monotonic()
-        self.root.mkdir()
+        self.root.mkdir(exist_ok=again)
         nspawn = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-D", str(self.root),
                   "-b", "--console=passive", f"--machine={self.name}"]
         for host, guest, ro in self.binds:
@@ -270,8 +279,8 @@ class Container:
         nspawn += self.nspawn_args
         if self.copy_mode == "overlay":
             upper, work = self.workdir / "upper", self.workdir / "work"
-            upper.mkdir()
-            work.mkdir()
+            upper.mkdir(exist_ok=again)
+            work.mkdir(exist_ok=again)
             # Mount the overlay inside a private mount namespace whose only
             # process is nspawn: it disappears with nspawn, even after SIGKILL.
             opts = f"lowerdir={self.rootfs},upperdir={upper},workdir={work}"
@@ -279,8 +288,9 @@ class Container:
             argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
                     opts, str(self.root), *nspawn]
         else:
-            subprocess.run(["cp", "-a", "--reflink=auto", "-T", str(self.rootfs), str(self.root)],
-                           check=True)
+            if not again:
+                subprocess.run(["cp", "-a", "--reflink=auto", "-T", str(self.rootfs), str(self.root)],
+                               check=True)
             argv = nspawn
         self.timings["copy"] = time.monotonic() - t0
         log = open(self.log_path, "wb")
@@ -534,3 +544,43 @@ ExecStart=/bin/sleep infinity
 [Install]
 WantedBy=multi-user.target
 """
+
+
+# What Ollama's install script writes (tests/fakes/ollama/install.sh.in, the real one alike).
+SCRIPT_OLLAMA_UNIT = """\
+[Unit]
+Description=Ollama Service
+After=network-online.target
+
+[Service]
+ExecStart=/usr/local/bin/ollama serve
+User=ollama
+Group=ollama
+Restart=always
+RestartSec=3
+Environment="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def install_fake_ollama(c: Container, version: str = "0.9.0", faults: dict | None = None) -> None:
+    """Ollama as its install script leaves it, before localaid comes: the fake binary and its
+    modules under /usr/local (tests/fakes/ollama/release.py), user ollama with its home and the
+    default models dir, the script's unit, enabled and answering. localaid's set-up job then
+    finds it installed, writes its drop-in and pulls. `faults`: the fake's switches
+    (/run/fake-ollama/faults.json), e.g. {"pull_rate": bytes_per_s}."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fakes" / "ollama"))
+    import release
+    c.write("/usr/local/bin/ollama", release.fake_binary(version), mode=0o755)
+    for name, data in release.fake_libs().items():
+        c.write(f"/usr/local/lib/ollama/{name}", data)
+    c.run(["useradd", "-r", "-s", "/bin/false", "-U", "-m", "-d", "/usr/share/ollama", "ollama"])
+    c.write("/run/fake-ollama/faults.json", json.dumps(faults or {}))
+    c.write("/etc/systemd/system/ollama.service", SCRIPT_OLLAMA_UNIT)
+    c.systemctl("daemon-reload")
+    c.systemctl("enable", "--now", "ollama.service")
+    wait_for(lambda: c.run(["curl", "-sf", "-m", "1", "http://127.0.0.1:11434/api/version"],
+                           check=False).returncode == 0, timeout=30, message="the fake Ollama answering")

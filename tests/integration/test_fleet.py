@@ -46,12 +46,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, guest_deb_path, install_deb
-from harness import Container, wait_for
+from harness import Container, install_fake_ollama, wait_for
 from test_gpu_sandbox import own_cgroup, remove_cgroups  # the same cgroup set-up
 from test_nodes import chats, in_use, status, token, ui_host_config  # the same Open WebUI calls
 
-sys.path.insert(0, str(REPO / "tests/fakes/ollama"))
-import release as fake_release  # noqa: E402
 
 SUBNET = "10.213.0"
 ADDR = {"ui": f"{SUBNET}.10", "node1": f"{SUBNET}.11", "node2": f"{SUBNET}.12"}
@@ -76,23 +74,6 @@ gpu:
 
 UI_CONFIG = ui_host_config(URLS)
 
-# What Ollama's install script writes (tests/fakes/ollama/install.sh.in, the real one alike).
-OLLAMA_UNIT = """\
-[Unit]
-Description=Ollama Service
-After=network-online.target
-
-[Service]
-ExecStart=/usr/local/bin/ollama serve
-User=ollama
-Group=ollama
-Restart=always
-RestartSec=3
-Environment="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-[Install]
-WantedBy=default.target
-"""
 
 
 def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -202,13 +183,7 @@ class Fleet:
 
     def _setup_node(self, role: str) -> None:
         c = self.c[role]
-        c.write("/usr/local/bin/ollama", fake_release.fake_binary(OLLAMA_VERSION), mode=0o755)
-        for name, data in fake_release.fake_libs().items():
-            c.write(f"/usr/local/lib/ollama/{name}", data)
-        c.run(["useradd", "-r", "-s", "/bin/false", "-U", "-m", "-d", "/usr/share/ollama", "ollama"])
-        c.write("/etc/systemd/system/ollama.service", OLLAMA_UNIT)
-        c.systemctl("daemon-reload")
-        c.systemctl("enable", "--now", "ollama.service")
+        install_fake_ollama(c, OLLAMA_VERSION)
         install_deb(c, self.deb, config=NODE_CONFIG)
         # the set-up job wrote the drop-in and restarted Ollama on 0.0.0.0
         try:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_for
+from harness import install_fake_ollama, wait_for
 from localaid.provision.webui.venv import SLIM_OVERRIDES
 
 CACHE = Path(os.environ.get("LOCALAID_REAL_WEBUI_CACHE", "/var/cache/localaid-tests/real-webui"))
@@ -69,17 +69,6 @@ health:
     webui: 5m
 """
 
-OLLAMA_UNIT = """\
-[Unit]
-Description=fake Ollama (tests/fakes/ollama)
-[Service]
-ExecStart=/usr/bin/python3 /opt/fakes/ollama/ollama serve
-Environment=OLLAMA_MODELS=/var/lib/fake-ollama/models
-Restart=always
-RestartSec=3
-[Install]
-WantedBy=multi-user.target
-"""
 
 # /health every 50 ms, each answer (or its absence) on a line: "<unix time> <1|0>"
 POLLER = """\
@@ -249,15 +238,11 @@ def real_wheelhouse(rootfs, deb, wheelhouse) -> Path:
 
 # --------------------------------------------------------------------------- the container
 def start_fake_ollama(c) -> None:
-    """The fake Ollama as ollama.service before localaid is installed (localaid supervises it and
-    its own ollama set-up has nothing to install), holding the models Open WebUI is to use."""
+    """The fake Ollama installed as its install script leaves it, before localaid comes
+    (localaid's set-up job finds it installed, writes its drop-in and pulls the model it picks),
+    holding the models Open WebUI is to use."""
     c.write("/etc/pip.conf", "[global]\nno-index = true\n")
-    c.sh("mkdir -p /var/lib/fake-ollama/models /run/fake-ollama")
-    c.write("/etc/systemd/system/ollama.service", OLLAMA_UNIT)
-    c.systemctl("daemon-reload")
-    c.systemctl("enable", "--now", "ollama.service")
-    wait_for(lambda: c.run(["curl", "-sf", "-m", "2", "http://127.0.0.1:11434/api/tags"], check=False).returncode == 0,
-             timeout=30, message="fake Ollama answering")
+    install_fake_ollama(c)
     for model in ("nomic-embed-text:latest", "llama3.2:latest"):
         c.run(["curl", "-sf", "-m", "30", "http://127.0.0.1:11434/api/pull", "-d",
                json.dumps({"model": model, "stream": False})])
@@ -340,6 +325,32 @@ def test_installed_through_localaid(container):
     assert not c.exists(f"{site}/torch")
     assert {"open_webui", "transformers", "chromadb"} <= names  # what stays without torch
     assert c.is_active("open-webui.service") == "active"
+
+
+def test_the_picked_model_is_the_default_and_answers_the_first_chat(container):
+    """ollama.models: auto (the shipped default): the model localaid picked for this machine
+    (no GPU: the CPU tier) is pulled, is Open WebUI's default for new chats, and a chat sent to
+    it right after the stack is healthy is answered, with no setting changed by hand."""
+    c = container
+
+    def healthy():
+        r = c.run(["localaid", "status", "--json"], check=False)
+        return r.returncode == 0 and json.loads(r.stdout)["state"]["healthy"]
+    wait_for(healthy, timeout=180, interval=0.5,
+             message=f"the stack healthy ({c.unit_property('localaid.service', 'StatusText')!r})")
+    picked = json.loads(c.read("/var/lib/localaid/model-choice.json"))["model"]
+    assert picked.startswith("qwen3:")
+    admin = admin_token(c)
+    # written by the set-up job as it ends, right after Open WebUI first answers
+    conf = wait_for(lambda: (r := api(c, "GET", "/api/v1/configs/models", token=admin))[0] == 200
+                    and r[1].get("DEFAULT_MODELS") == picked and r[1], timeout=60, interval=0.5,
+                    message="Open WebUI's default model set to the pick")
+    code, models = api(c, "GET", "/api/models", token=admin)  # Open WebUI lists what Ollama has now
+    assert code == 200 and picked in [m["id"] for m in models["data"]], models
+    code, res = api(c, "POST", "/api/chat/completions", {"model": conf["DEFAULT_MODELS"], "stream": False,
+                    "messages": [{"role": "user", "content": "Say hello."}]}, token=admin, timeout=60)
+    assert code == 200 and res["choices"][0]["message"]["content"], (code, res)
+    print(f"\nfirst chat with the picked {picked}: {res['choices'][0]['message']['content'][:60]!r}")
 
 
 def test_first_admin_is_safe(container):
