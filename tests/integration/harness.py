@@ -49,7 +49,7 @@ class ContainerError(RuntimeError):
 # --------------------------------------------------------------------------- helpers
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.25,
-             message: str | None = None) -> T:
+             message: str | Callable[[], str] | None = None) -> T:
     """Call ``predicate`` until it returns something truthy; return that value.
 
     Exceptions raised by the predicate count as "not yet"; the last one is
@@ -65,7 +65,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
         except Exception as exc:  # noqa: BLE001 - retried on purpose
             last_exc = exc
         if time.monotonic() >= deadline:
-            what = message or getattr(predicate, "__name__", "condition")
+            what = (message() if callable(message) else message) or getattr(predicate, "__name__", "condition")
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}") from last_exc
         time.sleep(interval)
 

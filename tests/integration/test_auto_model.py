@@ -100,7 +100,8 @@ def test_without_a_gpu_the_cpu_tier_is_picked_pulled_with_progress_and_made_the_
     print(f"\nSTATUS while pulling: {seen}")
     assert not healthy(c)  # not ready to chat yet
     wait_for(lambda: healthy(c) and "1 model warm" in status(c), timeout=120, interval=0.5,
-             message=f"the stack healthy with the pick warm (last: {status(c)!r})")
+             message=lambda: f"the stack healthy with the pick warm (last: {status(c)!r}, "
+                                     f"localaid status: {c.run(['localaid', 'status', '--json'], check=False)})")
     took = time.monotonic() - c.t_install
     p = pick(c)
     assert p["model"] == want and p["basis"].startswith("no GPU, ") and "no usable NVIDIA GPU" in p["reason"]
