@@ -42,8 +42,19 @@ def state_document(config, obs: Observation, decision: Decision, recent: list[di
                  for name, jh in decision.history.jobs.items()},
         "nodes": [_node(n, decision.history.nodes.get(n.url, NodeHistory(state="unknown"))) for n in obs.nodes],
         "models": _models(config),
+        "webui": _webui(config),
         "recent_actions": recent,
     }
+
+
+def _webui(config) -> dict | None:
+    """Where people open Open WebUI and whom they sign in as (the password stays in its file)."""
+    w = config.webui
+    if not w.enabled:
+        return None
+    host = "localhost" if w.host in ("127.0.0.1", "::1", "0.0.0.0", "::") else w.host
+    return {"url": f"http://{'[' + host + ']' if ':' in host else host}:{w.port}", "admin": w.admin.email,
+            "password_file": w.admin.password_file}
 
 
 def _models(config) -> dict:

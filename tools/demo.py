@@ -37,6 +37,24 @@ def out(title: str, text: str) -> None:
     print(f"\n$ {title}\n{text.rstrip()}")
 
 
+def first_chat(c: Container, base: str) -> str:
+    """Sign in as the admin localaid made, ask Open WebUI for its default model, chat with it."""
+    import json
+
+    def curl(*argv: str) -> dict:
+        return json.loads(c.run(["curl", "-s", "-m", "30", *argv], check=False).stdout or "{}")
+    password = c.read("/etc/localaid/webui-admin-password").strip()
+    token = curl("-H", "Content-Type: application/json", "-d",
+                 json.dumps({"email": "admin@example.org", "password": password}), base + "/api/v1/auths/signin")["token"]
+    auth = ("-H", f"Authorization: Bearer {token}")
+    model = curl(*auth, base + "/api/v1/configs/models").get("DEFAULT_MODELS")
+    answer = curl(*auth, "-H", "Content-Type: application/json", "-d",
+                  json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]}),
+                  base + "/api/chat/completions")
+    text = ((answer.get("choices") or [{}])[0].get("message") or {}).get("content")
+    return f"default model: {model}\nanswer: {text}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--deb", required=True)
@@ -51,11 +69,11 @@ def main() -> int:
     site = fake_site.FakeOllamaSite(work / "site").start()
     ollama_port, webui_port = port(11434), port(3000)
     config = f"""\
-# written by tools/demo: a stand-in download site for Ollama, a local wheelhouse for Open WebUI
+# written by tools/demo: a stand-in download site for Ollama, a local wheelhouse for Open WebUI;
+# everything else is the shipped /etc/localaid/localaid.yaml (ollama.models: auto)
 ollama:
   install_script: {site.script_url}
   port: {ollama_port}
-  models: [deepseek-r1:8b]
 webui:
   version: "0.12.4"
   listen: 127.0.0.1:{webui_port}
@@ -70,7 +88,8 @@ webui:
         c.write("/usr/local/share/ca-certificates/demo-ca.crt", site.ca_pem)
         c.run(["update-ca-certificates"])
         c.write("/etc/pip.conf", "[global]\nno-index = true\n")
-        c.write("/etc/localaid/localaid.yaml", config)
+        c.write("/etc/localaid/conf.d/50-demo.yaml", config)
+        c.write("/run/fake-ollama/faults.json", '{"pull_rate": 150000000}')  # pulls at 150 MB/s
         t0 = time.monotonic()
         out(f"apt install ./{deb.name}", c.run(["apt-get", "install", "-y", "-q", "-o",
                                                  "Dpkg::Options::=--force-confold", f"/mnt/{deb.name}"],
@@ -91,6 +110,9 @@ webui:
         out("systemctl status localaid", c.systemctl("status", "localaid", "--no-pager", check=False).stdout)
         out("localaid status", c.run(["localaid", "status"], check=False).stdout)
         out("localaid models", c.run(["localaid", "models"], check=False).stdout)
+        out("localaid models --suggest", c.run(["localaid", "models", "--suggest"], check=False).stdout)
+        out("the first chat, through Open WebUI's API with its default model (no setting changed)",
+            first_chat(c, f"http://127.0.0.1:{webui_port}"))
         out("systemctl cat ollama (the install script's unit plus localaid's drop-in)",
             c.run(["systemctl", "cat", "ollama"], check=False).stdout)
         out(f"curl http://127.0.0.1:{webui_port}/health",

@@ -64,6 +64,9 @@ def render(doc, age: float | None, daemon: str) -> str:
     lines.append("")
     lines.extend(_gpu_lines(doc.get("gpu") or {}))
     lines.extend(_choice_lines(doc.get("models") or {}))
+    w = doc.get("webui")
+    if w:
+        lines.append(f"Open WebUI: {w['url']}, sign in as {w['admin']} (password: sudo cat {w['password_file']})")
     models = [m for s in doc.get("services", []) for m in s.get("models", [])]
     for m in models:
         where = "GPU" if m["size_vram"] >= m["size"] > 0 else ("CPU" if m["size_vram"] == 0 else "partly CPU")

@@ -114,6 +114,8 @@ def test_without_a_gpu_the_cpu_tier_is_picked_pulled_with_progress_and_made_the_
     wait_for(lambda: default_model(c) == want, timeout=60, message="Open WebUI's default model set")
     out = c.run(["localaid", "status"]).stdout
     assert f"chat model (ollama.models: auto): {want}, picked " in out and "why: no usable NVIDIA GPU" in out
+    assert "Open WebUI: http://localhost:3000, sign in as admin@localhost (password: sudo cat " \
+           "/etc/localaid/webui-admin-password)" in out
     doctor = c.run(["localaid", "doctor"], check=False).stdout
     assert f"[ok  ] ollama model pick: ollama.models: auto: {want} picked for no GPU" in doctor, doctor
     suggest = c.run(["localaid", "models", "--suggest"]).stdout

@@ -8,6 +8,7 @@ from the wheelhouse, as in test_webui.py.
 """
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -129,3 +130,16 @@ def test_udev_rule_is_valid_for_udevadm(trixie):
     """udevadm verify (systemd 254 and later) parses the shipped rule as udevd would."""
     r = trixie.run(["udevadm", "verify", "/lib/udev/rules.d/70-localaid-nvidia.rules"], check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_chat_model_is_picked_on_debian13(trixie):
+    """ollama.models: auto on Python 3.13 and systemd 257: the daemon picks the CPU tier and
+    records it, and `localaid models --suggest` shows it (the stand-in Ollama here cannot pull
+    it: the pull, Open WebUI's default and the first chat are test_auto_model.py's)."""
+    c = trixie
+    choice = "/var/lib/localaid/model-choice.json"
+    doc = wait_for(lambda: c.exists(choice) and json.loads(c.read(choice)), timeout=30)
+    assert doc["model"].startswith("qwen3:") and doc["basis"].startswith("no GPU, "), doc
+    assert f"choose-model {doc['model']}: ok" in c.journal("localaid")
+    out = c.run(["localaid", "models", "--suggest"]).stdout
+    assert re.search(rf"^{re.escape(doc['model'])} .*← picked$", out, re.M), out

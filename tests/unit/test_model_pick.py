@@ -289,3 +289,11 @@ def test_doctor_names_the_pick_and_suggests_a_bigger_model_without_pulling_it(mo
     monkeypatch.setattr(gpu_adapter, "machine_now", lambda config: (None, GpuObs(state="no-driver")))
     c = _pick_check(auto_config())
     assert c.ok is None and c.message == "ollama.models: auto: no model picked yet: the GPU does not answer (no-driver)"
+
+
+def test_status_says_where_to_sign_in():
+    from localaid.cli.status import render
+    from localaid.report import _webui
+    doc = {"status_line": "ollama ok", "services": [], "gpu": {"state": "none"}, "webui": _webui(auto_config())}
+    assert "Open WebUI: http://localhost:3000, sign in as admin@localhost (password: sudo cat " \
+           "/etc/localaid/webui-admin-password)" in render(doc, 1.0, "active")
