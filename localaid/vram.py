@@ -26,11 +26,29 @@ def vram_advice(model_size_bytes: int, gpu_total_bytes: int) -> tuple[bool, str]
     return False, text
 
 
-def vram_note(size: int, gpu_total: int | None) -> tuple[bool | None, str]:
+def catalog_advice(entry, gpu_total: int, inputs) -> tuple[bool, str]:
+    """The same question for a model of the catalogue (catalog.py), whose KV cache per token is
+    known: the arithmetic `ollama.models: auto` picks by, so that the two never disagree."""
+    from localaid.catalog import fits_gpu, gpu_budget
+    need, usable = entry.need(inputs.context, inputs.parallel), gpu_budget(gpu_total, inputs)
+    card = f"{round(gpu_total / GIB)} GB"
+    if fits_gpu(entry, gpu_total, inputs):
+        return True, f"{entry.name} fits this {card} GPU (needs ~{need / GIB:.1f} GiB of {usable / GIB:.1f} GiB usable)"
+    return False, (f"{entry.name} needs ~{need / GIB:.1f} GiB, {usable / GIB:.1f} GiB of this {card} GPU is usable: "
+                   f"part of it would run on the CPU (localaid models --suggest)")
+
+
+def vram_note(size: int, gpu_total: int | None, name: str | None = None, inputs=None) -> tuple[bool | None, str]:
     """(fits, words) for a model of `size` bytes (0: not pulled) on a GPU of `gpu_total` bytes
-    (None: no usable NVIDIA GPU). fits is None when it cannot be said."""
+    (None: no usable NVIDIA GPU). fits is None when it cannot be said. A model of the catalogue
+    (by `name`) is judged by its own figures at `inputs` (catalog.Inputs), any other by the rule
+    of thumb of vram_advice."""
+    from localaid.catalog import BY_NAME, Inputs
     if not size:
         return None, NOT_PULLED
     if gpu_total is None:
         return None, NO_GPU
+    entry = BY_NAME.get(name or "")
+    if entry is not None:
+        return catalog_advice(entry, gpu_total, inputs or Inputs())
     return vram_advice(size, gpu_total)

@@ -65,10 +65,10 @@ def gpu_memory(config) -> int | None:
     return max((d.memory_total for d in obs.devices), default=None)
 
 
-def advise(table: list[ModelRow], configured: tuple[str, ...], gpu_total: int | None) -> list[ModelRow]:
+def advise(table: list[ModelRow], configured: tuple[str, ...], gpu_total: int | None, inputs=None) -> list[ModelRow]:
     """The rows plus one per configured model not pulled yet, each with its VRAM advice as note."""
     missing = [ModelRow(n, 0, False) for n in configured if not any(same_model(n, r.name) for r in table)]
-    return [replace(r, note=vram_note(r.size, gpu_total)[1]) for r in table + missing]
+    return [replace(r, note=vram_note(r.size, gpu_total, r.name, inputs)[1]) for r in table + missing]
 
 
 def render(table: list[ModelRow]) -> str:
@@ -171,7 +171,9 @@ def run(args, config) -> int:
             print(f"localaid models: {e}", file=sys.stderr)
             return EX_FAIL
     gpu_total = gpu_memory(config)
-    table = advise(rows(installed, running), tuple(s.name for s in config.ollama.models), gpu_total)
+    from localaid.catalog import Inputs
+    table = advise(rows(installed, running), tuple(s.name for s in config.ollama.models), gpu_total,
+                   Inputs.of(config))
     if getattr(args, "json", False):
         doc = {"installed": [asdict(m) for m in installed], "loaded": [asdict(m) for m in running],
                "gpu_memory": gpu_total, "models": [dict(asdict(r), where=r.where) for r in table]}

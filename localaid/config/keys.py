@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 
 import localaid.config.convert as c
-from localaid.config.schema import key, schema_of, section
 from localaid.catalog import Pick
+from localaid.config.schema import key, schema_of, section
 from localaid.config.values import FrozenMap, ModelSpec
 
 DEFAULT_WEBUI_VERSION = "0.12.4"

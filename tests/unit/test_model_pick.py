@@ -297,3 +297,16 @@ def test_status_says_where_to_sign_in():
     doc = {"status_line": "ollama ok", "services": [], "gpu": {"state": "none"}, "webui": _webui(auto_config())}
     assert "Open WebUI: http://localhost:3000, sign in as admin@localhost (password: sudo cat " \
            "/etc/localaid/webui-admin-password)" in render(doc, 1.0, "active")
+
+
+def test_vram_advice_and_the_pick_never_disagree_on_a_catalogue_model():
+    from localaid.vram import vram_note
+    for vram in (4, 6, 8, 12, 16, 24, 48):
+        m = gpu(vram)
+        picked = choose(m).model
+        fits, text = vram_note(catalog.BY_NAME[picked].download, m.vram, picked)
+        assert fits is True and text.startswith(f"{picked} fits this {vram} GB GPU"), text
+    fits, text = vram_note(catalog.BY_NAME["qwen3:32b"].download, 12 * GIB, "qwen3:32b")
+    assert fits is False and "part of it would run on the CPU" in text
+    # any other model: the rule of thumb as before
+    assert vram_note(int(5.2e9), 12 * GIB, "deepseek-r1:8b")[1].startswith("5.2 GB model fits this 12 GB GPU")

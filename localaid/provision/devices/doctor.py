@@ -114,6 +114,7 @@ def _vram_checks(config, gpu_total: int) -> list[Check]:
     """VRAM advice for each configured model, sizes from Ollama's list of installed models."""
     from localaid.adapters import http
     from localaid.adapters.ollama import installed_size, parse_installed
+    from localaid.catalog import Inputs
     from localaid.vram import vram_note
     probe, body = http.request(config.ollama.url + "/api/tags", 3.0)
     if not probe.ok:
@@ -123,7 +124,7 @@ def _vram_checks(config, gpu_total: int) -> list[Check]:
     out = []
     for spec in config.ollama.models:
         size = installed_size(spec.name, installed)
-        fits, text = vram_note(size, gpu_total)
+        fits, text = vram_note(size, gpu_total, spec.name, Inputs.of(config))
         advice = "pick a smaller variant (fewer parameters or a lower quantisation)" if size else \
             f"localaid pull {spec.name} (localaid also pulls configured models itself)"
         out.append(Check(f"vram {spec.name}", True if fits else None, text, "" if fits else advice))
