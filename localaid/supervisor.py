@@ -100,14 +100,20 @@ class Supervisor:
                        generation=self.generation)
         self.notifier.send(ready=1)
 
-    def _take_pick(self) -> None:
+    def _take_pick(self, now: float) -> None:
         """A model pick just recorded (ollama.models: auto) is ollama.models from now on, as
-        config.load() gives it to every other reader: a new generation, so that the set-up jobs
-        run again and pull it. A pick that could not be written is picked again next cycle."""
+        config.load() gives it to every other reader: a new generation, so that set-up jobs that
+        ran without it run again (pulling it, making it Open WebUI's default). Jobs started in
+        this very cycle started after the actor wrote it: they run for the new generation
+        already. A pick that could not be written is picked again next cycle."""
         pick = modelchoice.read()
-        if pick is not None and pick != self.config.ollama.chosen:
-            self.config = modelchoice.applied(self.config, pick)
-            self.generation += 1
+        if pick is None or pick == self.config.ollama.chosen:
+            return
+        self.config = modelchoice.applied(self.config, pick)
+        self.generation += 1
+        jobs = {name: replace(jh, generation=self.generation) if jh.state == "started" and jh.started_at == now
+                else jh for name, jh in self.history.jobs.items()}
+        self.history = replace(self.history, jobs=MappingProxyType(jobs))
 
     def _admin(self):
         """Open WebUI's admin API client of a UI host (webui.ollama_urls), kept while its
@@ -139,7 +145,7 @@ class Supervisor:
             log.notice(note)
         self.actor.run(decision.actions, self.config)
         if any(a.kind == "choose-model" for a in decision.actions):
-            self._take_pick()
+            self._take_pick(obs.now)
         took = self.clock() - start
         changed = decision.status_line != self._last_status or decision.actions or decision.notes
         if changed or start - self._last_write >= STATE_EVERY:

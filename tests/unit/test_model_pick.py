@@ -224,9 +224,16 @@ def test_the_daemon_records_the_pick_and_runs_the_set_up_jobs_again(tmp_path, ch
     assert actor.recent[-1]["outcome"] == f"ok, recorded in {choice_file}"
     sup = supervisor.Supervisor.__new__(supervisor.Supervisor)
     sup.config, sup.generation = auto_config(), 1
-    sup._take_pick()
+    from localaid.records import JobHistory
+    sup.history = History(jobs=MappingProxyType({
+        "ollama-setup": JobHistory(generation=1, started_at=100.0, state="started"),   # this cycle, after the pick
+        "webui-setup": JobHistory(generation=1, started_at=90.0, state="started"),     # earlier: ran without it
+        "devices": JobHistory(generation=1, started_at=100.0, state="done")}))
+    sup._take_pick(100.0)
     assert sup.generation == 2 and [m.name for m in sup.config.ollama.models] == ["qwen3:1.7b"]
-    sup._take_pick()
+    assert {j: h.generation for j, h in sup.history.jobs.items()} == \
+        {"ollama-setup": 2, "webui-setup": 1, "devices": 1}  # only what ran without the pick runs again
+    sup._take_pick(101.0)
     assert sup.generation == 2  # the same pick: nothing new
     actor.close()
 
