@@ -1,7 +1,8 @@
 """`localaid pull MODEL`: download a model through Ollama's API, with progress.
 
 Talks to Ollama directly, so it works whether or not the localaid daemon runs. On a terminal
-one progress bar (size, speed, ETA); otherwise plain lines (logs, pipes).
+one progress bar (size, speed, ETA); otherwise plain lines (logs, pipes). A model that would
+not leave 1 GB free on the models' disk is stopped as soon as its size is known.
 """
 
 from __future__ import annotations
@@ -82,12 +83,25 @@ class PullDisplay:
 
 
 def main(args) -> int:
+    from localaid.provision.ollama.models import NoRoom, room_before, room_for_layers
     config = load_config(args)
     model = args.model
     display = PullDisplay(model)
+
+    def update(p: PullProgress) -> None:  # the disk checked as soon as each layer's size is known
+        known = len(display.meter.layers)
+        display.update(p)
+        room_for_layers(config.ollama, display.meter, known)
+
     with OllamaClient(config.ollama.url, timeout=10.0) as client:
         try:
-            client.pull(model, display.update)
+            room_before(config.ollama, model)
+            client.pull(model, update)
+        except (NoRoom, OSError) as e:
+            if display.tty and display.bar_shown:
+                print(file=sys.stdout)
+            print(f"localaid pull: {e}", file=sys.stderr)
+            return EX_FAIL
         except OllamaError as e:
             if display.tty and display.bar_shown:
                 print(file=sys.stdout)

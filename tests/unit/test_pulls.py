@@ -107,3 +107,21 @@ def test_check_room_keeps_a_spare_gigabyte(tmp_path, need, ok):
     else:
         with pytest.raises(models.NoRoom, match=f"free on {tmp_path}"):
             models.check_room(cfg, "m", need)
+
+
+def test_localaid_pull_stops_a_model_the_disk_cannot_hold(fake, monkeypatch, tmp_path, capsys):  # noqa: F811
+    from localaid.cli import pull as pull_cli
+    monkeypatch.setattr(models, "free_space", lambda path: ("/srv/models", 1_500_000_000))
+    fake.faults(pull_rate=2_000_000_000)
+    cfg = tmp_path / "localaid.yaml"
+    cfg.write_text(f"ollama:\n  port: {fake.url.rsplit(':', 1)[1]}\n  models: []\n")
+    args = type("Args", (), {"config": str(cfg), "conf_d": None, "model": "tinyllama:1.1b"})()
+    assert pull_cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("localaid pull: not enough disk space for tinyllama:1.1b: it needs 6") and "/srv/models" in err
+    args.model = "qwen3:14b"  # a catalogue model: refused before anything is asked of Ollama
+    assert pull_cli.main(args) == 1
+    assert "it needs 9.3 GB, 1.5 GB free on /srv/models" in capsys.readouterr().err
+    from localaid.adapters.ollama import OllamaClient
+    with OllamaClient(fake.url) as c:
+        assert c.tags() == ()

@@ -52,6 +52,20 @@ def check_room(cfg, name: str, need: int) -> None:
                      f"ollama.models_dir to a larger disk")
 
 
+def room_before(cfg, name: str) -> None:
+    """Before a pull: a model whose size the catalogue knows must fit (NoRoom)."""
+    entry = BY_NAME.get(name)
+    if entry is not None:
+        check_room(cfg, name, entry.download)
+
+
+def room_for_layers(cfg, meter: PullMeter, known: int) -> None:
+    """During a pull: once Ollama names a new layer's size (meter had `known` layers before),
+    what is left to download must fit (NoRoom)."""
+    if len(meter.layers) > known:
+        check_room(cfg, meter.model, meter.total - meter.done)
+
+
 def pull_models(cfg, rep: Reporter, models: tuple | None = None) -> list[str]:
     """Pull `models` (default: ollama.models) that Ollama does not have yet; the failures."""
     from localaid.adapters.ollama import same_model
@@ -80,15 +94,13 @@ def _pull_one(cfg, c, rep: Reporter, name: str) -> str | None:
 
     def on_progress(p: PullProgress) -> None:
         known = len(meter.layers)
-        if meter.add(p.digest, p.total, p.completed) and len(meter.layers) > known:
-            check_room(cfg, name, meter.total - meter.done)  # a new layer: its size is known now
+        meter.add(p.digest, p.total, p.completed)
+        room_for_layers(cfg, meter, known)
         rep.progress("running", meter.words() if meter.total else f"pulling {name}: {p.status}",
                      meter.fraction if meter.total else None)
 
     try:
-        entry = BY_NAME.get(name)
-        if entry is not None:
-            check_room(cfg, name, entry.download)
+        room_before(cfg, name)
         c.pull(name, on_progress)
     except (OllamaError, NoRoom, OSError) as e:
         return str(e)
