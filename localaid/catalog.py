@@ -34,6 +34,7 @@ RESERVE = GIB // 2              # CUDA context and driver, a desktop's frame buf
 EMBEDDING = GIB // 2            # nomic-embed-text (274 MB) loaded with its own context
 HEADROOM = 0.05                 # of the card: fragmentation, a longer chat
 CARDS_GIB = (4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 80)   # sizes cards are sold with, for tier names
+NO_GPU = "no GPU"               # how Machine.basis begins without one
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Machine:
         """The machine in a few words; a pick is revisited when this changes."""
         if self.gpu_name:
             return f"{self.gpu_name}, {self.vram / GIB:.0f} GiB"
-        return f"no GPU, {self.ram / GIB:.0f} GiB RAM, {self.cores} cores"
+        return f"{NO_GPU}, {self.ram / GIB:.0f} GiB RAM, {self.cores} cores"
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,9 @@ class Inputs:
 
     @classmethod
     def of(cls, config) -> Inputs:
-        o = config.ollama
+        o, w = config.ollama, config.webui
         return cls(o.context_length or DEFAULT_CONTEXT, o.num_parallel or 1, o.gpu_overhead or 0,
-                   any(not m.keep_warm for m in config.wanted_models))
+                   w.enabled and w.embedding.engine == "ollama")  # as Config.wanted_models adds it
 
     @property
     def key(self) -> str:
@@ -154,8 +155,12 @@ def choose(m: Machine, inputs: Inputs = Inputs()) -> Pick:
 
 def revisit(kept: Pick, m: Machine, inputs: Inputs) -> Pick | None:
     """A new pick when the machine or the inputs changed and the kept model no longer fits; None
-    keeps it. A bigger card never leads to a bigger download by itself (doctor suggests it)."""
+    keeps it. A bigger card never leads to a bigger download by itself (doctor suggests it), and
+    a GPU that was there and is gone (a driver being replaced, its library missing for a while)
+    changes nothing: a CPU-sized pick then would stay small for good."""
     if (kept.basis, kept.inputs) == (m.basis, inputs.key):
+        return None
+    if not m.gpu_name and not kept.basis.startswith(NO_GPU):
         return None
     new = choose(m, inputs)
     if new.model == kept.model or not _bigger(kept.model, new.model):

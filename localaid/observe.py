@@ -158,14 +158,8 @@ class Observer:
         gpu_obs, gpu_err = result("gpu") if "gpu" in futs else (GpuObs(state="off"), None)
         if gpu_obs is None:
             gpu_obs = GpuObs(state="error", error=f"GPU watch: {gpu_err}")
-        progress_all = progress.read_all()
-        job_obs = {}
-        for job, unit in jobs:
-            p = progress_all.get(job)
-            job_obs[job] = JobObs(job, unit_states.get(unit), p.text if p else None,
-                                  p.fraction if p else None, p.state if p else None)
         return Observation(now=self.clock(), services=MappingProxyType(services), gpu=gpu_obs,
-                           jobs=MappingProxyType(job_obs), maintenance=maintenance(),
+                           jobs=MappingProxyType(_job_obs(jobs, unit_states)), maintenance=maintenance(),
                            generation=generation, in_flight=in_flight, exposed=_exposed(config),
                            nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ,
                            host=self._host_facts() if local and config.ollama.models_auto else None)
@@ -175,6 +169,17 @@ class Observer:
         if self._host is None:
             self._host = procfs.host_facts()
         return self._host
+
+
+def _job_obs(jobs, unit_states) -> dict[str, JobObs]:
+    """Each set-up or recovery job: its unit's state and what it last reported (progress files)."""
+    progress_all = progress.read_all()
+    out = {}
+    for job, unit in jobs:
+        p = progress_all.get(job)
+        out[job] = JobObs(job, unit_states.get(unit), p.text if p else None, p.fraction if p else None,
+                          p.state if p else None)
+    return out
 
 
 class UnitWatch:

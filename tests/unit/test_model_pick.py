@@ -77,7 +77,8 @@ def test_a_kept_pick_is_replaced_only_by_a_smaller_model_that_fits():
     smaller = revisit(kept, gpu(8, "RTX 4060"), Inputs())     # a smaller card: it no longer fits
     assert smaller is not None and smaller.model == "qwen3:8b"
     assert "qwen3:14b no longer fits" in smaller.reason and smaller.basis == "RTX 4060, 8 GiB"
-    assert revisit(kept, CPU_BOX, Inputs()).model == "qwen3:1.7b"  # the GPU gone for good
+    assert revisit(kept, CPU_BOX, Inputs()) is None  # the GPU gone (a driver being replaced?): no CPU-sized pick
+    assert revisit(choose(CPU_BOX), Machine(4 * GIB, 2), Inputs()).model == "qwen3:0.6b"  # a CPU pick, less RAM
     assert revisit(kept, gpu(12), Inputs(context=32768)).model == "qwen3:8b"  # a changed configuration
     assert revisit(choose(CPU_BOX), gpu(24), Inputs()) is None  # a CPU pick on a new card: kept, suggested
     assert better("qwen3:1.7b", gpu(24), Inputs()) == "qwen3:32b"
