@@ -376,8 +376,9 @@ def warm(config, obs: Observation, hist, ollama_state: str, now: float):
     attempts = dict(hist.warm_attempts) if process == hist.warm_process else {}
     if ollama_state != "ok" or so is None or so.models is None:
         return [], MappingProxyType(attempts), process
-    setup = obs.jobs.get("ollama-setup")
-    if setup is not None and setup.unit is not None and setup.unit.active_state == "activating":
+    setup, job = obs.jobs.get("ollama-setup"), hist.jobs.get("ollama-setup")
+    if (setup is not None and setup.unit is not None and (setup.unit.job or setup.unit.active_state == "activating")) \
+            or (job is not None and job.state == "started"):  # started this cycle, queued, or at work
         return [], MappingProxyType(attempts), process  # models may still be downloading
     loaded = {m.name for m in so.models}
     actions = []

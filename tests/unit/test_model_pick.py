@@ -318,3 +318,24 @@ def test_vram_advice_and_the_pick_never_disagree_on_a_catalogue_model():
     assert fits is False and "part of it would run on the CPU" in text
     # any other model: the rule of thumb as before
     assert vram_note(int(5.2e9), 12 * GIB, "deepseek-r1:8b")[1].startswith("5.2 GB model fits this 12 GB GPU")
+
+
+def test_the_pick_is_not_preloaded_before_the_set_up_job_has_pulled_it():
+    """A preload of a model not pulled yet fails, and is tried again only model_load_grace (5 min)
+    later: none is sent while the set-up job is started, queued or at work."""
+    c = auto_config(choose(CPU_BOX))
+    d = policy.decide(c, observe(GpuObs(state="none"), now=100.0), History())  # starts the set-up jobs
+    assert ("start-job", "ollama-setup") in [(a.kind, a.target) for a in d.actions]
+    assert not [a for a in d.actions if a.kind == "preload"]
+    d = policy.decide(c, observe(GpuObs(state="none"), now=101.0, setup_text="pulling qwen3:1.7b 12 % of 1.4 GB"),
+                      d.history)  # at work
+    assert not [a for a in d.actions if a.kind == "preload"]
+    queued = observe(GpuObs(state="none"), now=102.0)
+    jobs = dict(queued.jobs)
+    jobs["ollama-setup"] = JobObs("ollama-setup", dataclasses.replace(unit(JOB_UNITS["ollama-setup"], "inactive", "dead"),
+                                                                      job=True))
+    d2 = policy.decide(c, dataclasses.replace(queued, jobs=MappingProxyType(jobs)), History())
+    assert not [a for a in d2.actions if a.kind == "preload"]
+    # the job seen finished: the pick is preloaded
+    d = policy.decide(c, observe(GpuObs(state="none"), now=103.0), d.history)
+    assert [a.target for a in d.actions if a.kind == "preload"] == ["qwen3:1.7b"]

@@ -8,7 +8,7 @@ import pytest
 from localaid import policy
 from localaid.config import Config, ModelSpec
 from localaid.records import (
-    JOB_UNITS, OLLAMA, WEBUI, GpuObs, History, JobObs, LoadedModel, Observation, Probe, ServiceObs, UnitState,
+    JOB_UNITS, OLLAMA, WEBUI, GpuObs, History, JobHistory, JobObs, LoadedModel, Observation, Probe, ServiceObs, UnitState,
 )
 
 OK = Probe(True, 0.01, 200)
@@ -50,6 +50,9 @@ def observe(now, ollama=None, webui=None, models=None, maintenance=(), generatio
 
 # Two healthy cycles: the set-up jobs are started, then seen finished.
 SETTLED = [observe(98.0), observe(99.0)]
+# The same as a history: the set-up jobs have run for this configuration (keep-warm sends no
+# preload while they are started or at work: the models may not be pulled yet).
+JOBS_DONE = History(jobs=MappingProxyType({j: JobHistory(generation=1, state="done") for j in JOB_UNITS}))
 
 
 def run(c, observations, hist=None):
@@ -386,7 +389,7 @@ def test_keep_warm_models_preloaded_once_until_grace():
     c = cfg()
     c = replace(c, ollama=replace(c.ollama, models=(ModelSpec("deepseek-r1:8b"), ModelSpec("tiny", False))))
     ds = run(c, [observe(100.0), observe(101.0, in_flight={"preload:deepseek-r1:8b"}), observe(102.0),
-                 observe(500.0)])
+                 observe(500.0)], JOBS_DONE)
     pre = [[a.target for a in d.actions if a.kind == "preload"] for d in ds]
     assert pre == [["deepseek-r1:8b"], [], [], ["deepseek-r1:8b"]]
 
@@ -404,7 +407,7 @@ def test_a_new_ollama_process_is_warmed_at_once_whoever_restarted_it():
                  observe(1060.0, ollama=ollama(22, 1059.0)),       # restarted by the admin
                  observe(1061.0, ollama=ollama(22, 1059.0)),       # same new process: held again
                  observe(1070.0, ollama=ollama(22, 1059.0)),
-                 observe(1080.0, ollama=ollama(31, 1079.5))])      # crashed and restarted
+                 observe(1080.0, ollama=ollama(31, 1079.5))], JOBS_DONE)      # crashed and restarted
     pre = [[a.target for a in d.actions if a.kind == "preload"] for d in ds]
     assert pre == [["deepseek-r1:8b"], [], ["deepseek-r1:8b"], [], [], ["deepseek-r1:8b"]]
     assert ds[-1].history.warm_process == (31, 1079.5)
@@ -415,7 +418,7 @@ def test_a_failing_preload_of_one_process_is_held_for_the_grace():
     c = replace(c, ollama=replace(c.ollama, models=(ModelSpec("llama3"),)))
     ol = (replace(unit("ollama.service", enter=50.0), main_pid=7), OK)
     times = [100.0, 101.0, 200.0, 100.0 + c.health.model_load_grace - 1, 100.0 + c.health.model_load_grace]
-    ds = run(c, [observe(t, ollama=ol) for t in times])
+    ds = run(c, [observe(t, ollama=ol) for t in times], JOBS_DONE)
     assert [len([a for a in d.actions if a.kind == "preload"]) for d in ds] == [1, 0, 0, 0, 1]
 
 

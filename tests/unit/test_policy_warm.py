@@ -9,7 +9,7 @@ from types import MappingProxyType
 from localaid import policy
 from localaid.config import Config, ModelSpec
 from localaid.records import (
-    JOB_UNITS, OLLAMA, GpuObs, History, JobObs, LoadedModel, Observation, Probe, ServiceObs, UnitState,
+    JOB_UNITS, OLLAMA, GpuObs, History, JobHistory, JobObs, LoadedModel, Observation, Probe, ServiceObs, UnitState,
 )
 
 OK = Probe(True, 0.01, 200)
@@ -23,8 +23,13 @@ def observe(now, models, pid=7, enter=50.0, in_flight=()):
                        gpu=GpuObs(state="none"), jobs=MappingProxyType(jobs), in_flight=frozenset(in_flight))
 
 
+# The set-up jobs have run for this configuration: no preload is sent while they are started,
+# queued or at work (the models may not be pulled yet: test_model_pick.py).
+SETTLED = History(jobs=MappingProxyType({j: JobHistory(generation=1, state="done") for j in JOB_UNITS}))
+
+
 def preloads(c, observations):
-    hist, out = History(), []
+    hist, out = SETTLED, []
     for o in observations:
         d = policy.decide(c, o, hist)
         hist = d.history
