@@ -70,10 +70,13 @@ Restart=always
 WantedBy=multi-user.target
 """
 
+# models: [] (the default before ollama.models: auto): the stand-in cannot pull, so an auto pick
+# would keep its set-up job failing and retrying; what is measured is the supervisor at rest.
 CONFIG = """\
 ollama:
   install_script: /nonexistent/install.sh
   port: {port}
+  models: []
 webui:
   enabled: false
 """
