@@ -367,17 +367,19 @@ def cgroup_pids(control_group: str, bases: tuple[str, ...] = CGROUP_BASES) -> tu
     return ()
 
 
+def observe_once(config) -> GpuObs:
+    """One look through NVML, no events: for the commands and jobs that ask once."""
+    gpu = Gpu(config, events=False)
+    try:
+        return gpu.observe()
+    finally:
+        gpu.close()
+
+
 def machine_now(config):
-    """(catalog.Machine or None, the GpuObs) for `localaid models --suggest` and doctor: one
-    look through NVML (no events), sized as the daemon sizes it (policy_models.machine)."""
+    """(catalog.Machine or None, the GpuObs) for `localaid models --suggest` and doctor, sized as
+    the daemon sizes it (policy_models.machine)."""
     from localaid.policy_models import machine
     from localaid.records import Observation
-    if config.gpu.watch:
-        gpu = Gpu(config, events=False)
-        try:
-            gobs = gpu.observe()
-        finally:
-            gpu.close()
-    else:
-        gobs = GpuObs(state="off")
+    gobs = observe_once(config) if config.gpu.watch else GpuObs(state="off")
     return machine(Observation(now=0.0, gpu=gobs, host=procfs.host_facts())), gobs

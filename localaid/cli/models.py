@@ -56,13 +56,8 @@ def rows(installed: tuple[InstalledModel, ...], running: tuple[RunningModel, ...
 # ----------------------------------------------------------------------------------- VRAM advice
 def gpu_memory(config) -> int | None:
     """Memory of the largest NVIDIA GPU, None when there is none usable (NVML, no events)."""
-    from localaid.adapters.gpu import Gpu
-    gpu = Gpu(config, events=False)
-    try:
-        obs = gpu.observe()
-    finally:
-        gpu.close()
-    return max((d.memory_total for d in obs.devices), default=None)
+    from localaid.adapters.gpu import observe_once
+    return max((d.memory_total for d in observe_once(config).devices), default=None)
 
 
 def advise(table: list[ModelRow], configured: tuple[str, ...], gpu_total: int | None, inputs=None) -> list[ModelRow]:

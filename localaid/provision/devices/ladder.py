@@ -56,12 +56,8 @@ class GpuHost(Host):
         return self._given_sd if self._given_sd is not None else super().sd
 
     def gpu(self, config):
-        from localaid.adapters.gpu import Gpu
-        gpu = Gpu(config, events=False)
-        try:
-            return gpu.observe()
-        finally:
-            gpu.close()
+        from localaid.adapters.gpu import observe_once
+        return observe_once(config)
 
 
 class Ladder:
