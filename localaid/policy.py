@@ -269,7 +269,7 @@ def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
     for job, jh in jobs.items():
         jo = obs.jobs.get(job)
         label = JOB_LABELS.get(job, job)
-        running = jo is not None and jo.unit is not None and (jo.unit.job or jo.unit.active_state == "activating")
+        running = jo is not None and jo.at_work
         if running:
             text = jo.text or "running"
             out.append(f"{label}: {text}{_pct(jo)}")
@@ -350,8 +350,7 @@ def decide(config, obs: Observation, hist: History) -> Decision:
         dep_ok = dep is None or services.get(dep, ServiceHistory()).state in ("ok", "starting", "unknown")
         job = jobs.get(SETUP_JOB[name])
         jo = obs.jobs.get(SETUP_JOB[name])
-        setting_up = (job is not None and job.state == "started") or \
-            (jo is not None and jo.unit is not None and (jo.unit.job or jo.unit.active_state == "activating"))
+        setting_up = (job is not None and job.state == "started") or (jo is not None and jo.at_work)
         a, h, n = _service(config, name, obs.services.get(name), services.get(name, ServiceHistory()),
                            now, obs, dep_ok, dep, setting_up)
         services[name] = h
@@ -417,8 +416,7 @@ def decide(config, obs: Observation, hist: History) -> Decision:
 def _pulling(obs: Observation) -> bool:
     """Ollama's set-up job is pulling models: the stack is not ready to chat yet."""
     jo = obs.jobs.get("ollama-setup")
-    return jo is not None and jo.unit is not None and (jo.unit.job or jo.unit.active_state == "activating") \
-        and (jo.text or "").startswith("pulling")
+    return jo is not None and jo.at_work and (jo.text or "").startswith("pulling")
 
 
 def _recheck(config, obs: Observation, hist: History) -> float:

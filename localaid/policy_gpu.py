@@ -377,8 +377,7 @@ def warm(config, obs: Observation, hist, ollama_state: str, now: float):
     if ollama_state != "ok" or so is None or so.models is None:
         return [], MappingProxyType(attempts), process
     setup, job = obs.jobs.get("ollama-setup"), hist.jobs.get("ollama-setup")
-    if (setup is not None and setup.unit is not None and (setup.unit.job or setup.unit.active_state == "activating")) \
-            or (job is not None and job.state == "started"):  # started this cycle, queued, or at work
+    if (setup is not None and setup.at_work) or (job is not None and job.state == "started"):  # or started now
         return [], MappingProxyType(attempts), process  # models may still be downloading
     loaded = {m.name for m in so.models}
     actions = []

@@ -131,6 +131,11 @@ class JobObs:
     fraction: float | None = None
     progress_state: str | None = None  # running | done | failed | blocked (needs the admin)
 
+    @property
+    def at_work(self) -> bool:
+        """Its unit is queued to start or starting (a oneshot is "activating" while it runs)."""
+        return self.unit is not None and (self.unit.job or self.unit.active_state == "activating")
+
 
 @dataclass(frozen=True)
 class NodeObs:
