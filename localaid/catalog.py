@@ -98,9 +98,9 @@ class Inputs:
 
     @classmethod
     def of(cls, config) -> Inputs:
-        o, w = config.ollama, config.webui
+        o = config.ollama
         return cls(o.context_length or DEFAULT_CONTEXT, o.num_parallel or 1, o.gpu_overhead or 0,
-                   w.enabled and w.embedding.engine == "ollama")  # as Config.wanted_models adds it
+                   config.embeds_with_ollama)
 
     @property
     def key(self) -> str:

@@ -242,13 +242,18 @@ class Config:
         return self.webui.ollama_urls or ((self.ollama.url,) if self.ollama.enabled else ())
 
     @property
+    def embeds_with_ollama(self) -> bool:
+        """Open WebUI embeds documents through this host's Ollama (its model is pulled here and
+        takes GPU memory beside the chat model)."""
+        return self.webui.enabled and self.webui.embedding.engine == "ollama" and self.ollama.enabled
+
+    @property
     def wanted_models(self) -> tuple[ModelSpec, ...]:
         """ollama.models, plus the embedding model Open WebUI uses (pulled and kept like the
         others, loaded on demand) unless listed there already."""
-        w = self.webui
-        if not w.enabled or w.embedding.engine != "ollama" or not self.ollama.enabled:
+        if not self.embeds_with_ollama:
             return self.ollama.models
-        name = w.embedding.model_name
+        name = self.webui.embedding.model_name
         if any(m.name == name for m in self.ollama.models):
             return self.ollama.models
         return (*self.ollama.models, ModelSpec(name, keep_warm=False))
