@@ -46,10 +46,10 @@ def write(pick: Pick, path: str | None = None) -> Pick:
 
 def applied(config, pick: Pick | None):
     """`config` with an auto pick as ollama.models (the model kept warm); unchanged when
-    ollama.models is a list, or nothing is picked yet."""
+    ollama.models is a list, on a UI host (no Ollama of its own), or nothing is picked yet."""
     from localaid.config.values import ModelSpec
     o = config.ollama
-    if not o.models_auto or pick is None:
+    if not o.picks_model or pick is None:
         return config
     return dataclasses.replace(config, ollama=dataclasses.replace(o, models=(ModelSpec(_tagged(pick.model)),),
                                                                   chosen=pick))

@@ -162,7 +162,7 @@ class Observer:
                            jobs=MappingProxyType(_job_obs(jobs, unit_states)), maintenance=maintenance(),
                            generation=generation, in_flight=in_flight, exposed=_exposed(config),
                            nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ,
-                           host=self._host_facts() if local and config.ollama.models_auto else None)
+                           host=self._host_facts() if config.ollama.picks_model else None)
 
     def _host_facts(self):
         """RAM and cores, read once: ollama.models: auto sizes a CPU model by them."""

@@ -35,7 +35,7 @@ def machine(obs: Observation) -> Machine | None:
 def decide_model(config, obs: Observation) -> tuple[list[Action], str]:
     """(actions, STATUS fragment): a choose-model action carrying the catalog.Pick to record."""
     o = config.ollama
-    if not (o.enabled and o.models_auto) or obs.host is None:  # host: read by observe whenever auto
+    if not o.picks_model or obs.host is None:  # host: read by observe whenever auto
         return [], ""
     m = machine(obs)
     inputs = Inputs.of(config)

@@ -60,7 +60,7 @@ def _webui(config) -> dict | None:
 def _models(config) -> dict:
     """ollama.models as configured: auto (with the pick once made) or the list."""
     o = config.ollama
-    return {"auto": o.models_auto, "names": [m.name for m in o.models],
+    return {"auto": o.picks_model, "names": [m.name for m in o.models],
             "pick": asdict(o.chosen) if o.chosen is not None else None}
 
 

@@ -92,6 +92,12 @@ class OllamaConfig:
     chosen: Pick | None = None                   # auto: the recorded pick (config.load reads it)
 
     @property
+    def picks_model(self) -> bool:
+        """localaid picks the chat model here: models is auto and Ollama is this host's (a UI
+        host picks none)."""
+        return self.enabled and self.models_auto
+
+    @property
     def url(self) -> str:
         """Base URL for clients and probes ("http://127.0.0.1:11434")."""
         return f"http://{_url_host(self.host)}:{self.port}"

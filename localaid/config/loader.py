@@ -85,4 +85,4 @@ def load(path: str = DEFAULT_PATH, conf_d: str | None = DEFAULT_CONF_D, *, missi
         problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line or 0))
         raise ConfigError(problems)
     config = dataclasses.replace(config, sources=tuple(sources))
-    return modelchoice.applied(config, modelchoice.read() if config.ollama.models_auto and choice else None)
+    return modelchoice.applied(config, modelchoice.read() if config.ollama.picks_model and choice else None)

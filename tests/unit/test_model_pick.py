@@ -339,3 +339,20 @@ def test_the_pick_is_not_preloaded_before_the_set_up_job_has_pulled_it():
     # the job seen finished: the pick is preloaded
     d = policy.decide(c, observe(GpuObs(state="none"), now=103.0), d.history)
     assert [a.target for a in d.actions if a.kind == "preload"] == ["qwen3:1.7b"]
+
+
+def test_a_ui_host_picks_nothing_and_says_nothing_of_a_pick(tmp_path, choice_file, monkeypatch):
+    """ollama.enabled: false (a UI host): auto is the default there too, but there is no Ollama of
+    its own to pull into: no pick, no stale one applied, no "not picked yet" in status or doctor."""
+    from localaid.cli.status import _choice_lines
+    from localaid.provision.ollama.doctor import doctor_checks
+    from localaid.report import _models
+    modelchoice.write(Pick("qwen3:8b", "from when this host had a GPU", "RTX 4070, 12 GiB"))
+    c = load(write(tmp_path, "ollama:\n  enabled: false\nwebui:\n  ollama_urls: [http://10.0.0.5:11434]\n"), None)
+    assert c.ollama.models_auto and not c.ollama.picks_model and c.ollama.models == () and c.ollama.chosen is None
+    assert _choice_lines(_models(c)) == []
+    monkeypatch.setattr("localaid.provision.ollama.doctor._pick_check", lambda config: pytest.fail("asked"))
+    monkeypatch.setattr("localaid.provision.ollama.doctor._install_checks", lambda cfg, layout: [])
+    monkeypatch.setattr("localaid.provision.ollama.doctor._unit_checks", lambda cfg, layout: [])
+    monkeypatch.setattr("localaid.provision.ollama.doctor._api_checks", lambda cfg, models: [])
+    assert doctor_checks(c) == []

@@ -25,7 +25,7 @@ def doctor_checks(config, layout: Layout = LAYOUT) -> list[Check]:
     if cfg.models_dir:
         checks.append(_models_dir_check(cfg.models_dir))
     checks += _api_checks(cfg, config.wanted_models)
-    if cfg.models_auto:
+    if cfg.picks_model:
         checks.append(_pick_check(config))
     if cfg.allow_from:
         enforced, words = firewall.probe(Host())
