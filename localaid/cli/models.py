@@ -94,10 +94,9 @@ def main(args) -> int:
 
 
 # ------------------------------------------------------------------------- --suggest: the tiers
-def suggest_rows(m, inputs, picked: str | None) -> list[dict]:
+def suggest_rows(m, inputs, picked: str | None, would: str | None) -> list[dict]:
     """One row per catalogue entry: its figures, its tier, whether it fits this machine."""
-    from localaid.catalog import CATALOG, choose, cpu_tier_of, fits_gpu, tier_name
-    would = choose(m, inputs).model if m is not None else None
+    from localaid.catalog import CATALOG, cpu_tier_of, fits_gpu, tier_name
     rows_out = []
     for e in CATALOG:
         if m is None:
@@ -106,7 +105,8 @@ def suggest_rows(m, inputs, picked: str | None) -> list[dict]:
             fits = fits_gpu(e, m.vram, inputs)
         else:
             fits = e.need(inputs.context, inputs.parallel) <= m.ram // 2  # as catalog's CPU tiers count
-        tier = tier_name(e, inputs) + (f"; {cpu_tier_of(e.name)}" if cpu_tier_of(e.name) else "")
+        cpu = cpu_tier_of(e.name)
+        tier = tier_name(e, inputs) + (f"; {cpu}" if cpu else "")
         mark = "picked" if e.name == picked else ("would be picked" if e.name == would else "")
         rows_out.append({"model": e.name, "params": e.params, "download": e.download,
                          "need": e.need(inputs.context, inputs.parallel), "tier": tier, "fits": fits, "mark": mark})
@@ -120,8 +120,8 @@ def suggest(args, config) -> int:
     inputs = Inputs.of(config)
     o = config.ollama
     picked = o.chosen.model if o.models_auto and o.chosen is not None else None
-    table = suggest_rows(m, inputs, picked)
     would = choose(m, inputs) if m is not None else None
+    table = suggest_rows(m, inputs, picked, would.model if would else None)
     if getattr(args, "json", False):
         print(json.dumps({"machine": asdict(m) if m else None, "gpu_state": gobs.state, "inputs": asdict(inputs),
                           "auto": o.models_auto, "picked": asdict(o.chosen) if o.chosen else None,
