@@ -125,3 +125,56 @@ def test_localaid_pull_stops_a_model_the_disk_cannot_hold(fake, monkeypatch, tmp
     from localaid.adapters.ollama import OllamaClient
     with OllamaClient(fake.url) as c:
         assert c.tags() == ()
+
+
+class QueuedRestartHost:
+    """systemd as it is: RestartUnit only queues a job. Until the job runs (here: at the second
+    look at the unit), the old Ollama still answers; then there is a gap with nothing listening."""
+
+    def __init__(self):
+        self.version, self.pending, self.looks, self.gap = "0.9.0", False, 0, False
+
+    def daemon_reload(self):
+        pass
+
+    def enable(self, unit):
+        pass
+
+    def restart(self, unit):
+        self.pending = True
+
+    def unit_state(self, unit):
+        from localaid.records import UnitState
+        if self.pending:
+            self.looks += 1
+            if self.looks >= 2:  # the job runs: the old process goes, the new one is not up yet
+                self.pending, self.gap, self.version = False, True, "0.9.1"
+        return UnitState(unit, "loaded", "active", "running", job=self.pending)
+
+    def wait_state(self, unit, states, timeout):
+        from localaid.provision.host import Host
+        return Host.wait_state(self, unit, states, timeout)
+
+    def get(self, url, timeout=2.0):
+        if self.gap:  # the first ask after the restart finds nothing; the next, the new process
+            self.gap = False
+            return None, None
+        return 200, ({"version": self.version} if url.endswith("/api/version") else None)
+
+    def monotonic(self):
+        return 0.0
+
+    def sleep(self, s):
+        pass
+
+
+def test_ollama_is_ready_only_once_its_restart_has_run(tmp_path):
+    """After writing the drop-in the set-up job restarts Ollama and then pulls: it must not take
+    the old process's answer for the new one's (the pulls then met the gap: connection refused)."""
+    from localaid.provision.job import Reporter
+    from localaid.provision.ollama.layout import Layout
+    from localaid.provision.ollama.service import configure_service
+    host = QueuedRestartHost()
+    version = configure_service(Config().ollama, host, Reporter(None, terminal=False), restart=True, timeout=30,
+                                layout=Layout(root=str(tmp_path)))
+    assert version == "0.9.1" and not host.pending  # the new process answered, after the restart ran

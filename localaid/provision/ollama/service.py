@@ -223,4 +223,7 @@ def configure_service(cfg, host: Host, rep: Reporter, restart: bool, timeout: fl
     if restart or changed or state.active_state != "active":
         rep.step(f"{'restarting' if state.active_state == 'active' else 'starting'} {UNIT}")
         host.restart(UNIT)  # a failed unit is reset first
+        # The restart is only queued: until systemd has run it, the old process still answers
+        # and wait_ready would take its word, and the pulls that follow would meet the gap.
+        host.wait_state(UNIT, ("active", "failed"), timeout)
     return wait_ready(cfg, host, timeout)
