@@ -22,7 +22,7 @@ from localaid import fsutil, log, paths, procfs, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import NOT_FOUND, make_state
 from localaid.records import (
-    JOB_UNITS, OLLAMA, UNITS, WEBUI, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs, UnitState,
+    JOB_UNITS, OLLAMA, UNITS, WEBUI, BackupObs, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs, UnitState,
 )
 
 
@@ -162,7 +162,8 @@ class Observer:
                            jobs=MappingProxyType(_job_obs(jobs, unit_states)), maintenance=maintenance(),
                            generation=generation, in_flight=in_flight, exposed=_exposed(config),
                            nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ,
-                           host=self._host_facts() if config.ollama.picks_model else None)
+                           host=self._host_facts() if config.ollama.picks_model else None,
+                           backup=backup_obs() if config.backup.enabled and config.webui.enabled else None)
 
     def _host_facts(self):
         """RAM and cores, read once: ollama.models: auto sizes a CPU model by them."""
@@ -362,6 +363,21 @@ def _exposed(config) -> bool:
     doc = fsutil.read_json(paths.FIREWALL_FILE)
     return isinstance(doc, dict) and doc.get("enforced") is False and doc.get("allow_from") == list(
         config.ollama.allow_from)
+
+
+def backup_obs(path: str = paths.BACKUP_STATUS_FILE) -> BackupObs:
+    """The last backup's outcome, as `localaid backup` recorded it."""
+    doc = fsutil.read_json(path)
+    doc = doc if isinstance(doc, dict) else {}
+    good = doc.get("last_good") if isinstance(doc.get("last_good"), dict) else {}
+    last = doc.get("last") if isinstance(doc.get("last"), dict) else {}
+
+    def num(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return BackupObs(wall=time.time(), good_at=num(good.get("at")), good_size=num(good.get("size")),
+                     last_at=num(last.get("at")),
+                     last_error=None if last.get("ok", True) else str(last.get("error") or "failed")[:200],
+                     since=num(doc.get("since")))
 
 
 def maintenance() -> frozenset[str]:

@@ -15,4 +15,5 @@ STATUS_FILE = os.path.join(RUN_DIR, "status.json")
 PROGRESS_DIR = os.path.join(RUN_DIR, "progress")
 MAINTENANCE_DIR = os.path.join(RUN_DIR, "maintenance")
 FIREWALL_FILE = os.path.join(RUN_DIR, "ollama-firewall.json")  # whether ollama.allow_from is enforced
+BACKUP_STATUS_FILE = os.path.join(STATE_DIR, "backup-status.json")  # the last backup's outcome
 MODEL_CHOICE_FILE = os.path.join(STATE_DIR, "model-choice.json")  # ollama.models: auto, the pick kept

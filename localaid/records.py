@@ -154,6 +154,17 @@ class HostFacts:
 
 
 @dataclass(frozen=True)
+class BackupObs:
+    """What backup-status.json says (wall-clock times, seconds since the epoch)."""
+    wall: float  # the time it was read
+    good_at: float | None = None  # the last good backup
+    good_size: int | None = None
+    last_at: float | None = None  # the last run, good or not
+    last_error: str | None = None  # why the last run failed (None: it did not)
+    since: float | None = None  # backups first scheduled here
+
+
+@dataclass(frozen=True)
 class Observation:
     now: float
     services: Mapping[str, ServiceObs] = field(default_factory=lambda: EMPTY)
@@ -167,6 +178,7 @@ class Observation:
     nodes_error: str | None = None  # why Open WebUI's connection settings could not be read
     nodes_differ: bool = False  # Open WebUI's connection list is not webui.ollama_urls
     host: HostFacts | None = None  # RAM and cores; read only while ollama.models: auto needs them
+    backup: BackupObs | None = None  # None: backups are off (backup.enabled or webui.enabled false)
 
 
 # ----------------------------------------------------------------------------------- decide

@@ -43,6 +43,7 @@ def state_document(config, obs: Observation, decision: Decision, recent: list[di
         "nodes": [_node(n, decision.history.nodes.get(n.url, NodeHistory(state="unknown"))) for n in obs.nodes],
         "models": _models(config),
         "webui": _webui(config),
+        "backup": _backup(config, obs),
         "recent_actions": recent,
     }
 
@@ -55,6 +56,14 @@ def _webui(config) -> dict | None:
     host = "localhost" if w.host in ("127.0.0.1", "::1", "0.0.0.0", "::") else w.host
     return {"url": f"http://{'[' + host + ']' if ':' in host else host}:{w.port}", "admin": w.admin.email,
             "password_file": w.admin.password_file}
+
+
+def _backup(config, obs: Observation) -> dict | None:
+    b = obs.backup
+    if b is None:
+        return None
+    return {"dir": config.backup.dir, "schedule": config.backup.schedule, "last_good_at": b.good_at,
+            "last_good_size": b.good_size, "last_at": b.last_at, "last_error": b.last_error}
 
 
 def _models(config) -> dict:
@@ -83,7 +92,8 @@ def write_state(doc: dict) -> None:
     fsutil.write_json(paths.STATUS_FILE, doc, 0o644)
 
 
-def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_seconds: float) -> str:
+def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_seconds: float,
+                 config_interval: float = 86400.0) -> str:
     out = []
 
     def metric(name, kind, help_text, samples):
@@ -119,6 +129,8 @@ def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_secon
                [({"node": n.url}, int(bool(n.in_use))) for n in obs.nodes if n.in_use is not None])
         metric("node_probe_latency_seconds", "gauge", "Latency of the node's last probe.",
                [({"node": n.url}, f"{n.probe.latency:.4f}") for n in obs.nodes if n.probe])
+    if obs.backup is not None:
+        _backup_metrics(metric, obs.backup, config_interval)
     gpu = obs.gpu
     metric("gpu_state", "gauge", "GPU watch state (1 for the current one).", [({"state": gpu.state}, 1)])
     metric("gpu_reboot_required", "gauge", "1 when GPU recovery gave up: only a reboot helps.",
@@ -134,6 +146,22 @@ def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_secon
         if d.utilization is not None:
             out.append(f'localaid_gpu_utilization_ratio{{{_labels(lab)}}} {d.utilization / 100:.2f}')
     return "\n".join(out) + "\n"
+
+
+def _backup_metrics(metric, b, interval: float) -> None:
+    """The last good backup's time and size, the schedule, and whether the last run failed: the
+    alert rules compare them (localaid.rules.yml)."""
+    if b.good_at is not None:
+        metric("backup_last_success_timestamp_seconds", "gauge", "When the last good backup was taken.",
+               [({}, f"{b.good_at:.0f}")])
+        metric("backup_last_success_size_bytes", "gauge", "Size of the last good backup.",
+               [({}, int(b.good_size or 0))])
+    metric("backup_last_failed", "gauge", "1 when the last backup failed (no backup, or one with problems).",
+           [({}, int(b.last_error is not None and (b.good_at or 0) < (b.last_at or 0)))])
+    metric("backup_interval_seconds", "gauge", "The backup schedule (backup.schedule), in seconds.",
+           [({}, f"{interval:.0f}")])
+    metric("backup_enabled_timestamp_seconds", "gauge", "When backups were first scheduled on this host.",
+           [({}, f"{b.since:.0f}")] if b.since is not None else [])
 
 
 def _labels(d: dict) -> str:

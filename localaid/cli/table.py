@@ -145,6 +145,29 @@ COMMANDS: tuple[Command, ...] = (
             "Build the new Open WebUI venv beside the serving one, back up webui.db, switch, start and\n"
             "wait for /health and /ready; on failure switch back and restore the database.",
             args=(_VERSION_ARG,), handler=".upgrade:webui"),
+    Command(("backup",), "back up Open WebUI's data now",
+            "Take a backup of Open WebUI's state while it keeps serving: its database and the vector\n"
+            "store through SQLite's online backup, uploads, the secret key, localaid's configuration\n"
+            "and the list of Ollama models (the models themselves are re-pulled). Each backup is a\n"
+            "directory in backup.dir (default /var/lib/localaid/backups) with a manifest of versions\n"
+            "and file hashes, checked (integrity_check) and renamed into place only when complete;\n"
+            "backups beyond backup.keep or older than backup.max_age are then removed.\n"
+            "localaid-backup.timer runs this on backup.schedule. Exit status 0: a good backup;\n"
+            "1: none written, or one with problems (a database failing integrity_check).",
+            args=(arg("--list", action="store_true", help="list the backups instead (as restore does)"),),
+            handler=".backup:backup"),
+    Command(("restore",), "list backups, or restore one",
+            "Without BACKUP: list the backups, newest first, with date, versions, size and problems.\n"
+            "With BACKUP (its name, its number in the list, or `latest`): check it against its\n"
+            "manifest, stop Open WebUI, keep the current state as a backup (before-restore), put the\n"
+            "backup's data and secret key back, install the Open WebUI version it was taken with when\n"
+            "the installed one is older, start and wait for health; if it does not come up, put back\n"
+            "what was there. A restore that is interrupted is completed by the next `localaid\n"
+            "restore` or by localaid's set-up job. localaid's configuration is not changed: the\n"
+            "backup's copy is in its etc/ directory.",
+            args=(arg("backup", nargs="?", metavar="BACKUP", help="name, number (1 = newest) or latest"),
+                  arg("--force", action="store_true", help="restore a backup that has problems")),
+            handler=".backup:restore"),
     Command(("provision",), "(run by localaid's units) privileged set-up steps",
             "Privileged, idempotent set-up steps. localaid's daemon starts them as\n"
             "short-lived units (localaid-*.service); run by hand only to debug.", metavar="STEP"),

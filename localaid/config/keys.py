@@ -172,7 +172,7 @@ class WebUIConfig:
     allow_source_builds: bool = key(False, c.boolean,
                                     "build packages that have no wheel from source (their build scripts run)")
     keep_venvs: int = key(2, c.integer(1, 10), "virtual environments kept after an upgrade, for rollback")
-    keep_backups: int = key(5, c.integer(1, 100), "database backups kept (in /var/lib/localaid/webui/backups)")
+    keep_backups: int = key(5, c.integer(1, 100), "backups taken before an upgrade or a restore kept (in backup.dir)")
     admin: AdminConfig = section(AdminConfig, "the administrator account created on first start")
     embedding: EmbeddingConfig = section(EmbeddingConfig, "document chat: what embeds the documents")
     torch: bool = key(False, c.boolean, "install PyTorch and the CUDA libraries (local embedding/speech models)")
@@ -233,6 +233,24 @@ class MetricsConfig:
                              'also serve /metrics over HTTP on this "host:port"; null: no server')
 
 
+BACKUP_SCHEDULES = {"hourly": HOUR, "daily": DAY, "weekly": 7 * DAY}
+
+
+@dataclass(frozen=True, slots=True)
+class BackupConfig:
+    enabled: bool = key(True, c.boolean, "back up Open WebUI's data on a schedule (localaid-backup.timer)")
+    dir: str = key("/var/lib/localaid/backups", c.path(directory=True),
+                   "where backups are written (root's; may be another disk or a mounted share)")
+    schedule: str = key("daily", c.enum(*BACKUP_SCHEDULES), "how often: hourly, daily or weekly")
+    keep: int = key(7, c.integer(1, 1000), "scheduled backups kept (the newest good one always stays)")
+    max_age: float = key(30 * DAY, c.duration(HOUR, 3650 * DAY), "scheduled backups older than this are removed")
+
+    @property
+    def interval(self) -> float:
+        """The schedule in seconds: STATUS warns when the last good backup is twice as old."""
+        return BACKUP_SCHEDULES[self.schedule]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     ollama: OllamaConfig = section(OllamaConfig, "Ollama: installation, service environment, models")
@@ -240,6 +258,7 @@ class Config:
     gpu: GpuConfig = section(GpuConfig, "the GPU: device nodes and NVML watch")
     health: HealthConfig = section(HealthConfig, "probes, restarts and their limits")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics")
+    backup: BackupConfig = section(BackupConfig, "backups of Open WebUI's data, and their schedule")
     sources: tuple[str, ...] = ()                # files actually read, in merge order
 
     @property

@@ -70,7 +70,7 @@ def _imports(module: str, path: Path) -> set[str]:
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
 PURE = {"localaid.records", "localaid.policy", "localaid.policy_gpu", "localaid.policy_nodes",
-        "localaid.policy_models", "localaid.catalog", "localaid.quantity", "localaid.vram"}
+        "localaid.policy_models", "localaid.policy_backup", "localaid.catalog", "localaid.quantity", "localaid.vram"}
 DAEMON = {"localaid.supervisor", "localaid.observe", "localaid.act", "localaid.report"}
 
 

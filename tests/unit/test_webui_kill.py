@@ -46,6 +46,8 @@ class KillHost(FakeHost):
 
     def start(self, unit):
         super().start(unit)
+        if unit != webui.UNIT:
+            return
         if self.die_after == f"start:{self.serving}":
             self.die()
 

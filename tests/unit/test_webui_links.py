@@ -16,7 +16,7 @@ import pytest
 
 from localaid import paths
 from localaid.provision import safefs, webui
-from test_webui_upgrade import DATA, ORIGINAL_DB, FakeHost, config, db_path, installed, provision, upgrade
+from test_webui_upgrade import DATA, ORIGINAL_DB, FakeHost, store_backups, config, db_path, installed, provision, upgrade
 
 ROOT = os.geteuid() == 0
 SERVICE_IDS = (4242, 4242) if ROOT else (os.getuid(), os.getgid())  # as root: ownership changes show
@@ -37,6 +37,8 @@ class PlantingHost(FakeHost):
 
     def start(self, unit):
         super().start(unit)
+        if unit != webui.UNIT:
+            return
         if self.serving in self.plant_on_start:
             plant_db_links(self.layout.p(DATA), self.outside)
 
@@ -127,8 +129,10 @@ def test_rollback_replaces_planted_links_and_writes_nothing_outside(world):
     assert webui.is_complete(layout, "0.12.5")
     assert os.lstat(venv).st_uid == SERVICE_IDS[0] and os.lstat(venv).st_mode & 0o777 == 0o755
     assert os.path.islink(os.path.join(venv, "lib", "python3.11", "site-packages", "evil-dir"))
-    backup = [f for f in os.listdir(layout.backups) if f.endswith(".db")]
-    assert len(backup) == 1 and os.stat(os.path.join(layout.backups, backup[0])).st_mode & 0o777 == 0o600
+    found = store_backups(layout)
+    db = os.path.join(found[0].path, "data", "webui.db")
+    assert len(found) == 1 and os.stat(db).st_mode & 0o777 == 0o600 and os.stat(db).st_uid == 0
+    assert os.stat(found[0].path).st_mode & 0o777 == 0o700
 
 
 def test_backup_refuses_a_linked_database(world, tmp_path):
@@ -160,8 +164,9 @@ def test_backup_refuses_a_fifo_and_a_planted_hard_link(world, tmp_path):
     os.link(secret, wal)  # root's file, linked in by the service user
     assert upgrade(layout, host, config(), "0.12.5") == 1
     assert "hard link" in text(tmp_path)
-    assert not any(b"root's secret" in open(os.path.join(layout.backups, f), "rb").read()
-                   for f in os.listdir(layout.backups))
+    store = layout.p("/var/lib/localaid/backups")
+    assert not any(b"root's secret" in open(os.path.join(top, f), "rb").read()
+                   for top, _dirs, files in os.walk(store) for f in files)
 
 
 def test_clearing_a_failed_venv_does_not_follow_links(world):

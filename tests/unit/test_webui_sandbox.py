@@ -185,7 +185,7 @@ def test_a_full_disk_while_backing_up_rolls_back(env, tmp_path, monkeypatch):  #
     real = safefs.write
 
     def write(dfd, name, source, mode, uid=-1, gid=-1):
-        if name.startswith("webui-"):  # the backup: half written, then ENOSPC
+        if name == "webui.db" and "/backups/" in os.readlink(f"/proc/self/fd/{dfd}"):  # the backup: half written, then ENOSPC
             real(dfd, safefs.tmp_name(name) + "-partial", b"half", 0o600)
             os.unlink(safefs.tmp_name(name) + "-partial", dir_fd=dfd)
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -197,7 +197,8 @@ def test_a_full_disk_while_backing_up_rolls_back(env, tmp_path, monkeypatch):  #
     assert "cannot back up webui.db" in p["text"] and "No space left on device" in p["text"], p["text"]
     assert "rolled back to 0.12.4, database untouched" in p["text"], p["text"]
     assert host.serving == "0.12.4" and host.active and webui.current_version(layout) == "0.12.4"
-    assert open(db_path(layout), "rb").read() == ORIGINAL_DB and os.listdir(layout.backups) == []
+    assert open(db_path(layout), "rb").read() == ORIGINAL_DB
+    assert os.listdir(layout.p("/var/lib/localaid/backups")) == []  # nothing half-written stays
     assert not os.path.exists(layout.journal) and not os.path.exists(layout.maintenance)
 
 

@@ -36,6 +36,11 @@ def parse_env_file(text: str) -> dict[str, str]:
     return out
 
 
+def store_backups(layout):
+    from localaid.provision.webui import backups
+    return backups.listing(layout.p("/var/lib/localaid/backups"))
+
+
 class Killed(BaseException):
     """kill -9: nothing after it runs (BaseException: no `except Exception` catches it)."""
 
@@ -92,6 +97,7 @@ class FakeHost(webui.Host):
         self.enabled = False
         self.clock = 0.0
         self.calls: list[tuple] = []
+        self.other_units: dict[str, str] = {}
         self.kill_in: str | None = None
         self.pip_conf_lines: list[str] = []
         self.seed = webui.Seed()  # no ensurepip wheels found: venvs made with pip, uv in a tools venv
@@ -205,17 +211,32 @@ class FakeHost(webui.Host):
     def daemon_reload(self):
         self.calls.append(("daemon-reload",))
 
+    # Units other than open-webui.service (localaid-backup.timer): their state, nothing else.
+    def _other(self, unit, state=None):
+        if unit == webui.UNIT:
+            return False
+        if state is not None:
+            self.other_units[unit] = state
+        return True
+
     def enable(self, unit):
-        self.enabled = True
+        if not self._other(unit):
+            self.enabled = True
 
     def disable(self, unit):
-        self.enabled = False
+        if not self._other(unit, "inactive"):
+            self.enabled = False
 
     def unit_state(self, unit):
+        if unit != webui.UNIT:
+            state = self.other_units.get(unit, "inactive")
+            return UnitState(unit, "loaded", state, "waiting" if state == "active" else "dead")
         return UnitState(unit, "loaded", "active" if self.active else "inactive",
                          "running" if self.active else "dead")
 
     def start(self, unit):
+        if self._other(unit, "active"):
+            return
         self._maybe_kill("start")
         self.active = True
         self.serving = webui.current_version(self.layout)
@@ -230,6 +251,8 @@ class FakeHost(webui.Host):
         self.start(unit)
 
     def stop(self, unit, timeout=90):
+        if self._other(unit, "inactive"):
+            return
         self._maybe_kill("stop")
         self.active = False
         self.calls.append(("stop", self.serving))
@@ -364,9 +387,10 @@ def test_upgrade_success_backs_up_and_keeps_old(env, tmp_path):
     assert upgrade(layout, host, config(), "0.12.5") == 0
     assert host.serving == "0.12.5" and webui.current_version(layout) == "0.12.5"
     assert webui.is_complete(layout, "0.12.4")
-    backups = [f for f in os.listdir(layout.backups) if f.endswith(".db")]
-    assert len(backups) == 1 and backups[0].startswith("webui-0.12.4-")
-    assert open(os.path.join(layout.backups, backups[0]), "rb").read() == ORIGINAL_DB
+    found = store_backups(layout)  # a regular backup, in the store the scheduled ones use
+    assert [(b.reason, b.webui_version) for b in found] == [("before-upgrade", "0.12.4")]
+    assert open(os.path.join(found[0].path, "data", "webui.db"), "rb").read() == ORIGINAL_DB
+    assert found[0].problems and "integrity_check" in found[0].problems[0]  # the double's bytes are no SQLite
     assert open(db_path(layout), "rb").read() == host.migration["0.12.5"]
     # the configured pin did not change: provision keeps the explicitly upgraded version
     host.calls.clear()
@@ -458,13 +482,9 @@ def test_prune_keeps_current_and_newest(env, tmp_path):
     for i, v in enumerate(("0.12.5", "0.12.6", "0.12.7")):
         os.utime(os.path.join(layout.venv(webui.current_version(layout)), webui.COMPLETE_MARKER), (i, i))
         assert upgrade(layout, host, cfg, v) == 0
-        for name in os.listdir(layout.backups):  # distinct, ordered backup names
-            os.rename(os.path.join(layout.backups, name),
-                      os.path.join(layout.backups, name.replace("webui-", f"webui-{i}-", 1))) \
-                if name.count("-") < 4 else None
     assert layout.versions() == ["0.12.6", "0.12.7"]
     assert os.path.isdir(layout.uv_cache)  # the installers' cache beside the venvs is no venv to prune
-    assert len([f for f in os.listdir(layout.backups) if f.endswith(".db")]) == 2
+    assert [b.webui_version for b in store_backups(layout)] == ["0.12.5", "0.12.6"]  # webui.keep_backups
     # an unfinished venv that is not current is removed
     os.makedirs(layout.venv("9.9.9"))
     webui.prune(webui.Ctx(cfg, layout, host))

@@ -11,6 +11,10 @@ skeleton (localaid.provision.job, .host). The pieces:
     venv       building venvs/<version> (as the service user) and the disk space it needs
     service    user, data dir, secrets, environment file, drop-ins, health, the admin
     upgrade    the journaled build → stop → backup → switch → start, rollback, pruning
+    backups    the backup store: format, listing, retention, the last outcome (for STATUS)
+    snapshot   taking a backup (online through SQLite's backup API, or with the service stopped)
+    restore    the journaled stop → keep → restore → version → start, rollback
+    schedule   localaid-backup.timer from the backup keys
     doctor     `localaid doctor`'s checks
 """
 
@@ -18,9 +22,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from localaid import progress
-from localaid.provision.job import JobError, Lock
+from localaid.provision.job import JobError, Lock, Reporter
+from localaid.quantity import format_size
 from localaid.provision.webui.doctor import doctor_checks
 from localaid.provision.webui.indexes import build_env, pip_config, pip_env, pip_flags, uv_args
 from localaid.provision.webui.installer import Seed, WebUIHost, installer_progress, python_problem
@@ -29,13 +35,15 @@ from localaid.provision.webui.layout import (
     is_complete, journal, switch_current, venv_version, wanted_version)
 from localaid.provision.webui.service import configure, render_dropin, render_env, render_setup_dropin
 from localaid.provision.webui.upgrade import disable, install, prune, run
+from localaid.provision.webui import backups, restore, snapshot
+from localaid.provision.webui.schedule import configure_schedule
 
 Host = WebUIHost  # the seam tests replace
 
 __all__ = [
     "COMPLETE_MARKER", "ENV_FILE", "JOB", "SERVICE_USER", "UNIT", "UNIT_DATA_DIR", "Ctx", "Host", "Layout", "Seed",
     "build_env", "current_version", "doctor_checks", "installer_progress", "is_complete", "journal", "pip_config",
-    "pip_env", "pip_flags", "provision_main", "prune", "python_problem", "render_dropin", "render_env",
+    "pip_env", "pip_flags", "provision_main", "backup_main", "list_main", "restore_main", "prune", "python_problem", "render_dropin", "render_env",
     "render_setup_dropin", "switch_current", "upgrade_main", "uv_args", "venv_version",
 ]
 
@@ -54,6 +62,10 @@ def provision_main(args, config, ctx: Ctx | None = None) -> int:
                 return disable(ctx)
             ctx.rep.step("configuring Open WebUI", 0.0)
             changed = configure(ctx)
+            configure_schedule(ctx)
+            rc = restore.run(ctx)  # a restore a kill interrupted: completed first
+            if rc is not None:
+                return rc
             rc = run(ctx)
             if rc is not None:
                 return rc
@@ -91,3 +103,70 @@ def upgrade_main(args, config, ctx: Ctx | None = None) -> int:
         ctx.rep.failed(str(e), e.tail, e.blocked)
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+# ------------------------------------------------------------------------------ backups
+def backup_main(args, config, ctx: Ctx | None = None) -> int:
+    """`localaid backup` (localaid-backup.service): a backup while Open WebUI serves, then retention."""
+    ctx = ctx or Ctx(config, job="backup")
+    if not config.webui.enabled:
+        print("webui.enabled is false in the configuration: nothing to back up", file=sys.stderr)
+        return 1
+    status = ctx.layout.p(backups.STATUS_FILE)
+    try:
+        with _lock(ctx):
+            ctx.rep.step("backing up Open WebUI", 0.0)
+            b = snapshot.take(ctx, backups.SCHEDULED, online=True)
+            backups.prune(ctx.layout.p(config.backup.dir), config, time.time(), ctx.rep.say)
+    except JobError as e:
+        backups.record({"at": time.time(), "ok": False, "error": str(e)}, status)
+        ctx.rep.failed(str(e), e.tail, e.blocked)
+        return 1
+    backups.record({"at": time.time(), "ok": b.good, "name": b.name, "size": b.size,
+                    "error": "; ".join(b.problems) or None}, status)
+    if not b.good:
+        ctx.rep.failed(f"backup {b.path} written, with problems: {'; '.join(b.problems)}")
+        return 1
+    ctx.rep.done(f"backup {b.path}: {format_size(b.size)} in {len(b.files)} files")
+    return 0
+
+
+def list_main(args, config, ctx: Ctx | None = None) -> int:
+    """`localaid restore` without BACKUP, `localaid backup --list`: the backups, newest first."""
+    ctx = ctx or Ctx(config, job=None)
+    store = ctx.layout.p(config.backup.dir)
+    found = backups.listing(store)
+    if not found:
+        print(f"no backups in {store} yet (localaid backup takes one)")
+        return 0
+    print(f"{'#':>3}  {'backup':<34} {'taken (local time)':<19}  {'Open WebUI':<10} {'size':>9}  state")
+    for i, b in enumerate(reversed(found), 1):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.taken_at))
+        state = "good" if b.good else "PROBLEMS: " + "; ".join(b.problems)
+        print(f"{i:>3}  {b.name:<34} {when:<19}  {b.webui_version or '-':<10} {format_size(b.size):>9}  {state}")
+    print(f"\nin {store}; restore one with: localaid restore NUMBER|NAME|latest")
+    return 0
+
+
+def restore_main(args, config, ctx: Ctx | None = None) -> int:
+    """`localaid restore BACKUP`: a journaled restore (restore.py), after any interrupted one."""
+    ctx = ctx or Ctx(config, job="restore", rep=Reporter("restore", terminal=True))
+    if not config.webui.enabled:
+        print("webui.enabled is false in the configuration: nothing to restore into", file=sys.stderr)
+        return 1
+    store = ctx.layout.p(config.backup.dir)
+    try:
+        with _lock(ctx):
+            rc = restore.run(ctx)
+            if rc is not None:
+                print("(that was an interrupted restore; run localaid restore again for another)")
+                return rc
+            b = backups.find(store, None if args.backup == "latest" else args.backup)
+            if b is None:
+                print(f"error: no backup {args.backup!r} in {store} (localaid restore lists them)", file=sys.stderr)
+                return 1
+            return restore.start(ctx, b, force=args.force)
+    except JobError as e:
+        ctx.rep.failed(str(e), e.tail, e.blocked)
+        return 1
+

@@ -19,6 +19,8 @@ import time
 from localaid import fsutil
 from localaid.provision import safefs
 from localaid.provision.job import ROLLBACK, JobError, Maintenance, Step, drive, resume
+import localaid.provision.webui.backups as backups
+import localaid.provision.webui.snapshot as snapshot
 from localaid.provision.webui.layout import (
     COMPLETE_MARKER, SERVICE_USER, UNIT, current_version, is_complete, journal, switch_current)
 from localaid.provision.webui.service import enable, settle_admin, settle_stored, start_timeout, wait_healthy
@@ -35,40 +37,30 @@ def _maintenance(ctx) -> Maintenance:
 
 # ---------------------------------------------------------------------------------- database
 def backup_db(ctx, version_from: str | None) -> dict:
-    """Copy webui.db (and a WAL left by a crash) into backups/ (0600); {} without a database.
-    A failure (a full disk) is a JobError saying where and why; nothing half-written stays."""
+    """The state about to be upgraded as a regular backup in backup.dir ("before-upgrade",
+    copied as it is: the service is stopped); what the rollback needs of it, {} without a
+    database. A failure (a full disk) is a JobError saying where and why; nothing half-written
+    stays."""
     uid, _ = ctx.host.ids(SERVICE_USER)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    name = f"webui-{version_from or 'none'}-{stamp}.db"
-    out: dict = {}
-    with safefs.directory(ctx.data_dir()) as dfd, safefs.directory(ctx.layout.backups) as bfd:
-        for suffix in ("", "-wal"):
+    with safefs.directory(ctx.data_dir()) as dfd:
+        if safefs.size(dfd, DB) is None and not os.path.lexists(os.path.join(ctx.data_dir(), DB)):
+            return {}
+        for name in (DB, DB + "-wal"):  # what the rollback needs: refused rather than left out
             try:
-                fd = safefs.open_file(dfd, DB + suffix, owner=uid)
+                os.close(safefs.open_file(dfd, name, owner=uid))
             except FileNotFoundError:
-                if not suffix:
-                    return {}
-                continue
+                pass
             except safefs.UnsafeFile as e:
-                raise JobError(f"{os.path.join(ctx.config.webui.data_dir, DB + suffix)} {e.strerror}: "
+                raise JobError(f"{os.path.join(ctx.config.webui.data_dir, name)} {e.strerror}: "
                                f"not backed up") from None
-            try:
-                size = os.fstat(fd).st_size
-                if suffix and size == 0:
-                    continue
-                safefs.write(bfd, name + suffix, fd, 0o600)
-            except OSError as e:
-                for f in (name, name + "-wal"):
-                    safefs.unlink(bfd, f)
-                free = ctx.host.free_bytes(ctx.layout.backups)
-                raise JobError(f"cannot back up {DB + suffix} ({format_size(size)}) to {ctx.layout.backups}: "
-                               f"{e.strerror or e} ({format_size(free)} free there)") from None
-            finally:
-                os.close(fd)
-            path, sha = os.path.join(ctx.layout.backups, name + suffix), safefs.digest(bfd, name + suffix)
-            out.update({"backup": path, "db_sha256": sha, "wal": None} if not suffix
-                       else {"wal": path, "wal_sha256": sha})
-    return out
+    b = snapshot.take(ctx, "before-upgrade", online=False)
+    db, wal = b.files.get("data/" + DB), b.files.get("data/" + DB + "-wal")
+    if db is None:
+        return {}
+    ctx.rep.say("database backed up", backup=b.path, version=version_from)
+    return {"backup": os.path.join(b.path, "data", DB), "db_sha256": db["sha256"],
+            "wal": os.path.join(b.path, "data", DB + "-wal") if wal else None,
+            "wal_sha256": wal["sha256"] if wal else None}
 
 
 def restore_db(ctx, j: dict) -> None:
@@ -270,12 +262,14 @@ def disable(ctx) -> int:
 
 # ------------------------------------------------------------------------------------ prune
 def prune(ctx) -> None:
-    """Keep webui.keep_backups backups and webui.keep_venvs complete venvs (current first, then
+    """Backups by their retention keys (backups.prune), webui.keep_venvs complete venvs (current first, then
     the newest); leftovers of failed builds go."""
     layout, w = ctx.layout, ctx.config.webui
-    backups = sorted(f for f in os.listdir(layout.backups) if f.endswith(".db")) \
-        if os.path.isdir(layout.backups) else []
-    for name in backups[:-w.keep_backups] if len(backups) > w.keep_backups else []:
+    legacy = sorted(f for f in os.listdir(layout.backups) if f.endswith(".db")) \
+        if os.path.isdir(layout.backups) else []  # copies of webui.db taken by releases before 0.3
+    if os.path.isdir(ctx.layout.p(ctx.config.backup.dir)):
+        backups.prune(ctx.layout.p(ctx.config.backup.dir), ctx.config, time.time(), ctx.rep.say)
+    for name in legacy[:-w.keep_backups] if len(legacy) > w.keep_backups else []:
         for f in (name, name + "-wal"):
             try:
                 os.unlink(os.path.join(layout.backups, f))
