@@ -107,14 +107,16 @@ def listing(store: str) -> list[Backup]:
     return [b for b in (read(store, n) for n in names) if b is not None]
 
 
-def latest(store: str, good: bool = True) -> Backup | None:
-    found = [b for b in listing(store) if b.good or not good]
+def latest(store: str) -> Backup | None:
+    """The newest good backup of the data as it was in use: not one a restore kept of what it
+    replaced (those are restored by name or number, to undo a restore)."""
+    found = [b for b in listing(store) if b.good and b.reason != "before-restore"]
     return found[-1] if found else None
 
 
 def find(store: str, which: str | None) -> Backup | None:
-    """A backup by name, by its number in `localaid restore`'s list (1 = newest), or (None) the
-    newest good one."""
+    """A backup by name, by its number in `localaid restore`'s list (1 = newest), or (None)
+    latest()."""
     backups = listing(store)
     if which is None:
         return latest(store)

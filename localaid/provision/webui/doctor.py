@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import time
 
+from localaid import fsutil
+from localaid.policy_backup import age_text
+from localaid.quantity import format_size
 from localaid.records import Check
+import localaid.provision.webui.backups as backups
 import localaid.provision.webui.interpreter as interpreter
 from localaid.provision.webui.installer import WebUIHost
 from localaid.provision.webui.nodes import node_checks
@@ -68,6 +73,7 @@ def doctor_checks(config, layout: Layout | None = None) -> list[Check]:
     except (FileNotFoundError, KeyError) as e:
         checks.append(Check("open-webui data", None, f"{w.data_dir}: {e}"))
     checks += node_checks(config)
+    checks += backup_checks(config, layout)
     base = base_url(config)
     status, body = host.get(base + "/api/config")
     if status == 200 and isinstance(body, dict):
@@ -84,3 +90,33 @@ def doctor_checks(config, layout: Layout | None = None) -> list[Check]:
         checks.append(Check("open-webui http", False, f"{base}/api/config: {status or 'no answer'}",
                             "systemctl status open-webui; journalctl -u open-webui"))
     return checks
+
+
+def backup_checks(config, layout: Layout) -> list[Check]:
+    """Backups: an interrupted restore, the last good backup's age, the last run's outcome."""
+    checks = []
+    rj = fsutil.read_json(os.path.join(layout.base, "restore.json"))
+    if isinstance(rj, dict):
+        checks.append(Check("open-webui restore", False, f"a restore of {rj.get('backup')} was interrupted at "
+                            f"step {rj.get('step')}", "localaid restore (finishes it)"))
+    if not config.backup.enabled:
+        return checks + [Check("backups", None, "off (backup.enabled: false): nothing backs up Open WebUI's data",
+                               "set backup.enabled: true")]
+    store = layout.p(config.backup.dir)
+    good = backups.latest(store)
+    st = backups.status(layout.p(backups.STATUS_FILE))
+    last = st.get("last") if isinstance(st.get("last"), dict) else {}
+    now = time.time()
+    if last and not last.get("ok"):
+        checks.append(Check("backups", False, f"the last backup failed: {last.get('error')}",
+                            "journalctl -u localaid-backup"))
+    elif good is None:
+        checks.append(Check("backups", None, f"none yet in {config.backup.dir} (schedule {config.backup.schedule})",
+                            "localaid backup takes one now"))
+    else:
+        old = now - good.taken_at > 2 * config.backup.interval
+        checks.append(Check("backups", not old, f"last good {good.name} ({format_size(good.size)}, "
+                            f"{age_text(now - good.taken_at)} ago) in {config.backup.dir}, schedule "
+                            f"{config.backup.schedule}", "systemctl status localaid-backup.timer" if old else ""))
+    return checks
+
