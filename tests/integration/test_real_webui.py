@@ -41,6 +41,8 @@ CACHE = Path(os.environ.get("LOCALAID_REAL_WEBUI_CACHE", "/var/cache/localaid-te
 WHEELS = CACHE / "wheels"
 OLD, NEW = "0.12.3", "0.12.4"
 BASE = "/var/lib/localaid/webui"
+STORE = "/var/lib/localaid/backups"
+DATA = "/var/lib/open-webui"
 GUEST_WHEELS = "/opt/real-wheelhouse"
 PORT = 3000  # the container has its own loopback (private_network)
 ADMIN = "boss@example.org"
@@ -385,7 +387,7 @@ def test_upgrade_keeps_users_and_chats(container):
     code, body = api(c, "POST", "/api/v1/chats/new", chat, token=user)
     assert code == 200 and body["title"] == "Before the upgrade", (code, body)
     chat_id = body["id"]
-    backups = set(c.run(["sh", "-c", f"ls {BASE}/backups/ 2>/dev/null || true"]).stdout.split())
+    backups = set(c.run(["sh", "-c", f"ls {STORE} 2>/dev/null || true"]).stdout.split())
 
     c.write("/root/poll.py", POLLER)
     c.run(["rm", "-f", "/root/health.log"])
@@ -406,12 +408,35 @@ def test_upgrade_keeps_users_and_chats(container):
           f"/health outage {gap:.2f} s (longest gap between answers; {failed} of {n} polls failed)")
     assert r.returncode == 0, r.stdout + r.stderr
     assert c.run(["readlink", f"{BASE}/current"]).stdout.strip() == f"venvs/{NEW}"
-    new_backups = set(c.run(["ls", f"{BASE}/backups/"]).stdout.split()) - backups
-    assert any(b.startswith(f"webui-{OLD}-") and b.endswith(".db") for b in new_backups), new_backups
+    new_backups = set(c.run(["ls", STORE]).stdout.split()) - backups
+    taken = [json.loads(c.read(f"{STORE}/{b}/manifest.json")) for b in new_backups if b.endswith("-before-upgrade")]
+    assert [(m["webui_version"], m["integrity"].get("webui.db")) for m in taken] == [(OLD, "ok")], new_backups
     user = signin(c, SECOND["email"], SECOND["password"])
     code, chats = api(c, "GET", "/api/v1/chats/", token=user)
     assert code == 200 and chat_id in [ch["id"] for ch in chats], (code, chats)
     assert marker["torch"] is False and not c.exists(f"{site_packages(c, NEW)}/torch")
+
+
+def upload_notes(c, token: str) -> str:
+    """Upload the notes (the passage among three fillers) and wait for Open WebUI to embed them:
+    the file's id. Paragraphs of 500-600 characters: no two fit in one chunk of the splitter
+    (1000 characters)."""
+    c.write("/root/notes.txt", "\n\n".join([FILLER[0], PASSAGE, FILLER[1], FILLER[2]]) + "\n")
+    code, f = api(c, "POST", "/api/v1/files/", token=token, upload="/root/notes.txt")
+    assert code == 200, (code, f)
+    fid = f["id"]
+    status = wait_for(lambda: (s := api(c, "GET", f"/api/v1/files/{fid}/process/status", token=token)[1])
+                      and s.get("status") in ("completed", "failed") and s, timeout=60, interval=0.2)
+    assert status["status"] == "completed", (status, api(c, "GET", f"/api/v1/files/{fid}", token=token))
+    return fid
+
+
+def finds_passage(c, token: str, fid: str) -> bool:
+    """A retrieval query with the passage itself brings it back first (the vectors are stored)."""
+    code, res = api(c, "POST", "/api/v1/retrieval/query/doc",
+                    {"collection_name": f"file-{fid}", "query": PASSAGE, "k": 1}, token=token)
+    assert code == 200, (code, res)
+    return res["documents"][0][0] == PASSAGE
 
 
 def test_document_chat(container):
@@ -426,20 +451,10 @@ def test_document_chat(container):
     code, emb = api(c, "GET", "/api/v1/retrieval/embedding", token=admin)
     assert code == 200 and emb["RAG_EMBEDDING_ENGINE"] == "ollama", emb
     assert emb["RAG_EMBEDDING_MODEL"] == "nomic-embed-text:latest", emb
-    # paragraphs of 500-600 characters: no two fit in one chunk of the splitter (1000 characters)
-    c.write("/root/notes.txt", "\n\n".join([FILLER[0], PASSAGE, FILLER[1], FILLER[2]]) + "\n")
     t0 = time.monotonic()
-    code, f = api(c, "POST", "/api/v1/files/", token=admin, upload="/root/notes.txt")
-    assert code == 200, (code, f)
-    fid = f["id"]
-    status = wait_for(lambda: (s := api(c, "GET", f"/api/v1/files/{fid}/process/status", token=admin)[1])
-                      and s.get("status") in ("completed", "failed") and s, timeout=60, interval=0.2)
-    print(f"\nupload → processing {status['status']}: {time.monotonic() - t0:.1f} s")
-    assert status["status"] == "completed", (status, api(c, "GET", f"/api/v1/files/{fid}", token=admin))
-    code, res = api(c, "POST", "/api/v1/retrieval/query/doc",
-                    {"collection_name": f"file-{fid}", "query": PASSAGE, "k": 1}, token=admin)
-    assert code == 200, (code, res)
-    assert res["documents"][0][0] == PASSAGE, res
+    fid = upload_notes(c, admin)
+    print(f"\nupload → processing completed: {time.monotonic() - t0:.1f} s")
+    assert finds_passage(c, admin, fid)
     # another chunk as the query: another answer (the ranking is by the stored vectors)
     code, res = api(c, "POST", "/api/v1/retrieval/query/doc",
                     {"collection_name": f"file-{fid}", "query": FILLER[1].strip(), "k": 1}, token=admin)
@@ -468,6 +483,102 @@ def test_journal_is_clean(container):
     print(f"\nopen-webui's journal: {len(log.splitlines())} lines, {sum(seen.values())} warnings/errors")
     for line, n in list(seen.items())[:15]:
         print(f"  {n}x {line}")
+
+
+# Chats created one after another through the API for N seconds: {"ok": n, "failed": n} at the end.
+BURST = """\
+import json, sys, time, urllib.request
+token, seconds, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+end, ok, failed = time.time() + seconds, 0, 0
+while time.time() < end:
+    doc = {"chat": {"title": "burst %d" % ok, "models": [], "messages": [],
+                    "history": {"currentId": None, "messages": {}}}}
+    req = urllib.request.Request("http://127.0.0.1:3000/api/v1/chats/new", json.dumps(doc).encode(),
+                                 {"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=10).read()
+        ok += 1
+    except Exception:
+        failed += 1
+open(out, "w").write(json.dumps({"ok": ok, "failed": failed}))
+"""
+THIRD = {"name": "Third", "email": "third@example.org", "password": "third-user-pw-9", "role": "user"}
+
+
+def chat_titles(c, token: str) -> list[str]:
+    code, chats = api(c, "GET", "/api/v1/chats/", token=token)  # no page: every chat
+    assert code == 200, (code, chats)
+    return [ch["title"] for ch in chats]
+
+
+def restored(c, which: str) -> str:
+    """`localaid restore WHICH`, its output; the health of what it restored is checked by the caller."""
+    r = c.run(["localaid", "restore", which], check=False, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_backup_during_writes_then_restore_after_loss_and_corruption(container):
+    """A user, a chat, a document; a backup while chats are being written, and one by the
+    scheduled unit; the data dir destroyed → restore; the database overwritten with garbage →
+    the next backup says so and keeps the good ones → restore."""
+    c = container
+    admin = admin_token(c)
+    code, body = api(c, "POST", "/api/v1/auths/add", THIRD, token=admin)
+    assert code == 200, (code, body)
+    user = signin(c, THIRD["email"], THIRD["password"])
+    code, body = api(c, "POST", "/api/v1/chats/new", {"chat": {"title": "Kept by the backup", "models": [],
+                     "messages": [], "history": {"currentId": None, "messages": {}}}}, token=user)
+    assert code == 200, (code, body)
+    fid = upload_notes(c, admin)
+
+    c.write("/root/burst.py", BURST)
+    c.run(["systemd-run", "--unit=chat-burst", "--collect", "/usr/bin/python3", "/root/burst.py", user, "6",
+           "/root/burst.json"])
+    time.sleep(1)
+    t0 = time.monotonic()
+    r = c.run(["localaid", "backup"], check=False, timeout=600)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    burst = wait_for(lambda: c.exists("/root/burst.json") and json.loads(c.read("/root/burst.json")), timeout=30)
+    name = r.stdout.strip().splitlines()[-1].split()[1].rstrip(":").rpartition("/")[2]
+    manifest = json.loads(c.read(f"{STORE}/{name}/manifest.json"))
+    print(f"\nlocalaid backup during a burst of chats: {took:.1f} s, {len(manifest['files'])} files; "
+          f"burst {burst}")
+    assert burst["failed"] == 0 and burst["ok"] > 0, burst  # writers were never refused
+    assert manifest["integrity"] == {"webui.db": "ok", "vector_db/chroma.sqlite3": "ok"}, manifest["integrity"]
+    assert any(f.startswith("data/uploads/") for f in manifest["files"]) and "secret-key" in manifest["files"]
+
+    # the scheduled path: the timer is on, and its hardened unit takes a backup
+    assert c.run(["systemctl", "is-enabled", "localaid-backup.timer"]).stdout.strip() == "enabled"
+    c.systemctl("start", "localaid-backup.service", timeout=600)
+    assert c.unit_property("localaid-backup.service", "Result") == "success"
+    listing = c.run(["localaid", "restore"]).stdout
+    assert listing.count("-scheduled") == 2 and "good" in listing, listing
+
+    # lost: the data dir emptied under the running service, which the supervisor then restarts
+    c.run(["sh", "-c", f"rm -rf {DATA}/* && systemctl restart open-webui"])
+    out = restored(c, "latest")
+    print(out.strip().splitlines()[-1])
+    user = signin(c, THIRD["email"], THIRD["password"])
+    titles = chat_titles(c, user)
+    assert "Kept by the backup" in titles and 0 < sum(t.startswith("burst") for t in titles) <= burst["ok"]
+    admin = admin_token(c)
+    assert finds_passage(c, admin, fid)
+
+    # corrupt: garbage over most of webui.db while Open WebUI runs
+    size = int(c.run(["stat", "-c", "%s", f"{DATA}/webui.db"]).stdout)
+    c.run(["dd", "if=/dev/urandom", f"of={DATA}/webui.db", "bs=4096", "seek=2", f"count={max(1, size // 8192)}",
+           "conv=notrunc,fsync", "status=none"])
+    r = c.run(["localaid", "backup"], check=False, timeout=600)
+    assert r.returncode == 1 and "integrity_check" in r.stdout + r.stderr, r.stdout + r.stderr
+    wait_for(lambda: "backup failed" in c.run(["localaid", "status"], check=False).stdout, timeout=30,
+             message="STATUS saying the last backup failed")
+    out = restored(c, "latest")
+    user = signin(c, THIRD["email"], THIRD["password"])
+    assert "Kept by the backup" in chat_titles(c, user)
+    assert finds_passage(c, admin_token(c), fid)
+    print(out.strip().splitlines()[-1])
 
 
 NODE2 = "http://127.0.0.1:11502"
