@@ -67,6 +67,7 @@ def render(doc, age: float | None, daemon: str) -> str:
     w = doc.get("webui")
     if w:
         lines.append(f"Open WebUI: {w['url']}, sign in as {w['admin']} (password: sudo cat {w['password_file']})")
+    lines.extend(_backup_lines(doc.get("backup")))
     models = [m for s in doc.get("services", []) for m in s.get("models", [])]
     for m in models:
         where = "GPU" if m["size_vram"] >= m["size"] > 0 else ("CPU" if m["size_vram"] == 0 else "partly CPU")
@@ -93,6 +94,21 @@ def node_detail(url: str, timeout: float = 1.0) -> str:
     except OllamaError as e:
         return str(e)
     return f"Ollama {version}, {len(models)} models" + (f" ({', '.join(m.name for m in loaded)})" if loaded else "")
+
+
+def _backup_lines(b: dict | None) -> list[str]:
+    """The last good backup and, when it failed since, the last run (localaid backup, the timer)."""
+    if not b:
+        return []
+    if b.get("last_good_at"):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(b["last_good_at"]))
+        size = f", {b['last_good_size'] / 1e6:.1f} MB" if b.get("last_good_size") else ""
+        line = f"backups: last good {when}{size} in {b['dir']} (schedule {b['schedule']}; localaid restore lists them)"
+    else:
+        line = f"backups: none yet in {b['dir']} (schedule {b['schedule']}; localaid backup takes one now)"
+    if b.get("last_error") and (b.get("last_at") or 0) > (b.get("last_good_at") or 0):
+        line += f"\n  the last one FAILED: {b['last_error']}"
+    return [line]
 
 
 def _choice_lines(models: dict) -> list[str]:

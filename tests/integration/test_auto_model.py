@@ -121,6 +121,13 @@ def test_without_a_gpu_the_cpu_tier_is_picked_pulled_with_progress_and_made_the_
     suggest = c.run(["localaid", "models", "--suggest"]).stdout
     assert suggest.startswith("This machine: no GPU, ") and re.search(rf"^{re.escape(want)} .*← picked$", suggest, re.M)
     print(f"apt install → healthy with {want} warm: {took:.1f} s (pull paced at {PULL_RATE / 1e6:.0f} MB/s)")
+    # Backups on the shipped defaults: the daily timer is on; one taken now shows in STATUS and doctor.
+    assert c.run(["systemctl", "is-enabled", "localaid-backup.timer"]).stdout.strip() == "enabled"
+    assert c.unit_property("localaid-backup.timer", "TimersCalendar").count("OnCalendar=*-*-* 00:00:00") == 1
+    r = c.run(["localaid", "backup"], check=False, timeout=300)
+    assert r.returncode == 0 and "backup /var/lib/localaid/backups/" in r.stdout, r.stdout + r.stderr
+    wait_for(lambda: "backup < 1 h ago" in status(c), timeout=30, message=lambda: f"STATUS naming the backup: {status(c)!r}")
+    assert "[ok  ] backups: last good " in c.run(["localaid", "doctor"], check=False).stdout
 
 
 def test_the_pick_survives_a_reboot_unchanged(cpu_box):

@@ -250,9 +250,16 @@ def test_remove_then_purge(make_container):
     assert "# edited by the admin" in c.read("/etc/localaid/localaid.yaml")
     assert c.exists("/var/lib/localaid/marker")
 
+    # a backup (kept), and what a killed one leaves (removed)
+    store = "/var/lib/localaid/backups"
+    c.sh(f"mkdir -p {store}/20261206T031500Z-scheduled {store}/.partial-20261207T031500Z-scheduled && "
+         f"echo '{{}}' > {store}/20261206T031500Z-scheduled/manifest.json")
     r = c.run(["apt-get", "purge", "-y", "-q", "localaid"])
     assert not c.exists("/etc/localaid")
-    assert not c.exists("/var/lib/localaid")
+    assert c.run(["ls", "-A", "/var/lib/localaid"]).stdout.split() == ["backups"]
+    assert c.run(["ls", "-A", store]).stdout.split() == ["20261206T031500Z-scheduled"]
+    assert f"1 backup(s) of Open WebUI's data (localaid restore puts one back after a new install): {store}/" \
+        in r.stdout + r.stderr
     assert not c.exists("/run/localaid")
     assert c.read("/var/lib/open-webui/marker") == "precious\n"
     assert "/var/lib/open-webui" in r.stdout + r.stderr, "purge says where the remaining data is"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "units"
-LIMITS = {"localaid.service": 2.5, "open-webui.service": 2.0}
+LIMITS = {"localaid.service": 2.5, "open-webui.service": 2.0, "localaid-backup.service": 2.5}
 DEFAULT_LIMIT = 5.0
 SERVICES = sorted(p.name for p in UNITS.glob("*.service"))
 
@@ -37,4 +37,5 @@ def test_unit_is_sandboxed(name):
 
 def test_every_unit_is_checked():
     assert {"localaid.service", "localaid-ollama-setup.service", "localaid-webui-setup.service",
-            "localaid-devices.service", "localaid-gpu-recover.service", "open-webui.service"} <= set(SERVICES)
+            "localaid-devices.service", "localaid-gpu-recover.service", "open-webui.service",
+            "localaid-backup.service"} <= set(SERVICES)
