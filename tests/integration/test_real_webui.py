@@ -603,6 +603,7 @@ def test_ui_host_failover_through_the_real_admin_api(container):
                                                                               "stream": False})])
     urls = ["http://127.0.0.1:11434", NODE2]
     c.write("/etc/localaid/conf.d/70-ui-host.yaml", f"ollama:\n  enabled: false\nwebui:\n  ollama_urls: [{', '.join(urls)}]\n")
+    setup_ran = c.unit_property("localaid-webui-setup.service", "InactiveEnterTimestampMonotonic")
     c.systemctl("reload", "localaid")
 
     tok = None
@@ -618,6 +619,14 @@ def test_ui_host_failover_through_the_real_admin_api(container):
     try:
         wait_for(lambda: conns() == [(urls[0], True), (urls[1], True)], timeout=180, interval=1,
                  message="the node list written into Open WebUI's stored connections")
+        # the new node list restarts Open WebUI (its environment changed, the set-up job the reload
+        # starts restarts it): measure from the settled stack, not while Open WebUI itself is down
+        wait_for(lambda: c.unit_property("localaid-webui-setup.service", "InactiveEnterTimestampMonotonic")
+                 != setup_ran and c.is_active("localaid-webui-setup.service") == "inactive"
+                 and (lambda d: d["healthy"] and "nodes 2/2 ok" in d["status_line"])(
+                     json.loads(c.read("/run/localaid/status.json")))
+                 and conns() == [(urls[0], True), (urls[1], True)],
+                 timeout=180, interval=0.5, message="the UI host settled with both nodes in use")
         c.systemctl("stop", "node2.service")
         t0 = time.monotonic()
         wait_for(lambda: conns() == [(urls[0], True), (urls[1], False)], timeout=20, interval=0.3,
