@@ -162,11 +162,24 @@ def ensure_dir(path: str, mode: int, uid: int, gid: int) -> None:
         os.fchmod(fd, mode)
 
 
-def chown_dirs(path: str, uid: int, gid: int) -> None:
-    """Give `path` and every directory below it (not the files) to uid:gid; links are neither
-    followed nor changed (os.fwalk holds a descriptor of each directory it enters)."""
-    for _dir, _subdirs, _files, dfd in os.fwalk(path, follow_symlinks=False):
-        os.chown(dfd, uid, gid)
+def open_dirs(top_fd: int, rel_dir: str, mode: int = 0o700, uid: int = -1, gid: int = -1) -> int:
+    """A descriptor of `rel_dir` below `top_fd`: each level opened without following a link, or
+    made with `mode` (and, with `uid`/`gid`, given to them) when missing."""
+    fd = os.dup(top_fd)
+    for part in [p for p in rel_dir.split("/") if p and p != "."]:
+        try:
+            os.mkdir(part, mode, dir_fd=fd)
+            made = True
+        except FileExistsError:
+            made = False
+        try:
+            nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = nfd
+        if made and (uid != -1 or gid != -1):
+            os.fchown(fd, uid, gid)
+    return fd
 
 
 def tree_size(path: str) -> int:

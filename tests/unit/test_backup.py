@@ -371,3 +371,23 @@ def test_the_outcome_reaches_status_and_metrics(world, tmp_path):
     assert "localaid_backup_last_success_timestamp_seconds 1000" in text
     assert "localaid_backup_last_failed 1" in text and "localaid_backup_interval_seconds 86400" in text
     assert json.loads(open(path).read())["last_good"]["name"] == "x"
+
+
+def test_a_restore_never_follows_links_planted_in_the_data_dir(world, tmp_path):
+    layout, host = world
+    b = take(layout, host)
+    outside = tmp_path / "etc-like"
+    outside.mkdir()
+    (outside / "shadow").write_text("root:x:0\n")
+    data = layout.p(DATA)
+    os.unlink(db_path(layout))
+    os.symlink(str(outside / "shadow"), db_path(layout))  # root writing webui.db would write here
+    safefs.remove_tree(f"{data}/uploads")
+    os.symlink(str(outside), f"{data}/uploads")  # and here
+    before = sorted((p.name, p.read_bytes()) for p in outside.iterdir())
+    assert restore.start(restore_ctx(layout, host), b) == 0
+    assert sorted((p.name, p.read_bytes()) for p in outside.iterdir()) == before
+    assert not os.path.islink(db_path(layout)) and chats(db_path(layout)) == 50
+    assert not os.path.islink(f"{data}/uploads") and os.listdir(f"{data}/uploads") == ["notes.txt"]
+    kept = [x for x in backups.listing(layout.p(STORE)) if x.reason == "before-restore"][0]
+    assert "data/webui.db" not in kept.files and sorted(kept.manifest["skipped"]) == ["uploads", "webui.db"]

@@ -59,24 +59,6 @@ def _clear(dfd: int) -> None:
             os.unlink(name, dir_fd=dfd)
 
 
-def _user_dirs(dfd: int, rel_dir: str, uid: int, gid: int) -> int:
-    """A descriptor of `rel_dir` below the data dir, each level made (0700, the user's) or
-    opened without following a link."""
-    fd = os.dup(dfd)
-    for part in [p for p in rel_dir.split("/") if p]:
-        try:
-            os.mkdir(part, 0o700, dir_fd=fd)
-            made = True
-        except FileExistsError:
-            made = False
-        nfd = os.open(part, safefs.DIR_FLAGS, dir_fd=fd)
-        os.close(fd)
-        fd = nfd
-        if made:
-            os.fchown(fd, uid, gid)
-    return fd
-
-
 def put_back(ctx, b: backups.Backup) -> int:
     """The data dir and the secret key as `b` holds them; the number of files written."""
     uid, gid = ctx.host.ids(SERVICE_USER)
@@ -91,7 +73,7 @@ def put_back(ctx, b: backups.Backup) -> int:
             inner = rel[len("data/"):]
             src = os.open(os.path.join(b.path, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                dir_fd = _user_dirs(dfd, os.path.dirname(inner), uid, gid)
+                dir_fd = safefs.open_dirs(dfd, os.path.dirname(inner), 0o700, uid, gid)
                 try:
                     safefs.write(dir_fd, os.path.basename(inner), src, 0o600, uid, gid)
                 finally:

@@ -131,18 +131,6 @@ def _staging(ctx, store: str):
 
 
 # ----------------------------------------------------------------------------- copying in
-def _mkdirs(root_fd: int, rel_dir: str) -> int:
-    """A descriptor of `rel_dir` below `root_fd` (root's own tree), made 0700 as needed."""
-    fd = os.dup(root_fd)
-    for part in [p for p in rel_dir.split("/") if p and p != "."]:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(part, 0o700, dir_fd=fd)
-        nfd = os.open(part, safefs.DIR_FLAGS, dir_fd=fd)
-        os.close(fd)
-        fd = nfd
-    return fd
-
-
 def _open_below(top: str, rel: str, owner: int | None) -> int:
     """`rel` below `top`, every directory on the way opened without following a link."""
     fd = os.open(top, safefs.DIR_FLAGS)
@@ -162,7 +150,7 @@ def copy_in(src_top: str, rel: str, out_top: str, out_rel: str, owner: int | Non
     src = _open_below(src_top, rel, owner)
     try:
         with safefs.directory(out_top) as ofd:
-            dfd = _mkdirs(ofd, os.path.dirname(out_rel))
+            dfd = safefs.open_dirs(ofd, os.path.dirname(out_rel))
             try:
                 safefs.write(dfd, os.path.basename(out_rel), src, 0o600)
             finally:
