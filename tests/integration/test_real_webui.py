@@ -556,6 +556,18 @@ def test_backup_during_writes_then_restore_after_loss_and_corruption(container):
     listing = c.run(["localaid", "restore"]).stdout
     assert listing.count("-scheduled") == 2 and "good" in listing, listing
 
+    # a full target: refused before anything is written, the other backups untouched
+    c.sh("mkdir -p /mnt/tiny && mount -t tmpfs -o size=2m tmpfs /mnt/tiny")
+    c.write("/etc/localaid/conf.d/80-tiny-backups.yaml", "backup:\n  dir: /mnt/tiny\n")
+    try:
+        r = c.run(["localaid", "backup"], check=False, timeout=300)
+        assert r.returncode == 1 and "not enough space in /mnt/tiny for a backup" in r.stdout + r.stderr, r
+        assert c.run(["find", "/mnt/tiny", "-mindepth", "1"]).stdout.strip() == ""
+    finally:
+        c.run(["rm", "-f", "/etc/localaid/conf.d/80-tiny-backups.yaml"])
+        c.run(["umount", "/mnt/tiny"], check=False)
+    assert c.run(["localaid", "restore"]).stdout == listing
+
     # lost: the data dir emptied under the running service, which the supervisor then restarts
     c.run(["sh", "-c", f"rm -rf {DATA}/* && systemctl restart open-webui"])
     out = restored(c, "latest")
@@ -572,8 +584,8 @@ def test_backup_during_writes_then_restore_after_loss_and_corruption(container):
            "conv=notrunc,fsync", "status=none"])
     r = c.run(["localaid", "backup"], check=False, timeout=600)
     assert r.returncode == 1 and "integrity_check" in r.stdout + r.stderr, r.stdout + r.stderr
-    wait_for(lambda: "backup failed" in c.run(["localaid", "status"], check=False).stdout, timeout=30,
-             message="STATUS saying the last backup failed")
+    wait_for(lambda: re.search(r"backup failed [^·]*webui\.db", json.loads(c.read("/run/localaid/status.json"))
+                               ["status_line"]), timeout=30, message="STATUS saying the last backup failed, and why")
     out = restored(c, "latest")
     user = signin(c, THIRD["email"], THIRD["password"])
     assert "Kept by the backup" in chat_titles(c, user)
