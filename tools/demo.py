@@ -117,6 +117,10 @@ webui:
             c.run(["systemctl", "cat", "ollama"], check=False).stdout)
         out(f"curl http://127.0.0.1:{webui_port}/health",
             c.run(["curl", "-s", f"http://127.0.0.1:{webui_port}/health"], check=False).stdout)
+        out("localaid backup (Open WebUI keeps serving; localaid-backup.timer does this daily)",
+            c.run(["localaid", "backup"], check=False).stdout)
+        out("localaid restore (the list; `localaid restore latest` puts one back)",
+            c.run(["localaid", "restore"], check=False).stdout)
 
         print("\nfault: ollama hangs (SIGSTOP) — systemd alone would show it 'active (running)' forever")
         pid = c.unit_property("ollama", "MainPID")
