@@ -63,6 +63,8 @@ def _fragment(gpu) -> str:
         return NO_DRIVER
     if gpu.state == "lost":
         return "GPU lost: reboot required"
+    if gpu.state == "mismatch":
+        return gpu.error or "NVIDIA driver updated: reboot to use the GPU"
     if gpu.state == "error":
         return f"GPU error ({gpu.error})"
     return "gpu " + gpu_label(gpu)
@@ -149,6 +151,18 @@ def _runner_gone(gpu, so, seen):
     return None, record
 
 
+def _announce_reboot(gpu, h) -> list[Action]:
+    """A driver updated under the running module: nothing to restart (Ollama serves on the CPU
+    until the reboot); the device job, once per pair of versions, writes /run/reboot-required."""
+    if gpu.state != "mismatch":
+        return []
+    versions = (gpu.driver, gpu.driver_installed)
+    if h.get("reboot_announced") == versions:
+        return []
+    h["reboot_announced"] = versions
+    return [Action("start-job", "devices", "driver-mismatch", gpu.error or "NVIDIA driver/library version mismatch")]
+
+
 def _job_running(jo) -> bool:
     return jo is not None and jo.unit is not None and (
         jo.unit.job or jo.unit.active_state in ("activating", "deactivating"))
@@ -180,6 +194,7 @@ def decide_gpu(config, obs: Observation, gh, now: float):
         h["state"] = gpu.state
     h["error_cycles"] = h.get("error_cycles", 0) + 1 if gpu.state == "error" else 0
     so = _ollama_running(obs)
+    actions += _announce_reboot(gpu, h)
 
     # ---- CPU-fallback restarts held back until something changes
     held = h.get("fallback_held")

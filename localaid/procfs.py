@@ -110,6 +110,54 @@ def gpu_without_driver(proc: str | None = None, sys_root: str | None = None) -> 
     return f"{NO_DRIVER} (PCI {', '.join(cards)}: no nvidia kernel module loaded)"
 
 
+# ---------------------------------------------------------------- driver versions: running, installed
+# Where Debian, Ubuntu and NVIDIA's own installer put libnvidia-ml.so.<version> (the file the
+# .so.1 link names): the version a process that starts now gets. LOCALAID_NVML_LIB_DIRS (":"-
+# separated) replaces the list (tests).
+NVML_LIB_DIRS = tuple(os.environ.get("LOCALAID_NVML_LIB_DIRS", "").split(":")) if \
+    os.environ.get("LOCALAID_NVML_LIB_DIRS") else (
+    "/usr/lib/x86_64-linux-gnu/nvidia/current", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu/nvidia/current",
+    "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+_VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?")
+
+
+def running_driver_version(proc: str | None = None) -> str | None:
+    """The loaded kernel module's version, from /proc/driver/nvidia/version ("NVRM version:
+    NVIDIA UNIX x86_64 Kernel Module  535.216.01  ..."); None when no driver is loaded."""
+    m = re.search(r"^NVRM version:.*?\s(\d+\.\d+(?:\.\d+)?)\s", _read(os.path.join(proc or PROC,
+                  "driver/nvidia/version")) + " ", re.M)
+    return m.group(1) if m else None
+
+
+def installed_library_version(dirs: tuple[str, ...] | None = None) -> str | None:
+    """The version of the NVML library on disk: the target of the first libnvidia-ml.so.1 found,
+    named libnvidia-ml.so.<version> by every packaging. None when there is none or its name
+    carries no version."""
+    for d in dirs or NVML_LIB_DIRS:
+        link = os.path.join(d, "libnvidia-ml.so.1")
+        if not os.path.exists(link):
+            continue
+        name = os.path.basename(os.path.realpath(link))
+        version = name.removeprefix("libnvidia-ml.so.")
+        return version if name != version and _VERSION.fullmatch(version) else None
+    return None
+
+
+def driver_versions_differ(running: str | None, installed: str | None) -> bool:
+    """Both known and not the same release (550.127 and 550.127.05 are the same)."""
+    if not running or not installed:
+        return False
+    a, b = running.split("."), installed.split(".")
+    n = min(len(a), len(b))
+    return a[:n] != b[:n]
+
+
+def mismatch_text(running: str | None, installed: str | None) -> str:
+    """STATUS's words for a driver updated under the running module."""
+    return (f"NVIDIA driver updated ({installed or 'a new version'} installed, {running or 'another'} "
+            f"running): reboot to use the GPU")
+
+
 # ------------------------------------------------------------------------- cgroup CPU time
 CGROUP_ROOT = os.environ.get("LOCALAID_CGROUP", "/sys/fs/cgroup")
 

@@ -108,11 +108,12 @@ class XidEvent:
 @dataclass(frozen=True)
 class GpuObs:
     # ok | none (no NVIDIA driver/GPU) | no-driver (an NVIDIA card, its driver not loaded) | lost |
-    # error | off (watch disabled)
+    # mismatch (a driver update installed under the running module: reboot) | error | off (watch disabled)
     state: str = "none"
     devices: tuple[GpuDevice, ...] = ()
     error: str | None = None
-    driver: str | None = None
+    driver: str | None = None  # the running driver's version
+    driver_installed: str | None = None  # the driver library's version on disk, when it differs
     xids: tuple[XidEvent, ...] = ()  # events since the previous observation
     ollama_pids: tuple[int, ...] = ()  # PIDs in ollama.service's cgroup (for compute-process checks)
     nodes_changed_at: float | None = None  # last time device nodes appeared or were fixed

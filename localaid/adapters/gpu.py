@@ -6,6 +6,9 @@ on the CPU), or "no-driver" when the PCI bus shows an NVIDIA card and no nvidia 
 (procfs.gpu_without_driver: the driver is to be installed). A GPU that fell off the bus
 (NVML_ERROR_GPU_IS_LOST, from a device handle or query or from nvmlInit itself, or
 NVML_ERROR_UNKNOWN from nvmlInit once a GPU was seen) means state "lost". nvmlInit refused
+with LIB_RM_VERSION_MISMATCH, or a library on disk (libnvidia-ml.so.<version>) of another release
+than the running module (/proc/driver/nvidia/version: this process may still hold the old
+library and see no error), is "mismatch": a driver update waiting for a reboot. nvmlInit refused
 otherwise is "error", saying why: NO_PERMISSION is what the library answers when file permissions
 keep it from the device nodes, UNKNOWN what it answers when a device policy (a unit's
 DevicePolicy=, a container's device cgroup) does; the node is opened here too to tell which.
@@ -46,6 +49,7 @@ NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18  # "Driver/library version mismatch": a driver update before a reboot
 NVML_ERROR_UNKNOWN = 999
 EVENT_XID = 0x8  # nvmlEventTypeXidCriticalError
 EVENT_GPU_UNAVAILABLE = 0x4000  # nvmlEventTypeGpuUnavailableError (newer drivers and bindings)
@@ -59,6 +63,7 @@ EVENT_RETRY = 2.0  # pause after an NVML error in the event thread
 # searches for the library and costs about half of an idle cycle's CPU). A driver loaded later
 # restarts localaid anyway (supervisor.py), a lost GPU is not "none".
 NONE_RECHECK = 10.0
+VERSION_RECHECK = 2.0  # how often the library on disk is compared with the running module (a stat and a read)
 MAX_QUEUED_XIDS = 100
 LAST_XIDS = 10  # events kept for the status
 
@@ -87,6 +92,7 @@ class Gpu:
         self._last_xids: collections.deque[XidEvent] = collections.deque(maxlen=LAST_XIDS)
         self._seen_gpu = False  # a device was listed once: an unknown init error then means "lost"
         self._none: tuple[float, GpuObs] | None = None  # (until, observation) after a failed init
+        self._versions: tuple[float, str | None, str | None] | None = None  # (until, running, installed)
         self.xid_watch: str | None = None  # set when the event watch stopped for good
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,6 +152,8 @@ class Gpu:
         except Exception as e:
             if self._lost_at_init(e):
                 return GpuObs(state="lost", error=f"{LOST_TEXT}: NVML init: {_nvml_text(e)}")
+            if getattr(e, "value", None) == NVML_ERROR_LIB_RM_VERSION_MISMATCH:
+                return self._hold(self._mismatch(()))
             refused = _init_refused(e)
             if refused is not None:
                 return GpuObs(state="error", error=refused)
@@ -174,7 +182,32 @@ class Gpu:
         if not devices:
             return GpuObs(state="none", error="no NVIDIA GPU found", driver=driver)
         self._seen_gpu = True
+        running, installed = self._driver_versions()
+        if procfs.driver_versions_differ(running or driver, installed):
+            # this process keeps the library it loaded; a process started now gets the new one
+            return self._mismatch(tuple(devices))
         return GpuObs(state="ok", devices=tuple(devices), driver=driver)
+
+    def _driver_versions(self) -> tuple[str | None, str | None]:
+        """(running module, library on disk), read again every VERSION_RECHECK."""
+        now = self.clock()
+        if self._versions is None or now >= self._versions[0]:
+            self._versions = (now + VERSION_RECHECK, procfs.running_driver_version(),
+                              procfs.installed_library_version())
+        return self._versions[1], self._versions[2]
+
+    def _mismatch(self, devices: tuple[GpuDevice, ...]) -> GpuObs:
+        """A driver updated under the running module (NVML code 18, or versions that differ on
+        disk): the GPU is unusable to anything started now until a reboot; nothing to repair."""
+        self._versions = None
+        running, installed = self._driver_versions()
+        return GpuObs(state="mismatch", devices=devices, driver=running, driver_installed=installed,
+                      error=procfs.mismatch_text(running, installed))
+
+    def _hold(self, obs: GpuObs) -> GpuObs:
+        """`obs` is the answer until NONE_RECHECK from now: NVML is not asked every cycle."""
+        self._none = (self.clock() + NONE_RECHECK, obs)
+        return obs
 
     def _no_gpu(self, obs: GpuObs) -> GpuObs:
         """No usable driver: "none", or "no-driver" for an NVIDIA card without its driver.
@@ -182,8 +215,7 @@ class Gpu:
         missing = procfs.gpu_without_driver()
         if missing is not None:
             obs = GpuObs(state="no-driver", error=missing)
-        self._none = (self.clock() + NONE_RECHECK, obs)
-        return obs
+        return self._hold(obs)
 
     def _lost_at_init(self, e: Exception) -> bool:
         """An nvmlInit error that means the GPU fell off the bus, not "no GPU here": the

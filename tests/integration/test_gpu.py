@@ -39,6 +39,53 @@ def seen_warm(c):
 
 
 # ------------------------------------------------------------------------------ steady state
+def test_a_driver_updated_without_a_reboot_is_said_and_restarts_nothing(make_container, nvml_lib):
+    """apt upgrade installs a new driver under the running module: the library on disk (560.35.03)
+    is not the module's release (550.54.14), and a process started now gets NVML's "Driver/library
+    version mismatch" (code 18) and no CUDA. localaid keeps its own old NVML session, sees the
+    versions differ on disk, says so, announces the reboot, and restarts nothing: Ollama restarted
+    by someone serves from the CPU until the reboot."""
+    c = make_gpu_box(make_container, nvml_lib)
+    env = "LOCALAID_PROC=/run/fake-proc LOCALAID_NVML_LIB_DIRS=/run/fake-lib"
+    for unit in ("localaid.service", "localaid-devices.service"):
+        c.write(f"/etc/systemd/system/{unit}.d/60-test.conf", f"[Service]\nEnvironment={env}\n")
+    c.write("/run/fake-proc/driver/nvidia/version",
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 01:44:30 UTC 2024\n")
+    c.sh("mkdir -p /run/fake-lib && cp /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 /run/fake-lib/libnvidia-ml.so.550.54.14"
+         " && ln -s libnvidia-ml.so.550.54.14 /run/fake-lib/libnvidia-ml.so.1")
+    c.sh("mkdir -p /var/lib/prometheus/node-exporter")  # node_exporter's textfile directory
+    c.systemctl("daemon-reload")
+    c.systemctl("restart", "localaid.service")
+    seen_warm(c)
+    # the upgrade: a new library on disk, the old module still loaded
+    c.sh("cd /run/fake-lib && cp libnvidia-ml.so.550.54.14 libnvidia-ml.so.560.35.03 && "
+         "ln -sfn libnvidia-ml.so.560.35.03 libnvidia-ml.so.1 && rm libnvidia-ml.so.550.54.14")
+    nvml_update(c, init_error=18)
+    t0 = time.monotonic()
+    text = "NVIDIA driver updated (560.35.03 installed, 550.54.14 running): reboot to use the GPU"
+    wait_status(c, text, timeout=10)
+    took = time.monotonic() - t0
+    print(f"\ndriver update without reboot: said in STATUS after {took:.1f} s")
+    assert took <= 5
+    wait_for(lambda: c.exists("/run/reboot-required.pkgs"), timeout=15, message="the reboot announced")
+    assert c.read("/run/reboot-required") == "*** System restart required ***\n"
+    assert c.read("/run/reboot-required.pkgs").split() == ["nvidia-driver"]
+    metrics = c.read("/var/lib/prometheus/node-exporter/localaid.prom")
+    assert 'localaid_gpu_state{state="mismatch"} 1' in metrics, metrics
+    r = c.run(["localaid", "doctor"], env={"LOCALAID_PROC": "/run/fake-proc", "LOCALAID_NVML_LIB_DIRS": "/run/fake-lib"},
+              check=False)
+    assert r.returncode == 1 and "[FAIL] gpu: NVIDIA driver 560.35.03 is installed, the kernel still runs 550.54.14" \
+        in r.stdout and "reboot (announced in /run/reboot-required)" in r.stdout, r.stdout
+    # someone restarts Ollama: it comes up on the CPU (no CUDA through a mismatched library), and stays
+    pid = main_pid(c)
+    c.systemctl("restart", "ollama.service")
+    wait_new_start(c, pid)
+    wait_for(lambda: MODEL in loaded(c), timeout=60, message="the model loaded again")
+    time.sleep(12)
+    assert loaded(c)[MODEL][1] == 0 and ollama_restarts(c) == [], ollama_restarts(c)
+    assert text in status(c)
+
+
 def test_model_on_gpu_and_the_memory_it_holds(make_container, nvml_lib):
     c = make_gpu_box(make_container, nvml_lib)
     wait_status(c, GPU_OK)

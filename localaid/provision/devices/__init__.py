@@ -43,6 +43,7 @@ from localaid.provision.devices.access import (MODPROBE_CONF, driver_options, en
                                                may_open, service_users, user_ids)
 from localaid.provision.devices.doctor import access_matrix
 from localaid.provision.devices.ladder import LADDER_JOB, LADDER_LIMIT, GpuHost, complete_killed, recover
+from localaid.provision.devices.reboot import announce_if_mismatch
 from localaid.provision.devices.nodes import DEV, Fix, Node, describe, expected_nodes
 from localaid.provision.devices.resume import DEVICES_UNIT, resumed_main
 from localaid.provision.job import JobError, Reporter
@@ -62,6 +63,7 @@ def devices_main(args, config) -> int:
     ladder a kill interrupted (it may have left Ollama stopped), then the nodes."""
     host = GpuHost()
     complete_killed(config, host)
+    announce_if_mismatch(Reporter(None))
     mode = config.gpu.devices.mode
     if mode == "off":
         Reporter(None).say("gpu.devices.mode is off: device nodes left alone")

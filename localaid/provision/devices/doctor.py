@@ -65,6 +65,13 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
         out.append(Check("gpu", False, f"{obs.error or NO_DRIVER}; Ollama runs on the CPU meanwhile",
                          "enable the non-free and non-free-firmware components in apt's sources, "
                          "apt install nvidia-driver, reboot"))
+    elif obs.state == "mismatch":
+        out.append(Check("gpu", False, f"NVIDIA driver {obs.driver_installed or '?'} is installed, the kernel "
+                         f"still runs {obs.driver or '?'} (NVML: driver/library version mismatch); Ollama runs on "
+                         f"the CPU until the two agree",
+                         "reboot (announced in /run/reboot-required); or, with nothing using the GPU, "
+                         "systemctl stop ollama; rmmod nvidia_uvm nvidia_drm nvidia_modeset nvidia; "
+                         "systemctl start ollama"))
     else:
         out.append(Check("gpu", False, obs.error or obs.state,
                          "GPU lost: reboot; if it recurs check power, cooling and `journalctl -k | grep Xid`"))
