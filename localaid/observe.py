@@ -38,6 +38,7 @@ class Observer:
                                services=UNITS.values(), clock=clock)
         self._clients: dict[str, http.Client] = {}  # probe key -> kept-alive connection
         self._conns: tuple[dict | None, str | None] = (None, None)  # Open WebUI's connections, last read
+        self._version: tuple[float | None, str | None] = (None, None)  # (Ollama's start, its version)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -148,9 +149,12 @@ class Observer:
                 unit_states = {**unit_states, **f.result()}
         services = {}
         if local:
-            services[OLLAMA] = ServiceObs(OLLAMA, unit_states.get(UNITS[OLLAMA]), unit_err, ollama_probe,
+            unit = unit_states.get(UNITS[OLLAMA])
+            services[OLLAMA] = ServiceObs(OLLAMA, unit, unit_err, ollama_probe,
                                           models=http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None,
-                                          cpu_seconds=_cpu_if_failed(unit_states.get(UNITS[OLLAMA]), ollama_probe))
+                                          cpu_seconds=_cpu_if_failed(unit, ollama_probe),
+                                          version=self._ollama_version(unit, ollama_probe, config.ollama.url,
+                                                                       hc.timeout))
         if config.webui.enabled:
             unit = unit_states.get(UNITS[WEBUI])
             services[WEBUI] = ServiceObs(WEBUI, unit, unit_err, wp, rp, cpu_seconds=_cpu_if_failed(unit, wp))
@@ -164,6 +168,21 @@ class Observer:
                            nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ,
                            host=self._host_facts() if config.ollama.picks_model else None,
                            backup=backup_obs() if config.backup.enabled and config.webui.enabled else None)
+
+    def _ollama_version(self, unit, probe, url: str, timeout: float) -> str | None:
+        """Ollama's version, asked once per start of its unit (only an upgrade changes it, and an
+        upgrade restarts it): one GET /api/version in the first cycle it answers, so that the
+        policy knows it before it judges where the models run."""
+        key = unit.active_enter_mono if unit is not None else None
+        if key is None or probe is None or not probe.ok:
+            return self._version[1] if key is not None and self._version[0] == key else None
+        if self._version[0] != key:
+            fut = self._submit("version", http.request, url + "/api/version", timeout)
+            if fut is not None and not wait([fut], timeout=timeout + 0.1).not_done:
+                answer, body = fut.result()  # http.request never raises
+                version = body.get("version") if answer.ok and isinstance(body, dict) else None
+                self._version = (key, str(version)[:40] if version else None)
+        return self._version[1]
 
     def _host_facts(self):
         """RAM and cores, read once: ollama.models: auto sizes a CPU model by them."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from localaid import driver_support
 from localaid.records import EMPTY, NO_DRIVER, OLLAMA, UNITS, Action, Observation
 
 FALLBACK_RESTARTS = 2
@@ -195,6 +196,8 @@ def decide_gpu(config, obs: Observation, gh, now: float):
     h["error_cycles"] = h.get("error_cycles", 0) + 1 if gpu.state == "error" else 0
     so = _ollama_running(obs)
     actions += _announce_reboot(gpu, h)
+    old_driver = driver_support.too_old(so.version, gpu.driver, [d.compute_capability for d in gpu.devices]) \
+        if so is not None and gpu.state == "ok" else None
 
     # ---- CPU-fallback restarts held back until something changes
     held = h.get("fallback_held")
@@ -343,7 +346,9 @@ def decide_gpu(config, obs: Observation, gh, now: float):
     # our last restart not seen yet (ollama's start time is older): wait for it, do not count it twice
     restarting = so is not None and bool(recent) and so.unit.active_enter_mono < recent[-1] \
         and now - recent[-1] < RESTART_SLACK
-    if so is not None and gpu.state == "ok" and so.models and not actions and not restarting:
+    if old_driver:  # Ollama ignores a GPU whose driver is too old for it: restarts cannot help
+        fragment = old_driver
+    elif so is not None and gpu.state == "ok" and so.models and not actions and not restarting:
         uptime = now - so.unit.active_enter_mono
         off = _off_gpu(gpu, so.models, reserve)
         evidence = None

@@ -77,6 +77,7 @@ class ServiceObs:
     ready: Probe | None = None  # open-webui /ready during start-up
     models: tuple[LoadedModel, ...] | None = None  # ollama /api/ps; None when not read
     cpu_seconds: float | None = None  # CPU its cgroup has used; read only while its probe fails
+    version: str | None = None  # ollama: /api/version, asked once per start of its unit
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class GpuDevice:
     utilization: int | None = None  # percent
     compute_pids: tuple[int, ...] | None = ()  # None: NVML cannot list them
     processes: tuple[GpuProcess, ...] | None = ()  # the same compute processes, with their memory
+    compute_capability: tuple[int, int] | None = None  # CUDA's (major, minor); None when NVML does not say
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,7 @@ class Gpu:
                     # None: NVML could not list them (not the same as "no process").
                     compute_pids=None if procs is None else tuple(p.pid for p in procs),
                     processes=procs,
+                    compute_capability=_optional(lambda: tuple(nv.nvmlDeviceGetCudaComputeCapability(h))),
                 ))
         except Exception as e:
             self._shutdown()  # initialise again next time: the driver may be reloading

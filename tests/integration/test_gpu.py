@@ -39,6 +39,26 @@ def seen_warm(c):
 
 
 # ------------------------------------------------------------------------------ steady state
+def test_a_driver_too_old_for_the_installed_ollama_is_said_and_never_restarted_for(make_container, nvml_lib):
+    """Ollama 0.30.11 and later need driver 550 (CUDA 12.8); on 535 it ignores the GPU and serves
+    from the CPU without an error. localaid names the cause instead of restarting it for a CPU
+    fallback (which would change nothing), and doctor says which package to upgrade."""
+    c = make_gpu_box(make_container, nvml_lib, nvml={"driver": "535.216.01"})
+    c.write("/etc/systemd/system/ollama.service.d/45-test.conf", "[Service]\nEnvironment=FAKE_OLLAMA_VERSION=0.30.11\n")
+    c.systemctl("daemon-reload")
+    t0 = time.monotonic()
+    c.systemctl("restart", "ollama.service")
+    text = "NVIDIA driver 535.216.01 too old for Ollama 0.30.11 (needs 550 or newer): running on CPU"
+    wait_status(c, text, timeout=20)
+    print(f"\ndriver too old for Ollama: said {time.monotonic() - t0:.1f} s after Ollama's restart")
+    wait_for(lambda: MODEL in loaded(c), timeout=60, message="the model loaded (on the CPU)")
+    time.sleep(12)
+    assert loaded(c)[MODEL][1] == 0 and ollama_restarts(c) == [], ollama_restarts(c)
+    assert text in status(c)
+    r = c.run(["localaid", "doctor"], check=False)
+    assert f"[FAIL] gpu driver for ollama: {text}" in r.stdout and "ubuntu-drivers install" in r.stdout, r.stdout
+
+
 def test_a_driver_updated_without_a_reboot_is_said_and_restarts_nothing(make_container, nvml_lib):
     """apt upgrade installs a new driver under the running module: the library on disk (560.35.03)
     is not the module's release (550.54.14), and a process started now gets NVML's "Driver/library

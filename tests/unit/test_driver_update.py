@@ -101,3 +101,33 @@ def test_the_device_job_writes_reboot_required_once_keeping_other_packages(host,
     assert (tmp_path / "run/reboot-required.pkgs").read_text().split() == ["linux-image-6.1.0-27-amd64",
                                                                           "libnvidia-ml1"]
     assert "announced in" in said[0]
+
+
+# ------------------------------------------------------------------- a driver too old for Ollama
+def test_the_table_of_driver_minimums():
+    from localaid import driver_support as ds
+    assert ds.needed_driver("0.30.11", [(8, 9)]) == 550 and ds.needed_driver("0.40.2", [(6, 1)]) == 570
+    assert ds.needed_driver("0.30.10", [(8, 9)]) == 531 and ds.needed_driver("0.0.0", [(8, 9)]) is None
+    assert ds.needed_driver(None, [(8, 9)]) is None and ds.needed_driver("0.30.11", [None]) == 550
+    assert ds.too_old("0.30.11", "550.54.14", [(8, 9)]) is None
+    assert ds.too_old("0.30.11", "535.216.01", [(8, 9)]) == \
+        "NVIDIA driver 535.216.01 too old for Ollama 0.30.11 (needs 550 or newer): running on CPU"
+    assert ds.too_old("0.30.11", "560.35.03", [(6, 1)]).endswith("(needs 570 or newer): running on CPU")
+
+
+def test_a_driver_too_old_for_ollama_is_said_and_never_restarted_for():
+    from dataclasses import replace as dc_replace
+    from test_policy_gpu import OK, ON_CPU, decide, kinds, obs
+    old = dc_replace(OK, driver="535.216.01")
+    h, seen = {}, []
+    for t in range(1000, 1400, 20):
+        o = obs(t, old, [ON_CPU], enter=900.0)
+        o = dc_replace(o, services={"ollama": dc_replace(o.services["ollama"], version="0.30.11")})
+        actions, h, fragment, _ = decide(o, h)
+        seen += kinds(actions)
+    assert seen == [] and fragment == \
+        "NVIDIA driver 535.216.01 too old for Ollama 0.30.11 (needs 550 or newer): running on CPU"
+    # an older Ollama, whose build runs on that driver: on the CPU is a fallback to heal
+    o = obs(1400, old, [ON_CPU], enter=900.0)
+    o = dc_replace(o, services={"ollama": dc_replace(o.services["ollama"], version="0.30.10")})
+    assert ("restart", "ollama.service", "cpu-fallback") in kinds(decide(o)[0])

@@ -1,7 +1,8 @@
 """Imports point one way. Walks the AST of every module under localaid/ (imports inside
 functions count) and checks the layers README's "How it is built" describes:
 
-    pure core   records, policy*, catalog, quantity, vram       no I/O modules at all
+    pure core   records, policy*, catalog, quantity, vram,      no I/O modules at all
+                driver_support
     config      localaid.config.*                               core helpers only
     adapters    localaid.adapters.*                             never provisioning, CLI or the loop
     daemon      supervisor, observe, act, report                never provisioning or the CLI
@@ -70,7 +71,7 @@ def _imports(module: str, path: Path) -> set[str]:
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
 PURE = {"localaid.records", "localaid.policy", "localaid.policy_gpu", "localaid.policy_nodes",
-        "localaid.policy_models", "localaid.policy_backup", "localaid.catalog", "localaid.quantity", "localaid.vram"}
+        "localaid.policy_models", "localaid.policy_backup", "localaid.driver_support", "localaid.catalog", "localaid.quantity", "localaid.vram"}
 DAEMON = {"localaid.supervisor", "localaid.observe", "localaid.act", "localaid.report"}
 
 

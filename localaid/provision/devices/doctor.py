@@ -58,6 +58,7 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
     obs = GpuHost().gpu(config)
     if obs.state == "ok":
         out.append(Check("gpu", True, f"{gpu_label(obs)} (driver {obs.driver or '?'})"))
+        out += _driver_for_ollama(config, obs)
     elif obs.state == "none":
         out.append(Check("gpu", None, f"{obs.error or 'no NVIDIA GPU found'}: running on CPU",
                          "install the NVIDIA driver (Debian: nvidia-driver from non-free) for GPU speed"))
@@ -83,6 +84,25 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
     if obs.state == "ok" and config.ollama.models:
         out += _vram_checks(config, max(d.memory_total for d in obs.devices))
     return out
+
+
+def _driver_for_ollama(config, obs) -> list[Check]:
+    """The running driver against what the installed Ollama's CUDA build needs (driver_support)."""
+    from localaid import driver_support
+    from localaid.adapters import http
+    if not config.ollama.enabled:
+        return []
+    probe, body = http.request(config.ollama.url + "/api/version", 2.0)
+    version = body.get("version") if probe.ok and isinstance(body, dict) else None
+    caps = [d.compute_capability for d in obs.devices]
+    need = driver_support.needed_driver(version, caps)
+    if need is None:
+        return []
+    old = driver_support.too_old(version, obs.driver, caps)
+    return [Check("gpu driver for ollama", old is None,
+                  old or f"driver {obs.driver} ≥ {need}, what Ollama {version} needs",
+                  "upgrade the driver package: Debian: apt install -t bookworm-backports nvidia-driver "
+                  "(or trixie's nvidia-driver); Ubuntu: ubuntu-drivers install; then reboot" if old else "")]
 
 
 def _node_checks(config, nodes: list[Node], root: bool, matrix) -> list[Check]:

@@ -187,6 +187,15 @@ int nvmlDeviceGetName(void *device, char *name, unsigned int length) {
     return NVML_SUCCESS;
 }
 
+/* "cc_major"/"cc_minor" (default 8.9, an RTX 40xx): what a driver-version table is read against */
+int nvmlDeviceGetCudaComputeCapability(void *device, int *major, int *minor) {
+    DEVICE_CALL(device);
+    *major = (int)num(s, "cc_major", 8);
+    *minor = (int)num(s, "cc_minor", 9);
+    free(s);
+    return NVML_SUCCESS;
+}
+
 int nvmlDeviceGetUUID(void *device, char *uuid, unsigned int length) {
     DEVICE_CALL(device);
     char base[80];

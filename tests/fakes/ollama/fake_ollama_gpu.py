@@ -16,6 +16,10 @@ What real Ollama does, as the fake `ollama serve` (tests/fakes/ollama/ollama) pl
   in what the card has free: its total less what other programs use ("memory_used") and what this
   process already holds. What it holds is published in the NVML state's "processes_file" as
   "PID BYTES", so the fake NVML's used memory and compute processes follow it.
+- Its CUDA backend needs a recent enough driver (the fake NVML's "driver"): from release 0.30.11
+  (built with CUDA 12.8) 550, and 570 for compute capability 5.0-6.2 ("cc_major"/"cc_minor"),
+  531 before (Ollama's docs/gpu.mdx). With an older driver it does not fail: it says so in its
+  output and runs on the CPU, as the real one ignores such a GPU.
 - The GPU can be lost after start: the NVML state says lost (or the driver went away), the
   faults file says "cuda_broken", or "cuda_error": TEXT appeared in it after this process
   started. The runner's CUDA context dies: a "CUDA error: ..." line goes to the output (the
@@ -68,11 +72,26 @@ def _opens(path: str) -> tuple[bool, str]:
     return True, f"{path}: ok"
 
 
+def _driver_too_old(version: str, state: dict) -> str | None:
+    """Real Ollama's words when the driver is older than its CUDA build needs (None: new enough)."""
+    v = tuple(int(n) for n in version.split("-")[0].split(".")[:3] if n.isdigit())
+    if not v or v == (0, 0, 0):
+        return None
+    old_cc = (5, 0) <= (int(state.get("cc_major", 8)), int(state.get("cc_minor", 9))) <= (6, 2)
+    need = (570 if old_cc else 550) if v >= (0, 30, 11) else 531
+    driver = str(state.get("driver", "550.54.14"))
+    if int(driver.split(".")[0]) >= need:
+        return None
+    return f"NVIDIA driver {driver} is too old: CUDA backend requires driver {need} or newer; using CPU"
+
+
 class Gpu:
     """This process's view of the GPU. `forced`: usable or not without looking (in-process tests)."""
 
-    def __init__(self, nvml_state: str, faults_file: str, started: float, forced: bool | None = None):
+    def __init__(self, nvml_state: str, faults_file: str, started: float, forced: bool | None = None,
+                 version: str = "0.0.0"):
         self.nvml_state = nvml_state
+        self.version = version
         self.faults_file = faults_file
         self.started = started  # wall clock: a "cuda_error" written later hits this process
         self.usable = bool(forced)
@@ -97,6 +116,9 @@ class Gpu:
             return self._found(False, reasons + [f"no NVML ({self.nvml_state} unreadable)"])
         if state.get("lost") or state.get("driver_loaded") is False or state.get("init_error") or not count:
             return self._found(False, reasons + ["NVML reports no usable GPU"])
+        old = _driver_too_old(self.version, state)
+        if old:
+            return self._found(False, reasons + [old])
         if faults.get("cuda_broken") or self._take_discovery_failure():
             return self._found(False, reasons + [CUDA_INIT_FAILURE])
         return self._found(True, reasons + [f"NVML: {count} GPU(s)"])
