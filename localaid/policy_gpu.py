@@ -60,8 +60,8 @@ def _fragment(gpu) -> str:
         return ""
     if gpu.state == "none":
         return "no NVIDIA GPU found: running on CPU"
-    if gpu.state == "no-driver":
-        return NO_DRIVER
+    if gpu.state == "no-driver":  # the cause, without its "(PCI …)" detail
+        return (gpu.error or NO_DRIVER).split(" (PCI ")[0]
     if gpu.state == "lost":
         return "GPU lost: reboot required"
     if gpu.state == "mismatch":

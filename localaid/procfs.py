@@ -103,11 +103,68 @@ def nvidia_module_loaded(proc: str | None = None) -> bool:
 
 def gpu_without_driver(proc: str | None = None, sys_root: str | None = None) -> str | None:
     """The words for an NVIDIA card whose driver is not loaded (None when there is no such card,
-    or the driver is loaded): what `localaid status` and `localaid doctor` say about it."""
+    or the driver is loaded): what `localaid status` and `localaid doctor` say about it, the
+    cause first (module_trouble), then "(PCI <address>: <detail>)"."""
     cards = nvidia_gpus_on_pci(sys_root)
     if not cards or nvidia_module_loaded(proc):
         return None
-    return f"{NO_DRIVER} (PCI {', '.join(cards)}: no nvidia kernel module loaded)"
+    headline, detail = module_trouble(cards, proc, sys_root)
+    return f"{headline} (PCI {', '.join(cards)}: {detail})"
+
+
+# Where kernel modules and DKMS's builds live, and the kernel that runs (tests move them).
+MODULES = os.environ.get("LOCALAID_MODULES", "/lib/modules")
+DKMS = os.environ.get("LOCALAID_DKMS", "/var/lib/dkms")
+KERNEL = os.environ.get("LOCALAID_KERNEL_RELEASE") or os.uname().release
+SECURE_BOOT_VAR = "firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+OTHER_DRIVERS = ("nouveau", "nova_core")  # the kernel's own drivers for NVIDIA cards
+
+
+def _module_files(kernel: str | None) -> list[str]:
+    """nvidia.ko (any compression, Debian's nvidia-current.ko too) below /lib/modules/<kernel>,
+    or below any kernel's tree when `kernel` is None."""
+    top = os.path.join(MODULES, kernel or "*")
+    return [p for p in glob.glob(os.path.join(top, "**", "nvidia*.ko*"), recursive=True)
+            if re.fullmatch(r"nvidia(-current)?\.ko(\.\w+)?", os.path.basename(p))]
+
+
+def secure_boot_on(sys_root: str | None = None) -> bool:
+    """The SecureBoot EFI variable: 4 bytes of attributes, then 1 when enforced."""
+    try:
+        with open(os.path.join(sys_root or SYS, SECURE_BOOT_VAR), "rb") as f:
+            data = f.read(5)
+    except OSError:
+        return False
+    return len(data) == 5 and data[4] == 1
+
+
+def bound_driver(card: str, sys_root: str | None = None) -> str | None:
+    """The driver the kernel bound to the PCI device `card` (the name its driver link points to)."""
+    try:
+        return os.path.basename(os.readlink(os.path.join(sys_root or SYS, "bus/pci/devices", card, "driver")))
+    except OSError:
+        return None
+
+
+def module_trouble(cards, proc: str | None = None, sys_root: str | None = None) -> tuple[str, str]:
+    """Why an NVIDIA card has no working nvidia module, told apart: (STATUS headline, detail)."""
+    dkms = glob.glob(os.path.join(DKMS, "nvidia*"))
+    if not _module_files(None) and not dkms:
+        return NO_DRIVER, "no nvidia kernel module loaded"
+    if not _module_files(KERNEL):
+        return (f"NVIDIA driver not built for kernel {KERNEL}: install linux-headers-{KERNEL}, "
+                f"run dkms autoinstall, reboot"), "no nvidia module for the running kernel (DKMS)"
+    other = next((d for d in (bound_driver(c, sys_root) for c in cards) if d in OTHER_DRIVERS), None)
+    loaded = {line.split()[0] for line in _read(os.path.join(proc or PROC, "modules")).splitlines() if line.strip()}
+    other = other or next((d for d in OTHER_DRIVERS if d in loaded), None)
+    if other:
+        return (f"NVIDIA GPU held by {other}: blacklist it (the nvidia-driver package does), "
+                f"update-initramfs -u, reboot"), f"bound to {other}, not nvidia"
+    if secure_boot_on(sys_root):
+        return ("NVIDIA module refused by Secure Boot: enroll DKMS's key (mokutil --import "
+                "/var/lib/dkms/mok.pub) and reboot"), "Secure Boot is on and the nvidia module is not loaded"
+    return "NVIDIA module not loaded: modprobe nvidia (journalctl -k says why it fails)", \
+        "the module is built but not loaded"
 
 
 # ---------------------------------------------------------------- driver versions: running, installed

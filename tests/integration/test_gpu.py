@@ -39,6 +39,36 @@ def seen_warm(c):
 
 
 # ------------------------------------------------------------------------------ steady state
+def test_a_card_whose_module_does_not_load_is_told_apart_and_ollama_runs_on_the_cpu(make_container, nvml_lib):
+    """After a kernel update DKMS did not build the module for (then: built, refused by Secure
+    Boot), localaid names that cause and its fix, not "install the driver", and restarts nothing."""
+    c = make_gpu_box(make_container, nvml_lib, driver=False)
+    env = ("LOCALAID_PROC=/run/fake-proc LOCALAID_SYS=/run/fake-sys LOCALAID_MODULES=/run/fake-modules "
+           "LOCALAID_DKMS=/run/fake-dkms LOCALAID_KERNEL_RELEASE=6.1.0-28-amd64")
+    c.write("/etc/systemd/system/localaid.service.d/50-test.conf", f"[Service]\nEnvironment={env}\n")
+    c.sh("mkdir -p /run/fake-dkms/nvidia-current/550.163.01 /run/fake-modules/6.1.0-27-amd64/updates/dkms && "
+         "touch /run/fake-modules/6.1.0-27-amd64/updates/dkms/nvidia-current.ko.xz && rm -f /run/fake-proc/modules && "
+         "echo 'snd_hda_intel 61440 3 - Live 0x0' > /run/fake-proc/modules")
+    c.systemctl("daemon-reload")
+    c.systemctl("restart", "localaid.service")
+    dkms = "NVIDIA driver not built for kernel 6.1.0-28-amd64: install linux-headers-6.1.0-28-amd64, run dkms " \
+           "autoinstall, reboot"
+    wait_status(c, f"ollama ok, 1 model warm · {dkms}")
+    # the module built, Secure Boot on, the module not loaded: refused (the key is not enrolled)
+    c.sh("mkdir -p /run/fake-modules/6.1.0-28-amd64/updates/dkms /run/fake-sys/firmware/efi/efivars && "
+         "touch /run/fake-modules/6.1.0-28-amd64/updates/dkms/nvidia-current.ko.xz && "
+         "printf '\\006\\000\\000\\000\\001' > "
+         "/run/fake-sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")
+    c.systemctl("restart", "localaid.service")
+    refused = "NVIDIA module refused by Secure Boot: enroll DKMS's key (mokutil --import /var/lib/dkms/mok.pub) and reboot"
+    wait_status(c, f"ollama ok, 1 model warm · {refused}")
+    r = c.run(["localaid", "doctor"], env=dict(e.split("=", 1) for e in env.split()), check=False)
+    assert r.returncode == 1 and f"[FAIL] gpu: {refused} (PCI 0000:01:00.0: Secure Boot is on" in r.stdout, r.stdout
+    time.sleep(5)
+    assert ollama_restarts(c) == [] and c.unit_property("ollama.service", "NRestarts") == "0"
+    assert loaded(c)[MODEL][1] == 0  # on the CPU
+
+
 def test_a_driver_too_old_for_the_installed_ollama_is_said_and_never_restarted_for(make_container, nvml_lib):
     """Ollama 0.30.11 and later need driver 550 (CUDA 12.8); on 535 it ignores the GPU and serves
     from the CPU without an error. localaid names the cause instead of restarting it for a CPU

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from localaid import log, paths, procfs
 from localaid.config import Config
 from localaid.procfs import Driver
@@ -14,6 +16,14 @@ from localaid.provision.devices import doctor
 from localaid.records import NO_DRIVER, GpuObs
 
 CARD = f"{NO_DRIVER} (PCI 0000:01:00.0: no nvidia kernel module loaded)"
+
+
+@pytest.fixture(autouse=True)
+def no_nvidia_installed(tmp_path, monkeypatch):
+    """This machine's own /lib/modules and DKMS trees stay out of it: nothing of NVIDIA's installed."""
+    monkeypatch.setattr(procfs, "MODULES", str(tmp_path / "lib-modules"))
+    monkeypatch.setattr(procfs, "DKMS", str(tmp_path / "dkms"))
+    monkeypatch.setattr(procfs, "KERNEL", "6.1.0-28-amd64")
 
 
 def fake_sys(root: Path, devs: dict[str, tuple[str, str]]) -> str:
@@ -74,3 +84,57 @@ def test_the_device_job_says_so_too(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "PROGRESS_DIR", str(tmp_path / "progress"))
     assert devices.devices_main(None, Config()) == 0
     assert said == [f"{CARD} (running on CPU)"]
+
+
+# ------------------------------------------------------------- why the module does not work
+def installed(tmp_path, kernels=("6.1.0-27-amd64",), dkms=True, name="nvidia-current.ko.xz"):
+    """What nvidia-driver leaves: DKMS's tree and the module built for `kernels`."""
+    for k in kernels:
+        d = tmp_path / "lib-modules" / k / "updates" / "dkms"
+        d.mkdir(parents=True)
+        (d / name).write_bytes(b"\x00")
+    if dkms:
+        (tmp_path / "dkms" / "nvidia-current" / "550.163.01").mkdir(parents=True)
+
+
+def test_a_kernel_update_the_driver_did_not_follow(tmp_path):
+    installed(tmp_path)  # built for the previous kernel only
+    sys_root = fake_sys(tmp_path / "sys", {"0000:01:00.0": ("0x10de", "0x030000")})
+    text = procfs.gpu_without_driver(fake_modules(tmp_path / "p", "snd_hda_intel"), sys_root)
+    assert text == ("NVIDIA driver not built for kernel 6.1.0-28-amd64: install linux-headers-6.1.0-28-amd64, "
+                    "run dkms autoinstall, reboot (PCI 0000:01:00.0: no nvidia module for the running kernel (DKMS))")
+
+
+def test_nouveau_or_nova_core_holding_the_card(tmp_path):
+    installed(tmp_path, kernels=("6.1.0-28-amd64",))
+    sys_root = fake_sys(tmp_path / "sys", {"0000:01:00.0": ("0x10de", "0x030000")})
+    drivers = tmp_path / "sys/bus/pci/drivers/nova_core"
+    drivers.mkdir(parents=True)
+    (tmp_path / "sys/bus/pci/devices/0000:01:00.0/driver").symlink_to(drivers)
+    text = procfs.gpu_without_driver(fake_modules(tmp_path / "p", "snd_hda_intel"), sys_root)
+    assert text.startswith("NVIDIA GPU held by nova_core: blacklist it") and "bound to nova_core" in text
+    (tmp_path / "sys/bus/pci/devices/0000:01:00.0/driver").unlink()  # not bound, but nouveau loaded
+    text = procfs.gpu_without_driver(fake_modules(tmp_path / "q", "nouveau"), sys_root)
+    assert text.startswith("NVIDIA GPU held by nouveau")
+
+
+def test_secure_boot_refusing_the_module(tmp_path):
+    installed(tmp_path, kernels=("6.1.0-28-amd64",))
+    sys_root = fake_sys(tmp_path / "sys", {"0000:01:00.0": ("0x10de", "0x030000")})
+    var = Path(sys_root) / procfs.SECURE_BOOT_VAR
+    var.parent.mkdir(parents=True)
+    var.write_bytes(b"\x06\x00\x00\x00\x00")  # Secure Boot off: the module just is not loaded
+    modules = fake_modules(tmp_path / "p", "snd_hda_intel")
+    assert procfs.gpu_without_driver(modules, sys_root).startswith("NVIDIA module not loaded: modprobe nvidia")
+    var.write_bytes(b"\x06\x00\x00\x00\x01")
+    assert procfs.gpu_without_driver(modules, sys_root) == (
+        "NVIDIA module refused by Secure Boot: enroll DKMS's key (mokutil --import /var/lib/dkms/mok.pub) "
+        "and reboot (PCI 0000:01:00.0: Secure Boot is on and the nvidia module is not loaded)")
+
+
+def test_status_says_the_cause_without_the_pci_detail():
+    from localaid.policy_gpu import _fragment
+    g = GpuObs(state="no-driver", error="NVIDIA GPU held by nouveau: blacklist it (the nvidia-driver package does), "
+               "update-initramfs -u, reboot (PCI 0000:01:00.0: bound to nouveau, not nvidia)")
+    assert _fragment(g) == "NVIDIA GPU held by nouveau: blacklist it (the nvidia-driver package does), " \
+        "update-initramfs -u, reboot"

@@ -62,10 +62,11 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
     elif obs.state == "none":
         out.append(Check("gpu", None, f"{obs.error or 'no NVIDIA GPU found'}: running on CPU",
                          "install the NVIDIA driver (Debian: nvidia-driver from non-free) for GPU speed"))
-    elif obs.state == "no-driver":
+    elif obs.state == "no-driver":  # the cause says its own fix; a driver never installed needs these steps
         out.append(Check("gpu", False, f"{obs.error or NO_DRIVER}; Ollama runs on the CPU meanwhile",
                          "enable the non-free and non-free-firmware components in apt's sources, "
-                         "apt install nvidia-driver, reboot"))
+                         "apt install nvidia-driver, reboot" if (obs.error or NO_DRIVER).startswith(NO_DRIVER)
+                         else "journalctl -k -g nvidia shows what the kernel said"))
     elif obs.state == "mismatch":
         out.append(Check("gpu", False, f"NVIDIA driver {obs.driver_installed or '?'} is installed, the kernel "
                          f"still runs {obs.driver or '?'} (NVML: driver/library version mismatch); Ollama runs on "
