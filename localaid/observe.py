@@ -22,7 +22,7 @@ from localaid import fsutil, log, paths, procfs, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import NOT_FOUND, make_state
 from localaid.records import (
-    JOB_UNITS, OLLAMA, UNITS, WEBUI, BackupObs, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs, UnitState,
+    JOB_UNITS, OLLAMA, UNITS, WEBUI, BackupObs, DiskObs, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs, UnitState,
 )
 
 
@@ -167,7 +167,8 @@ class Observer:
                            generation=generation, in_flight=in_flight, exposed=_exposed(config),
                            nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ,
                            host=self._host_facts() if config.ollama.picks_model else None,
-                           backup=backup_obs() if config.backup.enabled and config.webui.enabled else None)
+                           backup=backup_obs() if config.backup.enabled and config.webui.enabled else None,
+                           disks=disks_obs(config))
 
     def _ollama_version(self, unit, probe, url: str, timeout: float) -> str | None:
         """Ollama's version, asked once per start of its unit (only an upgrade changes it, and an
@@ -397,6 +398,26 @@ def backup_obs(path: str = paths.BACKUP_STATUS_FILE) -> BackupObs:
                      last_at=num(last.get("at")),
                      last_error=None if last.get("ok", True) else str(last.get("error") or "failed")[:200],
                      since=num(doc.get("since")))
+
+
+def disks_obs(config) -> tuple[DiskObs, ...]:
+    """statvfs of Ollama's models dir and Open WebUI's data dir (a few microseconds each): the
+    nearest existing directory above a path that does not exist yet."""
+    wanted = ([("models", config.ollama.models_dir or paths.OLLAMA_MODELS_DIR)] if config.ollama.enabled else []) + \
+        ([("webui", config.webui.data_dir)] if config.webui.enabled else [])
+    out = []
+    for what, path in wanted:
+        probe, st = path, None
+        while st is None:
+            try:
+                st = os.statvfs(probe)
+            except OSError:
+                if probe in ("/", ""):
+                    break
+                probe = os.path.dirname(probe)
+        out.append(DiskObs(what, path, st.f_bavail * st.f_frsize if st else None,
+                           st.f_blocks * st.f_frsize if st else None, st.f_fsid if st else 0))
+    return tuple(out)
 
 
 def maintenance() -> frozenset[str]:

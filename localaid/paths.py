@@ -11,6 +11,9 @@ CONFIG_DIR = os.environ.get("LOCALAID_CONFIG_D", "/etc/localaid/conf.d")
 SHARE_DIR = "/usr/share/localaid"
 VENDOR_DIR = "/usr/lib/localaid/vendor"
 
+OLLAMA_HOME = "/usr/share/ollama"  # the home its install script gives user ollama
+OLLAMA_MODELS_DIR = OLLAMA_HOME + "/.ollama/models"  # where Ollama keeps models unless ollama.models_dir says
+
 STATUS_FILE = os.path.join(RUN_DIR, "status.json")
 PROGRESS_DIR = os.path.join(RUN_DIR, "progress")
 MAINTENANCE_DIR = os.path.join(RUN_DIR, "maintenance")

@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import replace
 from types import MappingProxyType
 
-from localaid import policy_backup, policy_gpu, policy_models, policy_nodes
+from localaid import policy_backup, policy_disk, policy_gpu, policy_models, policy_nodes
 from localaid.quantity import fmt_seconds
 from localaid.records import (
     OLLAMA, UNITS, WEBUI, Action, Decision, History, JobHistory, Observation,
@@ -407,7 +407,8 @@ def decide(config, obs: Observation, hist: History) -> Decision:
         if st.name == WEBUI and node_fragment:
             parts.append(node_fragment)
     parts += _job_fragments(obs, {j: jh for j, jh in jobs.items() if j not in folded}, now)
-    parts += [f for f in (policy_backup.backup_fragment(config, obs.backup),) if f]
+    parts += [f for f in (policy_disk.disk_fragment(config, obs.disks),
+                          policy_backup.backup_fragment(config, obs.backup)) if f]
     healthy = all(st.state == "ok" for st in statuses) and not model_fragment and not _pulling(obs) and \
         (not obs.nodes or any(h.state != "out" for h in node_hist.values()))  # a UI host needs a node
     return Decision(tuple(actions), hist, " · ".join(parts), healthy, tuple(statuses), tuple(notes),

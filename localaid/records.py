@@ -157,6 +157,16 @@ class HostFacts:
 
 
 @dataclass(frozen=True)
+class DiskObs:
+    """Free space where something localaid runs keeps its data (statvfs)."""
+    what: str  # models | webui
+    path: str
+    free: int | None  # bytes an unprivileged writer may use; None when the path cannot be read
+    total: int | None = None
+    fs: int = 0  # file system id: two paths on one disk are said once
+
+
+@dataclass(frozen=True)
 class BackupObs:
     """What backup-status.json says (wall-clock times, seconds since the epoch)."""
     wall: float  # the time it was read
@@ -182,6 +192,7 @@ class Observation:
     nodes_differ: bool = False  # Open WebUI's connection list is not webui.ollama_urls
     host: HostFacts | None = None  # RAM and cores; read only while ollama.models: auto needs them
     backup: BackupObs | None = None  # None: backups are off (backup.enabled or webui.enabled false)
+    disks: tuple[DiskObs, ...] = ()  # Ollama's models dir, Open WebUI's data dir
 
 
 # ----------------------------------------------------------------------------------- decide

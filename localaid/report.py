@@ -8,7 +8,11 @@ from dataclasses import asdict
 
 from localaid import __version__, fsutil, paths
 from localaid.act import RESTART_KINDS
+from localaid.policy_disk import disk_level
 from localaid.records import Decision, NodeHistory, NodeObs, Observation
+
+
+DISK_LEVELS = {"ok": 0, "low": 1, "full": 2}
 
 
 def state_document(config, obs: Observation, decision: Decision, recent: list[dict], generation: int,
@@ -44,6 +48,8 @@ def state_document(config, obs: Observation, decision: Decision, recent: list[di
         "models": _models(config),
         "webui": _webui(config),
         "backup": _backup(config, obs),
+        "disks": [{"what": d.what, "path": d.path, "free": d.free, "size": d.total,
+                   "level": DISK_LEVELS[disk_level(config, d)]} for d in obs.disks],
         "recent_actions": recent,
     }
 
@@ -93,7 +99,7 @@ def write_state(doc: dict) -> None:
 
 
 def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_seconds: float,
-                 config_interval: float = 86400.0) -> str:
+                 config=None) -> str:
     out = []
 
     def metric(name, kind, help_text, samples):
@@ -129,8 +135,17 @@ def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_secon
                [({"node": n.url}, int(bool(n.in_use))) for n in obs.nodes if n.in_use is not None])
         metric("node_probe_latency_seconds", "gauge", "Latency of the node's last probe.",
                [({"node": n.url}, f"{n.probe.latency:.4f}") for n in obs.nodes if n.probe])
+    metric("disk_free_bytes", "gauge", "Free space on the disk of Ollama's models (what=models) and of Open "
+           "WebUI's data (what=webui).", [({"what": d.what, "path": d.path}, d.free) for d in obs.disks
+                                          if d.free is not None])
+    metric("disk_size_bytes", "gauge", "Size of that disk.", [({"what": d.what, "path": d.path}, d.total)
+                                                              for d in obs.disks if d.total is not None])
+    if config is not None:
+        metric("disk_level", "gauge", "0 ok, 1 below disk.warn_free, 2 below disk.critical_free.",
+               [({"what": d.what, "path": d.path}, DISK_LEVELS[disk_level(config, d)]) for d in obs.disks
+                if d.free is not None])
     if obs.backup is not None:
-        _backup_metrics(metric, obs.backup, config_interval)
+        _backup_metrics(metric, obs.backup, config.backup.interval if config is not None else 86400.0)
     gpu = obs.gpu
     metric("gpu_state", "gauge", "GPU watch state (1 for the current one).", [({"state": gpu.state}, 1)])
     metric("gpu_reboot_required", "gauge", "1 when GPU recovery gave up: only a reboot helps.",

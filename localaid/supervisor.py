@@ -153,7 +153,7 @@ class Supervisor:
                                         took)
             try:
                 report.write_state(doc)
-                text = report.metrics_text(obs, decision, self.actor.counts, took, self.config.backup.interval)
+                text = report.metrics_text(obs, decision, self.actor.counts, took, self.config)
                 report.write_metrics(self.config.metrics.textfile, text)
                 if self.metrics_server is not None:
                     self.metrics_server.text = text

@@ -68,6 +68,7 @@ def render(doc, age: float | None, daemon: str) -> str:
     if w:
         lines.append(f"Open WebUI: {w['url']}, sign in as {w['admin']} (password: sudo cat {w['password_file']})")
     lines.extend(_backup_lines(doc.get("backup")))
+    lines.extend(_disk_lines(doc.get("disks") or []))
     models = [m for s in doc.get("services", []) for m in s.get("models", [])]
     for m in models:
         where = "GPU" if m["size_vram"] >= m["size"] > 0 else ("CPU" if m["size_vram"] == 0 else "partly CPU")
@@ -94,6 +95,15 @@ def node_detail(url: str, timeout: float = 1.0) -> str:
     except OllamaError as e:
         return str(e)
     return f"Ollama {version}, {len(models)} models" + (f" ({', '.join(m.name for m in loaded)})" if loaded else "")
+
+
+def _disk_lines(disks: list[dict]) -> list[str]:
+    """ "disk /var/lib/open-webui: 80.1 GB free of 270.6 GB (Open WebUI's data)", one per path."""
+    names = {"models": "Ollama's models", "webui": "Open WebUI's data"}
+    marks = {1: " — LOW", 2: " — FULL"}
+    return [f"disk {d['path']}: {d['free'] / 1e9:.1f} GB free of {d['size'] / 1e9:.1f} GB "
+            f"({names.get(d['what'], d['what'])}){marks.get(d.get('level'), '')}"
+            for d in disks if d.get("free") is not None and d.get("size")]
 
 
 def _backup_lines(b: dict | None) -> list[str]:

@@ -58,7 +58,7 @@ from localaid.config.checks import CHECKS  # noqa: F401
 from localaid.config.convert import Converter, parse_listen  # noqa: F401
 from localaid.config.keys import (  # noqa: F401
     DAY, DEFAULT_IGNORE_XIDS, DEFAULT_WEBUI_VERSION, HOUR, MINUTE, OLLAMA_MANAGED_ENV, SCHEMA,
-    WEBUI_MANAGED_ENV, AdminConfig, BackupConfig, Config, DevicesConfig, GpuConfig, HealthConfig, MetricsConfig,
+    WEBUI_MANAGED_ENV, AdminConfig, BackupConfig, Config, DiskConfig, DevicesConfig, GpuConfig, HealthConfig, MetricsConfig,
     OllamaConfig, WebUIConfig,
 )
 from localaid.config.loader import DEFAULT_CONF_D, DEFAULT_PATH, load
@@ -72,7 +72,7 @@ __all__ = [
     "DEFAULT_PATH", "DEFAULT_CONF_D", "DEFAULT_WEBUI_VERSION", "DEFAULT_IGNORE_XIDS",
     "Problem", "ConfigError", "FrozenMap",
     "ModelSpec", "OllamaConfig", "AdminConfig", "WebUIConfig", "DevicesConfig", "GpuConfig",
-    "HealthConfig", "MetricsConfig", "BackupConfig", "Config",
+    "HealthConfig", "MetricsConfig", "BackupConfig", "DiskConfig", "Config",
     "load", "parse_duration", "parse_size", "parse_listen", "format_duration", "format_size",
 ]
 

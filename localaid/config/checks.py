@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from localaid.config.convert import Ctx, parse_listen
 from localaid.config.keys import Config
-from localaid.quantity import format_duration
+from localaid.quantity import format_duration, format_size
 
 
 def _check_http(cfg: Config, ctx: Ctx) -> None:
@@ -27,6 +27,13 @@ def _check_backoff(cfg: Config, ctx: Ctx) -> None:
         else:
             ctx.report(keys[1], f"must not be less than health.backoff.initial "
                                 f"({format_duration(h.backoff_initial)}), got {format_duration(h.backoff_max)}")
+
+
+def _check_disk(cfg: Config, ctx: Ctx) -> None:
+    d = cfg.disk
+    if d.critical_free > d.warn_free and ctx.ok("disk.warn_free", "disk.critical_free"):
+        ctx.report("disk.critical_free", f"must not be more than disk.warn_free ({format_size(d.warn_free)}), "
+                                         f"got {format_size(d.critical_free)}")
 
 
 def _check_ports(cfg: Config, ctx: Ctx) -> None:
@@ -76,4 +83,4 @@ def _check_ui_host(cfg: Config, ctx: Ctx) -> None:
                                      "nodes Open WebUI uses")
 
 
-CHECKS = (_check_http, _check_backoff, _check_ports, _check_torch, _check_exposed, _check_ui_host)
+CHECKS = (_check_disk, _check_http, _check_backoff, _check_ports, _check_torch, _check_exposed, _check_ui_host)

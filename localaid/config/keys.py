@@ -172,7 +172,8 @@ class WebUIConfig:
     allow_source_builds: bool = key(False, c.boolean,
                                     "build packages that have no wheel from source (their build scripts run)")
     keep_venvs: int = key(2, c.integer(1, 10), "virtual environments kept after an upgrade, for rollback")
-    keep_backups: int = key(5, c.integer(1, 100), "backups taken before an upgrade or a restore kept (in backup.dir)")
+    keep_backups: int = key(5, c.integer(1, 100), "backups taken before upgrades and restores kept (in backup.dir), and the "
+                            "upgrades' copies of webui.db")
     admin: AdminConfig = section(AdminConfig, "the administrator account created on first start")
     embedding: EmbeddingConfig = section(EmbeddingConfig, "document chat: what embeds the documents")
     torch: bool = key(False, c.boolean, "install PyTorch and the CUDA libraries (local embedding/speech models)")
@@ -233,6 +234,12 @@ class MetricsConfig:
                              'also serve /metrics over HTTP on this "host:port"; null: no server')
 
 
+@dataclass(frozen=True, slots=True)
+class DiskConfig:
+    warn_free: int = key(10 * 10**9, c.size(0, 10**15), "free space under which STATUS warns (models dir, data dir)")
+    critical_free: int = key(2 * 10**9, c.size(0, 10**15), "free space under which STATUS says the disk is full")
+
+
 BACKUP_SCHEDULES = {"hourly": HOUR, "daily": DAY, "weekly": 7 * DAY}
 
 
@@ -259,6 +266,7 @@ class Config:
     health: HealthConfig = section(HealthConfig, "probes, restarts and their limits")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics")
     backup: BackupConfig = section(BackupConfig, "backups of Open WebUI's data, and their schedule")
+    disk: DiskConfig = section(DiskConfig, "free space watched where models and Open WebUI's data live")
     sources: tuple[str, ...] = ()                # files actually read, in merge order
 
     @property

@@ -169,6 +169,32 @@ def test_the_pick_survives_a_package_upgrade_unchanged(cpu_box, deb, tmp_path):
     assert len(tags(c)) == 2  # nothing else pulled
 
 
+def test_a_filling_disk_is_said_within_a_cycle(cpu_box):
+    """Open WebUI's data dir moved onto a small tmpfs (its size is a limit, no memory is used until
+    written): 5 GB free is below the shipped warn_free (10 GB), 1.5 GB below critical_free (2 GB)."""
+    c = cpu_box
+    data = "/var/lib/open-webui"
+    c.systemctl("stop", "open-webui.service")  # stopped by the admin: localaid leaves it alone
+    try:
+        for size, words, level in (("5g", r"disk low: 5\.\d GB free for Open WebUI's data \(/var/lib/open-webui\)", 1),
+                                   ("1500m", r"disk full: 1\.\d GB free for Open WebUI's data \(/var/lib/open-webui\)", 2)):
+            c.sh(f"cp -a {data} /root/owui-copy && mount -t tmpfs -o size={size},mode=0700 tmpfs {data} && "
+                 f"cp -a /root/owui-copy/. {data}/ && chown open-webui:open-webui {data} && rm -rf /root/owui-copy")
+            t0 = time.monotonic()
+            said = wait_for(lambda: re.search(words, status(c)), timeout=10, interval=0.1,
+                            message=lambda: f"STATUS saying {words!r} (last: {status(c)!r})")
+            print(f"\n{said.group(0)}: in STATUS after {time.monotonic() - t0:.1f} s")
+            assert time.monotonic() - t0 < 2.5  # within one cycle (1 s) and the state write
+            disks = json.loads(c.run(["localaid", "status", "--json"], check=False).stdout)["state"]["disks"]  # exit 1: webui stopped
+            assert {"what": "webui", "path": data, "level": level} == \
+                {k: v for k, v in disks[-1].items() if k in ("what", "path", "level")}, disks
+            c.sh(f"cp -a {data} /root/owui-copy && umount {data} && rm -rf {data}/* && cp -a /root/owui-copy/. {data}/ "
+                 f"&& rm -rf /root/owui-copy")
+    finally:
+        c.run(["sh", "-c", f"mountpoint -q {data} && umount {data}"], check=False)
+        c.systemctl("start", "open-webui.service")
+
+
 def test_models_empty_pulls_only_the_embedding_model(make_container, deb, wheelhouse):
     def setup(c):
         c.write("/etc/pip.conf", "[global]\nno-index = true\n")

@@ -32,14 +32,7 @@ STORE = "/var/lib/localaid/backups"
 
 
 class BackupHost(FakeHost):
-    """FakeHost, plus what a backup asks of the machine: the snapshot script, Ollama's models."""
-
-    def _run(self, argv, on_line):
-        if argv[1:3] == ["-I", "-c"] and argv[3] == snapshot.SNAPSHOT_SCRIPT:
-            self.calls.append(("snapshot", tuple(argv[4:])))
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-            return r.returncode, (r.stdout + r.stderr).splitlines()
-        return super()._run(argv, on_line)
+    """FakeHost (which runs the snapshot script), plus Ollama's list of models."""
 
     def get(self, url, timeout=2.0):
         if url.endswith("/api/tags"):
@@ -367,7 +360,7 @@ def test_the_outcome_reaches_status_and_metrics(world, tmp_path):
     backups.record({"at": 2000.0, "ok": False, "error": "disk full"}, path)
     obs = observe.backup_obs(path)
     assert (obs.good_at, obs.good_size, obs.last_at, obs.last_error) == (1000.0, 123, 2000.0, "disk full")
-    text = report.metrics_text(Observation(now=0, backup=obs), Decision((), History(), "", True), {}, 0.01, 86400)
+    text = report.metrics_text(Observation(now=0, backup=obs), Decision((), History(), "", True), {}, 0.01, Config())
     assert "localaid_backup_last_success_timestamp_seconds 1000" in text
     assert "localaid_backup_last_failed 1" in text and "localaid_backup_interval_seconds 86400" in text
     assert json.loads(open(path).read())["last_good"]["name"] == "x"

@@ -129,7 +129,9 @@ def test_rollback_replaces_planted_links_and_writes_nothing_outside(world):
     assert webui.is_complete(layout, "0.12.5")
     assert os.lstat(venv).st_uid == SERVICE_IDS[0] and os.lstat(venv).st_mode & 0o777 == 0o755
     assert os.path.islink(os.path.join(venv, "lib", "python3.11", "site-packages", "evil-dir"))
-    found = store_backups(layout)
+    backup = [f for f in os.listdir(layout.backups) if f.endswith(".db")]
+    assert len(backup) == 1 and os.stat(os.path.join(layout.backups, backup[0])).st_mode & 0o777 == 0o600
+    found = store_backups(layout)  # and the backup of all the data, taken before the stop
     db = os.path.join(found[0].path, "data", "webui.db")
     assert len(found) == 1 and os.stat(db).st_mode & 0o777 == 0o600 and os.stat(db).st_uid == 0
     assert os.stat(found[0].path).st_mode & 0o777 == 0o700
@@ -164,9 +166,9 @@ def test_backup_refuses_a_fifo_and_a_planted_hard_link(world, tmp_path):
     os.link(secret, wal)  # root's file, linked in by the service user
     assert upgrade(layout, host, config(), "0.12.5") == 1
     assert "hard link" in text(tmp_path)
-    store = layout.p("/var/lib/localaid/backups")
-    assert not any(b"root's secret" in open(os.path.join(top, f), "rb").read()
-                   for top, _dirs, files in os.walk(store) for f in files)
+    for top in (layout.backups, layout.p("/var/lib/localaid/backups")):
+        assert not any(b"root's secret" in open(os.path.join(d, f), "rb").read()
+                       for d, _dirs, files in os.walk(top) for f in files)
 
 
 def test_clearing_a_failed_venv_does_not_follow_links(world):

@@ -185,7 +185,7 @@ def test_a_full_disk_while_backing_up_rolls_back(env, tmp_path, monkeypatch):  #
     real = safefs.write
 
     def write(dfd, name, source, mode, uid=-1, gid=-1):
-        if name == "webui.db" and "/backups/" in os.readlink(f"/proc/self/fd/{dfd}"):  # the backup: half written, then ENOSPC
+        if name.startswith("webui-"):  # the copy the rollback needs: half written, then ENOSPC
             real(dfd, safefs.tmp_name(name) + "-partial", b"half", 0o600)
             os.unlink(safefs.tmp_name(name) + "-partial", dir_fd=dfd)
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -197,8 +197,7 @@ def test_a_full_disk_while_backing_up_rolls_back(env, tmp_path, monkeypatch):  #
     assert "cannot back up webui.db" in p["text"] and "No space left on device" in p["text"], p["text"]
     assert "rolled back to 0.12.4, database untouched" in p["text"], p["text"]
     assert host.serving == "0.12.4" and host.active and webui.current_version(layout) == "0.12.4"
-    assert open(db_path(layout), "rb").read() == ORIGINAL_DB
-    assert os.listdir(layout.p("/var/lib/localaid/backups")) == []  # nothing half-written stays
+    assert open(db_path(layout), "rb").read() == ORIGINAL_DB and os.listdir(layout.backups) == []
     assert not os.path.exists(layout.journal) and not os.path.exists(layout.maintenance)
 
 
@@ -241,3 +240,18 @@ def test_the_legacy_cache_of_root_goes_with_the_next_build(env, tmp_path):  # no
     os.makedirs(os.path.join(layout.legacy_cache, "uv", "archive-v0"))
     assert provision(layout, host, config()) == 0
     assert not os.path.exists(layout.legacy_cache)
+
+
+def test_no_room_for_the_data_backup_ends_the_upgrade_before_the_stop(env, tmp_path, monkeypatch):  # noqa: F811
+    """The backup of all of Open WebUI's data is taken while the old version serves: without room
+    for it the upgrade ends there, with no outage and nothing to roll back."""
+    layout, host = env
+    installed(layout, host, tmp_path)
+    host.calls.clear()
+    from localaid.provision.webui import snapshot
+    monkeypatch.setattr(snapshot, "SPARE", 10**15)  # room for the venv (the preflight), none for the backup
+    assert upgrade(layout, host, config(), "0.12.5") == 1
+    p = job(tmp_path)
+    assert p["state"] == "failed" and "not enough space in" in p["text"] and "0.12.4 keeps serving" in p["text"], p
+    assert not [c for c in host.calls if c[0] == "stop"] and host.serving == "0.12.4" and host.active
+    assert webui.current_version(layout) == "0.12.4" and not os.path.exists(layout.journal)

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import re
+import subprocess
 
 import pytest
 
@@ -163,6 +164,10 @@ class FakeHost(webui.Host):
         return Result(0, (f"Installed Python {self.managed_version} in 91ms",))
 
     def _run(self, argv, on_line):
+        if argv[1:3] == ["-I", "-c"] and "s.backup(d)" in argv[3]:  # snapshot.py's SQLite copy, as the service user
+            self.calls.append(("snapshot", tuple(argv[4:])))
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            return r.returncode, (r.stdout + r.stderr).splitlines()
         self.calls.append(("run", tuple(argv)))
         if argv[1:3] == ["-m", "venv"]:
             os.makedirs(os.path.join(argv[3], "bin"), exist_ok=True)
@@ -387,10 +392,13 @@ def test_upgrade_success_backs_up_and_keeps_old(env, tmp_path):
     assert upgrade(layout, host, config(), "0.12.5") == 0
     assert host.serving == "0.12.5" and webui.current_version(layout) == "0.12.5"
     assert webui.is_complete(layout, "0.12.4")
-    found = store_backups(layout)  # a regular backup, in the store the scheduled ones use
+    backups = [f for f in os.listdir(layout.backups) if f.endswith(".db")]  # the rollback's exact copy
+    assert len(backups) == 1 and backups[0].startswith("webui-0.12.4-")
+    assert open(os.path.join(layout.backups, backups[0]), "rb").read() == ORIGINAL_DB
+    found = store_backups(layout)  # and a regular backup of all the data, in the store the scheduled ones use
     assert [(b.reason, b.webui_version) for b in found] == [("before-upgrade", "0.12.4")]
     assert open(os.path.join(found[0].path, "data", "webui.db"), "rb").read() == ORIGINAL_DB
-    assert found[0].problems and "integrity_check" in found[0].problems[0]  # the double's bytes are no SQLite
+    assert found[0].problems and "SQLite could not read it" in found[0].problems[0]  # the double's bytes are no SQLite
     assert open(db_path(layout), "rb").read() == host.migration["0.12.5"]
     # the configured pin did not change: provision keeps the explicitly upgraded version
     host.calls.clear()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import stat
 
 from localaid import progress
+from localaid.provision import safefs
+from localaid.quantity import format_size
 import localaid.provision.ollama.firewall as firewall
 from localaid.provision.host import Host
 from localaid.provision.ollama.dropin import is_current
-from localaid.provision.ollama.layout import JOB, LAYOUT, UNIT, Layout
+from localaid.provision.ollama.layout import DEFAULT_MODELS_DIR, JOB, LAYOUT, UNIT, Layout
 from localaid.provision.ollama.models import client
 from localaid.provision.ollama.service import TOOLS, installed_version, missing_tools
 from localaid.records import Check
@@ -24,6 +27,8 @@ def doctor_checks(config, layout: Layout = LAYOUT) -> list[Check]:
     checks += _unit_checks(cfg, layout)
     if cfg.models_dir:
         checks.append(_models_dir_check(cfg.models_dir))
+    if cfg.enabled:
+        checks += _orphan_check(layout.p(cfg.models_dir or DEFAULT_MODELS_DIR))
     checks += _api_checks(cfg, config.wanted_models)
     if cfg.picks_model:
         checks.append(_pick_check(config))
@@ -111,6 +116,45 @@ def _models_dir_check(path: str) -> Check:
         owner = str(st.st_uid)
     ok = owner == "ollama"
     return Check("ollama models dir", ok, f"{path} owned by {owner}", "" if ok else f"chown -R ollama:ollama {path}")
+
+
+def orphaned_blobs(models_dir: str) -> list[tuple[str, int]]:
+    """Blobs (blobs/sha256-<hex>) that no manifest names, with their sizes: what a pull that
+    was interrupted or a model removed while Ollama ran with OLLAMA_NOPRUNE leaves (ollama#18595).
+    Read only, no link followed; downloads under way (-partial files) are not counted."""
+    named = set()
+    for top, _dirs, files in os.walk(os.path.join(models_dir, "manifests")):
+        for f in files:
+            raw = safefs.read(os.path.join(top, f))
+            try:
+                doc = json.loads(raw) if raw else {}
+            except ValueError:
+                continue
+            for part in [doc.get("config") or {}] + list(doc.get("layers") or []):
+                if isinstance(part, dict) and isinstance(part.get("digest"), str):
+                    named.add(part["digest"].replace(":", "-"))
+    out = []
+    blobs = os.path.join(models_dir, "blobs")
+    for name in sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []:
+        st = os.lstat(os.path.join(blobs, name))
+        if stat.S_ISREG(st.st_mode) and name.startswith("sha256-") and "partial" not in name and name not in named:
+            out.append((name, st.st_size))
+    return out
+
+
+def _orphan_check(models_dir: str) -> list[Check]:
+    try:
+        orphans = orphaned_blobs(models_dir)
+    except OSError as e:
+        return [Check("ollama orphaned blobs", None, f"cannot read {models_dir}: {e.strerror or e}")]
+    if not orphans:
+        return [Check("ollama orphaned blobs", True, f"none in {models_dir}/blobs")]
+    size = sum(n for _, n in orphans)
+    listed = ", ".join(f"{name[:19]}… {format_size(n)}" for name, n in orphans[:5]) + (" …" if len(orphans) > 5 else "")
+    return [Check("ollama orphaned blobs", None, f"{len(orphans)} blob(s), {format_size(size)}, named by no model in "
+                  f"{models_dir}/blobs: {listed}",
+                  "systemctl restart ollama removes them (it prunes unreferenced blobs at start unless "
+                  "OLLAMA_NOPRUNE is set), or delete them while no pull runs")]
 
 
 def _api_checks(cfg, models: tuple = ()) -> list[Check]:

@@ -26,8 +26,8 @@ from localaid import paths
 JOB = "ollama-setup"
 UNIT = "ollama.service"
 SERVICE_USER = "ollama"
-OLLAMA_HOME = "/usr/share/ollama"
-DEFAULT_MODELS_DIR = OLLAMA_HOME + "/.ollama/models"
+OLLAMA_HOME = paths.OLLAMA_HOME
+DEFAULT_MODELS_DIR = paths.OLLAMA_MODELS_DIR
 
 
 @dataclass(frozen=True)

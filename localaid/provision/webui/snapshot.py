@@ -42,6 +42,7 @@ SQLITE_NAMES = (".db", ".sqlite", ".sqlite3")
 SIDE_FILES = ("-wal", "-shm", "-journal")
 LEFT_OUT = frozenset({"cache"})  # the data dir's re-creatable downloads (models, tiktoken)
 SPARE = 64 << 20  # kept free on the target beyond the backup's own size
+SNAPSHOT_TIMEOUT = 7200.0  # SQLite's copy of the databases, as localaid-backup.service's TimeoutStartSec=
 CONFIG_DIR = "/etc/localaid"
 
 # Run as the service user: each (source, destination) pair by SQLite's online backup API; the
@@ -181,7 +182,7 @@ def snapshot_databases(ctx, store: str, data_dir: str, dbs: list[tuple[str, int]
         for i, (rel, _size) in enumerate(dbs):
             pairs += [os.path.join(data_dir, rel), os.path.join(staging, f"{i}.db")]
         argv = [sys.executable, "-I", "-c", SNAPSHOT_SCRIPT, *pairs]
-        r = ctx.host.sandboxed(argv, _jail(ctx, staging, data_dir), {}, ctx.config.webui.install_timeout)
+        r = ctx.host.sandboxed(argv, _jail(ctx, staging, data_dir), {}, SNAPSHOT_TIMEOUT)
         failed = snapshot_failures(r.tail, pairs, data_dir)
         for i, (rel, size) in enumerate(dbs):
             target = os.path.join("data", rel)
@@ -253,7 +254,8 @@ def take(ctx, reason: str, online: bool = True) -> backups.Backup:
     data_dir = ctx.data_dir()
     files, skipped = scan(data_dir, online) if os.path.isdir(data_dir) else ([], [])
     extras = _extras(ctx)
-    check_room(ctx.host, store, sum(s for _, s in files) + sum(s for _, _, s in extras))
+    staged = sum(s for rel, s in files if online and is_database(rel))  # in .staging, then copied
+    check_room(ctx.host, store, sum(s for _, s in files) + sum(s for _, _, s in extras) + staged)
     name = backups.new_name(store, reason)
     out = os.path.join(store, backups.PARTIAL + name)
     os.mkdir(out, 0o700)

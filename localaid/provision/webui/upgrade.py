@@ -1,10 +1,12 @@
-"""Install or upgrade Open WebUI as a journaled job: build → stop → backup → switch → start.
+"""Install or upgrade Open WebUI as a journaled job: build → snapshot → stop → backup → switch → start.
 
 Each step is recorded in upgrade.json (job.Journal) before it is taken and can be redone, so a
 kill anywhere is finished by the next run (job.resume): forwards to a healthy new version, or
 back to the old venv with webui.db restored byte for byte. The build changes nothing users rely
 on (undo=False: a failed build ends the job, the old version serving); from the stop on, a
-failure rolls back.
+failure rolls back. The snapshot is a regular backup of all the data (snapshot.py), taken online
+before the stop; the backup during the outage is the exact copy of webui.db the rollback puts back
+(backups/ beside the venvs, as webui.keep_backups counts them).
 
 webui.db lives in the service user's data dir: root reads and writes it only through safefs
 (a descriptor of the directory, no link followed, fixed modes, O_EXCL temporary names).
@@ -37,30 +39,40 @@ def _maintenance(ctx) -> Maintenance:
 
 # ---------------------------------------------------------------------------------- database
 def backup_db(ctx, version_from: str | None) -> dict:
-    """The state about to be upgraded as a regular backup in backup.dir ("before-upgrade",
-    copied as it is: the service is stopped); what the rollback needs of it, {} without a
-    database. A failure (a full disk) is a JobError saying where and why; nothing half-written
-    stays."""
+    """Copy webui.db (and a WAL left by a crash) into backups/ (0600); {} without a database.
+    A failure (a full disk) is a JobError saying where and why; nothing half-written stays."""
     uid, _ = ctx.host.ids(SERVICE_USER)
-    with safefs.directory(ctx.data_dir()) as dfd:
-        if safefs.size(dfd, DB) is None and not os.path.lexists(os.path.join(ctx.data_dir(), DB)):
-            return {}
-        for name in (DB, DB + "-wal"):  # what the rollback needs: refused rather than left out
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    name = f"webui-{version_from or 'none'}-{stamp}.db"
+    out: dict = {}
+    with safefs.directory(ctx.data_dir()) as dfd, safefs.directory(ctx.layout.backups) as bfd:
+        for suffix in ("", "-wal"):
             try:
-                os.close(safefs.open_file(dfd, name, owner=uid))
+                fd = safefs.open_file(dfd, DB + suffix, owner=uid)
             except FileNotFoundError:
-                pass
+                if not suffix:
+                    return {}
+                continue
             except safefs.UnsafeFile as e:
-                raise JobError(f"{os.path.join(ctx.config.webui.data_dir, name)} {e.strerror}: "
+                raise JobError(f"{os.path.join(ctx.config.webui.data_dir, DB + suffix)} {e.strerror}: "
                                f"not backed up") from None
-    b = snapshot.take(ctx, "before-upgrade", online=False)
-    db, wal = b.files.get("data/" + DB), b.files.get("data/" + DB + "-wal")
-    if db is None:
-        return {}
-    ctx.rep.say("database backed up", backup=b.path, version=version_from)
-    return {"backup": os.path.join(b.path, "data", DB), "db_sha256": db["sha256"],
-            "wal": os.path.join(b.path, "data", DB + "-wal") if wal else None,
-            "wal_sha256": wal["sha256"] if wal else None}
+            try:
+                size = os.fstat(fd).st_size
+                if suffix and size == 0:
+                    continue
+                safefs.write(bfd, name + suffix, fd, 0o600)
+            except OSError as e:
+                for f in (name, name + "-wal"):
+                    safefs.unlink(bfd, f)
+                free = ctx.host.free_bytes(ctx.layout.backups)
+                raise JobError(f"cannot back up {DB + suffix} ({format_size(size)}) to {ctx.layout.backups}: "
+                               f"{e.strerror or e} ({format_size(free)} free there)") from None
+            finally:
+                os.close(fd)
+            path, sha = os.path.join(ctx.layout.backups, name + suffix), safefs.digest(bfd, name + suffix)
+            out.update({"backup": path, "db_sha256": sha, "wal": None} if not suffix
+                       else {"wal": path, "wal_sha256": sha})
+    return out
 
 
 def restore_db(ctx, j: dict) -> None:
@@ -109,6 +121,17 @@ def steps(ctx) -> list[Step]:
         build_venv(ctx, j["to"])
         _maintenance(ctx).on()  # from here on the supervisor keeps its hands off
 
+    def snapshot_data(j):
+        """A regular backup of all of Open WebUI's data (backup.dir, "before-upgrade"), taken
+        while the old version still serves: it costs no outage, and a failure (no room) ends the
+        job before anything stopped."""
+        if not j.get("from"):
+            return None
+        ctx.rep.step(f"{_label(j)}: backing up Open WebUI's data (it keeps serving)", 0.55)
+        b = snapshot.take(ctx, "before-upgrade", online=True)
+        ctx.rep.say("Open WebUI's data backed up", backup=b.path, problems="; ".join(b.problems) or None)
+        return {"snapshot": b.name}
+
     def stop(j):
         _maintenance(ctx).on()
         ctx.rep.step(f"{_label(j)}: stopping the old version", 0.6)
@@ -134,7 +157,8 @@ def steps(ctx) -> list[Step]:
             raise JobError(why)
         record_installed(ctx, j["to"], j.get("config_version", ctx.config.webui.version))
 
-    return [Step("build", build, undo=False), Step("stop", stop), Step("backup", backup),
+    return [Step("build", build, undo=False), Step("snapshot", snapshot_data, undo=False),
+            Step("stop", stop), Step("backup", backup),
             Step("switch", switch), Step("start", start)]
 
 
@@ -265,11 +289,11 @@ def prune(ctx) -> None:
     """Backups by their retention keys (backups.prune), webui.keep_venvs complete venvs (current first, then
     the newest); leftovers of failed builds go."""
     layout, w = ctx.layout, ctx.config.webui
-    legacy = sorted(f for f in os.listdir(layout.backups) if f.endswith(".db")) \
-        if os.path.isdir(layout.backups) else []  # copies of webui.db taken by releases before 0.3
+    copies = sorted(f for f in os.listdir(layout.backups) if f.endswith(".db")) \
+        if os.path.isdir(layout.backups) else []  # the rollback's exact copies of webui.db
     if os.path.isdir(ctx.layout.p(ctx.config.backup.dir)):
         backups.prune(ctx.layout.p(ctx.config.backup.dir), ctx.config, time.time(), ctx.rep.say)
-    for name in legacy[:-w.keep_backups] if len(legacy) > w.keep_backups else []:
+    for name in copies[:-w.keep_backups] if len(copies) > w.keep_backups else []:
         for f in (name, name + "-wal"):
             try:
                 os.unlink(os.path.join(layout.backups, f))
