@@ -292,7 +292,9 @@ def test_purge_keeps_the_backups_and_the_key_and_says_where(container, deb):
     for path, sha in kept.items():
         assert hashlib.sha256(c.read_bytes(path)).hexdigest() == sha, path
     assert not c.exists("/etc/localaid") and not c.exists(f"{BASE}/venvs") and not c.exists(f"{BASE}/current")
-    assert c.run(["ls", "-A", "/var/lib/localaid"]).stdout.split() == ["webui"]
+    assert c.run(["ls", "-A", "/var/lib/localaid"]).stdout.split() == ["backups", "webui"]  # the upgrade's backup
+    assert "backup(s) of Open WebUI's data (localaid restore puts one back after a new install): " \
+        "/var/lib/localaid/backups/" in said
     assert db_sha(c) == data  # the data dir is the user's
     # installed again, Open WebUI comes back with the same key (sessions and stored secrets hold)
     key = c.read(f"{BASE}/secret-key").strip()
