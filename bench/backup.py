@@ -23,7 +23,8 @@ OLD of that module), then in that one container:
    test_real_webui.py's test_upgrade_keeps_users_and_chats computes it.
 
 For 4 and 5 also the seconds of each step, from the times their lines came (stop, keep the
-current state, put back, start; stop, backup, start).
+current state, put back, start; the upgrade's online backup of the data, stop, its copy of
+webui.db for the rollback, start).
 
 The real open-webui's wheels come from the cache tests/integration/test_real_webui.py prepares
 (/var/cache/localaid-tests/real-webui): run that module once first.
@@ -302,8 +303,8 @@ STAMPED = 'set -o pipefail; "$@" 2>&1 | while IFS= read -r l; do printf "%s %s\\
 RESTORE_STEPS = (("stop", r"stopping Open WebUI"), ("keep", r"keeping the current state"),
                  ("put back", r"^restoring \S+ \(\d+ files\)"), ("start", r"starting Open WebUI"),
                  ("end", r"^restored "))
-UPGRADE_STEPS = (("stop", r"stopping the old version"), ("backup", r": backing up"), ("start", r": starting$"),
-                 ("end", r"Open WebUI upgraded"))
+UPGRADE_STEPS = (("backup of the data, online", r"backing up Open WebUI's data"), ("stop", r"stopping the old version"),
+                 ("copy of webui.db", r": backing up webui\.db"), ("start", r": starting$"), ("end", r"Open WebUI upgraded"))
 
 
 def job(c, argv: list[str], version: str, marks) -> dict:
