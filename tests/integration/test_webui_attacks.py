@@ -250,14 +250,18 @@ def test_links_planted_by_the_service_user_redirect_nothing(container):
 
 # ------------------------------------------------------------------ failures, never worse
 def test_a_full_disk_during_the_backup_leaves_the_old_version_serving(container):
-    """A 64 KiB file system over the backups; the database outgrows it after the preflight
-    (which counted it), while the new venv is built."""
+    """A 64 KiB file system over the backups (the rollback's copy of webui.db); the database
+    outgrows it after the preflight (which counted it), while the new venv is built. The backup
+    of all the data, taken online before the stop into backup.dir, has room: the copy made during
+    the outage is what fails."""
     c = container
     serving_old(c)
     c.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", f"{BASE}/backups"])
     try:
         background_upgrade(c, "full-upgrade", "0.12.5")
-        wait_for(lambda: journal_step(c) == "build", timeout=60, interval=0.05, message="the build step")
+        # past the preflight (which counted the database as it was): the venv is being made
+        wait_for(lambda: journal_step(c) == "build" and "creating the venv" in (progress(c) or {}).get("text", ""),
+                 timeout=60, interval=0.05, message="the build step, past its preflight")
         c.run(["sqlite3", f"{DATA}/webui.db", "CREATE TABLE pad (x); INSERT INTO pad VALUES (randomblob(300000));"],
               user="open-webui")
         grown = db_sha(c)
