@@ -138,15 +138,7 @@ class Observer:
         ps_probe, ps_body = probe("ps")
         wp, _ = probe("webui")
         rp, _ = probe("ready")
-        # A failed probe of a unit not read from systemd this cycle: read it now. A quick restart
-        # (by the admin, an upgrade) leaves the summary "active running" before and after, and
-        # the policy needs the new start time to grant the start-up grace.
-        failed = {UNITS[s] for s, p in ((OLLAMA, ollama_probe), (WEBUI, wp)) if p is not None and not p.ok}
-        stale = frozenset(u for u in failed if u in unit_states and self.units.fetched_at(u) < started)
-        if stale:
-            f = self._submit("details", self.units.states, sorted(stale), stale)
-            if f is not None and not wait([f], timeout=0.25).not_done and f.exception() is None:
-                unit_states = {**unit_states, **f.result()}
+        unit_states = self._refreshed(unit_states, ((OLLAMA, ollama_probe), (WEBUI, wp)), started)
         services = {}
         if local:
             unit = unit_states.get(UNITS[OLLAMA])
@@ -169,6 +161,18 @@ class Observer:
                            host=self._host_facts() if config.ollama.picks_model else None,
                            backup=backup_obs() if config.backup.enabled and config.webui.enabled else None,
                            disks=disks_obs(config))
+
+    def _refreshed(self, unit_states: dict, probes, started: float) -> dict:
+        """A failed probe of a unit not read from systemd this cycle: read it now. A quick restart
+        (by the admin, an upgrade) leaves the summary "active running" before and after, and
+        the policy needs the new start time to grant the start-up grace."""
+        failed = {UNITS[s] for s, p in probes if p is not None and not p.ok}
+        stale = frozenset(u for u in failed if u in unit_states and self.units.fetched_at(u) < started)
+        if stale:
+            f = self._submit("details", self.units.states, sorted(stale), stale)
+            if f is not None and not wait([f], timeout=0.25).not_done and f.exception() is None:
+                return {**unit_states, **f.result()}
+        return unit_states
 
     def _ollama_version(self, unit, probe, url: str, timeout: float) -> str | None:
         """Ollama's version, asked once per start of its unit (only an upgrade changes it, and an
