@@ -148,10 +148,10 @@ def bound_driver(card: str, sys_root: str | None = None) -> str | None:
 
 def module_trouble(cards, proc: str | None = None, sys_root: str | None = None) -> tuple[str, str]:
     """Why an NVIDIA card has no working nvidia module, told apart: (STATUS headline, detail)."""
-    dkms = glob.glob(os.path.join(DKMS, "nvidia*"))
-    if not _module_files(None) and not dkms:
+    built = _module_files(None)  # one walk of /lib/modules; the running kernel's tree is among them
+    if not built and not glob.glob(os.path.join(DKMS, "nvidia*")):
         return NO_DRIVER, "no nvidia kernel module loaded"
-    if not _module_files(KERNEL):
+    if not any(p.startswith(os.path.join(MODULES, KERNEL) + os.sep) for p in built):
         return (f"NVIDIA driver not built for kernel {KERNEL}: install linux-headers-{KERNEL}, "
                 f"run dkms autoinstall, reboot"), "no nvidia module for the running kernel (DKMS)"
     other = next((d for d in (bound_driver(c, sys_root) for c in cards) if d in OTHER_DRIVERS), None)
@@ -186,18 +186,25 @@ def running_driver_version(proc: str | None = None) -> str | None:
     return m.group(1) if m else None
 
 
-def installed_library_version(dirs: tuple[str, ...] | None = None) -> str | None:
-    """The version of the NVML library on disk: the target of the first libnvidia-ml.so.1 found,
-    named libnvidia-ml.so.<version> by every packaging. None when there is none or its name
-    carries no version."""
+def nvml_library(dirs: tuple[str, ...] | None = None) -> str | None:
+    """The file the first libnvidia-ml.so.1 found names (links resolved), None when there is none."""
     for d in dirs or NVML_LIB_DIRS:
         link = os.path.join(d, "libnvidia-ml.so.1")
-        if not os.path.exists(link):
-            continue
-        name = os.path.basename(os.path.realpath(link))
-        version = name.removeprefix("libnvidia-ml.so.")
-        return version if name != version and _VERSION.fullmatch(version) else None
+        if os.path.exists(link):
+            return os.path.realpath(link)
     return None
+
+
+def installed_library_version(dirs: tuple[str, ...] | None = None) -> str | None:
+    """The version of the NVML library on disk: nvml_library()'s file is named
+    libnvidia-ml.so.<version> by every packaging. None when there is none or its name carries no
+    version."""
+    lib = nvml_library(dirs)
+    if lib is None:
+        return None
+    name = os.path.basename(lib)
+    version = name.removeprefix("libnvidia-ml.so.")
+    return version if name != version and _VERSION.fullmatch(version) else None
 
 
 def driver_versions_differ(running: str | None, installed: str | None) -> bool:

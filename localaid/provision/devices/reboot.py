@@ -23,21 +23,13 @@ def owning_package(path: str) -> str:
     return first or FALLBACK_PACKAGE
 
 
-def library_path() -> str | None:
-    for d in procfs.NVML_LIB_DIRS:
-        link = os.path.join(d, "libnvidia-ml.so.1")
-        if os.path.exists(link):
-            return os.path.realpath(link)
-    return None
-
-
 def announce_if_mismatch(rep) -> str | None:
     """When the library on disk is of another release than the running module, write the
     reboot-required files (once; other packages' lines kept); the words said, or None."""
     running, installed = procfs.running_driver_version(), procfs.installed_library_version()
     if not procfs.driver_versions_differ(running, installed):
         return None
-    lib = library_path()
+    lib = procfs.nvml_library()
     package = owning_package(lib) if lib else FALLBACK_PACKAGE
     if not os.path.exists(REBOOT_REQUIRED):
         fsutil.atomic_write(REBOOT_REQUIRED, "*** System restart required ***\n")
