@@ -50,6 +50,7 @@ def fake(tmp_path):
     (tmp_path / "faults.json").write_text("{}")  # release hung handlers
     server.shutdown()
     server.server_close()
+    server.state.close()
 
 
 # ------------------------------------------------------------------------------- NDJSON parsing

@@ -5,7 +5,9 @@ Routes, with the shapes of shared/research/ollama-api.md: GET/HEAD /, /api/versi
 progress; an error after HTTP 200 as a last {"error": ...} line), /api/generate and /api/chat (no
 prompt or messages: load; keep_alive 0: unload; negative: forever; else a streamed or single
 answer with counts), /api/embed ({"input": str | [str]} → {"embeddings": [[...], ...]}),
-/api/show (404 for unknown), DELETE /api/delete. A model whose GPU runner died (the GPU lost
+/api/show (404 for unknown), DELETE /api/delete. Each loaded model has its runner child
+(fake_ollama_runner.py), which computes the answers one request at a time; the server queues
+the others, and keeps answering everything else while a runner works or is wedged. A model whose GPU runner died (the GPU lost
 after start) fails the next request that runs it with HTTP 500 and the CUDA error, and is
 unloaded. Bound to loopback, a request whose Host header is not loopback/private/localhost gets
 403 (the DNS-rebinding guard). Fault switches come from server.faults() on every request.
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -38,11 +41,14 @@ def log(msg, level="INFO", **fields):
 
 # ------------------------------------------------------------------------------ loaded models
 class State:
-    """Loaded models: name -> {"expires", "vram", "broken"}; the GPU's share published."""
+    """Loaded models: name -> {"expires", "vram", "broken", "runner", "queue"}; the GPU's share
+    published. `runner_argv(model)`: the command of a model's runner child (None: answers are
+    computed in the server, for tests that embed it without one)."""
 
-    def __init__(self, store, gpu):
+    def __init__(self, store, gpu, runner_argv=None):
         self.store = store
         self.gpu = gpu
+        self.runner_argv = runner_argv
         self.loaded = {}
         self.lock = threading.Lock()
 
@@ -53,7 +59,7 @@ class State:
         now = datetime.now(timezone.utc)
         gone = [n for n, e in self.loaded.items() if e["expires"] <= now]
         for n in gone:
-            del self.loaded[n]
+            stop_runner(self.loaded.pop(n))
         if gone:
             self._publish()
 
@@ -80,7 +86,8 @@ class State:
             if entry is None:
                 mine = sum(e["vram"] for e in self.loaded.values() if not e["broken"])
                 vram = self.gpu.place(m["size"], mine)
-                entry = {"vram": vram, "broken": False, "expires": FOREVER}
+                entry = {"vram": vram, "broken": False, "expires": FOREVER, "queue": threading.Lock(),
+                         "runner": self._start_runner(m["name"])}
                 self.loaded[m["name"]] = entry
                 self._publish()
                 log("llama runner started", model=m["name"], offload=f"{vram}/{m['size']}",
@@ -88,9 +95,51 @@ class State:
             entry["expires"] = keep_alive_until(keep)
             return entry
 
+    def _start_runner(self, name):
+        if self.runner_argv is None:
+            return None
+        return subprocess.Popen(self.runner_argv(name), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, bufsize=1)
+
+    def generate(self, name, job):
+        """The runner's tokens for `job` (fake_ollama_runner.py), as they come; waits its turn
+        behind the requests before it. Without a runner: the words at once."""
+        with self.lock:
+            entry = self.loaded.get(name)
+        runner = entry.get("runner") if entry else None
+        if runner is None:
+            yield from (job.get("words") or ["fake", " answer"])[:job.get("tokens", 2)]
+            return
+        with entry["queue"]:
+            done = False
+            try:
+                runner.stdin.write(json.dumps(job) + "\n")
+                runner.stdin.flush()
+                for line in runner.stdout:
+                    if line.startswith("D"):
+                        done = True
+                        return
+                    yield json.loads(line[2:])
+            except (OSError, ValueError):
+                pass
+            finally:
+                if not done:  # the client left: the runner finishes that answer before the next one
+                    for line in runner.stdout:
+                        if line.startswith("D"):
+                            break
+        raise RuntimeError("llama runner process has terminated")
+
+    def close(self):
+        """Every runner ended (a server embedded in a test is done)."""
+        with self.lock:
+            for entry in self.loaded.values():
+                stop_runner(entry)
+
     def unload(self, name):
         with self.lock:
-            if self.loaded.pop(name, None) is not None:
+            entry = self.loaded.pop(name, None)
+            if entry is not None:
+                stop_runner(entry)
                 self._publish()
 
     def lose_gpu(self, text):
@@ -108,9 +157,17 @@ class State:
             e = self.loaded.get(name)
             if e is None or not e["broken"]:
                 return None
-            del self.loaded[name]
+            stop_runner(self.loaded.pop(name))
             self._publish()
             return e["broken"]
+
+
+def stop_runner(entry):
+    """End a model's runner (unloaded, expired, its GPU context dead)."""
+    runner = entry.get("runner")
+    if runner is not None and runner.poll() is None:
+        runner.kill()
+        threading.Thread(target=runner.wait, daemon=True).start()  # reaped, never a zombie
 
 
 def keep_alive_until(value):
@@ -335,12 +392,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"model": m["name"], "created_at": _now(), key: empty, "done": True,
                              "done_reason": "load"})
             return
-        self._answer(kind, m["name"], work, body.get("stream", True) is not False, took)
+        self._answer(kind, m["name"], work, body, took, f)
 
-    def _answer(self, kind, name, work, stream, took):
-        words = ["fake", " answer"]
+    def _answer(self, kind, name, work, body, took, f):
         prompt = " ".join(str(x.get("content", "")) if isinstance(x, dict) else str(x)
                           for x in (work if isinstance(work, list) else [work]))
+        job = runner_job(f, body.get("options"))
+        counted = []
 
         def piece(text, done):
             out = {"model": name, "created_at": _now(), "done": done}
@@ -351,14 +409,52 @@ class Handler(BaseHTTPRequestHandler):
             if done:
                 out.update(done_reason="stop", total_duration=took + 2000, load_duration=took,
                            prompt_eval_count=len(prompt.split()), prompt_eval_duration=1000,
-                           eval_count=len(words), eval_duration=1000)
+                           eval_count=len(counted), eval_duration=1000)
             return out
 
-        if not stream:
-            self._send(200, piece("".join(words), True))
-            return
-        lines = [piece(w, False) for w in words] + [piece("", True)]
-        self._send(200, "".join(json.dumps(x) + "\n" for x in lines), "application/x-ndjson")
+        tokens = self.server.state.generate(name, job)
+        try:
+            if body.get("stream", True) is False:
+                counted.extend(tokens)
+                self._send(200, piece("".join(counted), True))
+                return
+            self._stream(piece, tokens, counted)
+        except (RuntimeError, OSError) as e:
+            if not counted:
+                self._send(500, {"error": str(e)})
+        finally:
+            tokens.close()
+
+    def _stream(self, piece, tokens, counted):
+        """NDJSON chunks as the runner makes its tokens (the status line goes first, as Ollama's)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def chunk(obj):
+            data = (json.dumps(obj) + "\n").encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        for word in tokens:
+            counted.append(word)
+            chunk(piece(word, False))
+        chunk(piece("", True))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def runner_job(f, options):
+    """What a generation asks of the runner: two words, unless the faults make it long (gen_tokens,
+    gen_rate, gen_cpu) or wedge it (runner_wedge); options.num_predict caps it, as in Ollama."""
+    tokens = int(f.get("gen_tokens") or 2)
+    if isinstance(options, dict) and isinstance(options.get("num_predict"), int) and options["num_predict"] >= 0:
+        tokens = min(tokens, options["num_predict"])
+    job = {"tokens": tokens, "rate": float(f.get("gen_rate") or 0), "cpu": float(f.get("gen_cpu") or 0.001)}
+    if f.get("runner_wedge"):  # after that many tokens, or before the end of a shorter answer
+        job["wedge_after"] = int(f.get("wedge_after", 3))
+    return job
 
 
 class Server(ThreadingHTTPServer):
@@ -366,15 +462,16 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def make_server(host, port, models, gpu, faults, version):
-    """The HTTP server (not yet serving); `gpu` a fake_ollama_gpu.Gpu, `faults` a callable."""
+def make_server(host, port, models, gpu, faults, version, runner_argv=None):
+    """The HTTP server (not yet serving); `gpu` a fake_ollama_gpu.Gpu, `faults` a callable,
+    `runner_argv` the command of a model's runner child (None: no child)."""
     Server.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = Server((host, port), Handler)
     try:
         server.loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         server.loopback = host == "localhost"
-    server.state = State(Store(models), gpu)
+    server.state = State(Store(models), gpu, runner_argv)
     server.faults = faults
     server.version = version
     return server
