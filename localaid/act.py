@@ -10,10 +10,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from localaid import log, modelchoice, paths
+from localaid import log, modelchoice, paths, policy_runner
 from localaid.adapters import http
 from localaid.adapters.systemd import SystemdError
-from localaid.records import JOB_UNITS, Action
+from localaid.quantity import fmt_seconds
+from localaid.records import JOB_UNITS, Action, CanaryObs
 
 # What localaid does to a supervised service when it is down or hung; the rest (set-up and
 # recovery jobs, model preloads) are not restarts and are counted apart.
@@ -32,6 +33,7 @@ class Actor:
         self.counts: dict[tuple[str, str, str], int] = {}
         self.recent: list[dict] = []  # last actions, newest last, for status.json
         self.webui_admin = None  # adapters.webui_admin.WebUIAdmin on a UI host (the supervisor sets it)
+        self.canary: CanaryObs | None = None  # how the last runner canary ended (policy_runner)
 
     @property
     def in_flight(self) -> frozenset[str]:
@@ -45,6 +47,9 @@ class Actor:
         for a in actions:
             if a.kind == "preload":
                 self._background(f"preload:{a.target}", self._preload, a, config)
+                continue
+            if a.kind == "canary":
+                self._background(policy_runner.CANARY_KEY, self._canary, a, config)
                 continue
             if a.kind in ("node-disable", "node-enable", "nodes-sync"):  # Open WebUI's admin API
                 key = "nodes:sync" if a.kind == "nodes-sync" else f"node:{a.target}"
@@ -128,6 +133,30 @@ class Actor:
         detail = body.get("error") if isinstance(body, dict) else None
         return f"failed: {detail or probe.error}"
 
+    def _canary(self, a: Action, config) -> str:
+        """One token from each loaded model (an embedding model: one embedding), within
+        health.runner_watchdog.canary_timeout for them all; each model's unload time stays as it
+        was. The outcome goes to self.canary for the next cycle's observation."""
+        limit = config.health.runner_canary_timeout
+        deadline = time.monotonic() + limit
+        embedder = config.webui.embedding.model_name if config.embeds_with_ollama else None
+        timed_out, failed = False, []
+        for name, expires_at in a.data["models"]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                failed.append(f"{name}: not asked in time")
+                break
+            path, body = canary_request(name, embedder, expires_at, time.time())
+            probe, answer = http.request(config.ollama.url + path, left, "POST", body)
+            if not probe.ok:
+                timed_out = timed_out or (probe.error or "").startswith("timeout")
+                detail = answer.get("error") if isinstance(answer, dict) else None
+                failed.append(f"a one-token request to {name} " + ("did not end within " + fmt_seconds(limit)
+                              if timed_out else f"failed: {detail or probe.error}"))
+        self.canary = CanaryObs(a.data["sent"], not failed, timed_out, "; ".join(failed))
+        return "failed: " + self.canary.detail if failed else "ok, every loaded model answered"
+
     def _node(self, a: Action, config) -> str:
         """Switch a UI host's Ollama node on or off in Open WebUI's connection settings."""
         if self.webui_admin is None:
@@ -154,11 +183,14 @@ class Actor:
                     self._in_flight.discard(key)
             self._record(a, outcome)
 
-        log.info(f"{a.kind} {a.target}: started", cause=a.cause, evidence=a.evidence)
+        if a.kind != "canary":  # a canary is told only when it fails
+            log.info(f"{a.kind} {a.target}: started", cause=a.cause, evidence=a.evidence)
         self.pool.submit(task)
 
     def _record(self, a: Action, outcome: str) -> None:
         emit = log.info if outcome.startswith("ok") else log.error
+        if a.kind == "canary":  # an idle runner's answer is not news; a failed one may be
+            emit = (lambda *_, **__: None) if outcome.startswith("ok") else log.warning
         if a.kind in ("kill-restart", "restart", "start") and outcome.startswith("ok"):
             emit = log.notice
         emit(f"{a.kind} {a.target}: {outcome}", cause=a.cause, evidence=a.evidence)
@@ -168,3 +200,16 @@ class Actor:
             self.recent.append({"at": time.time(), "kind": a.kind, "target": a.target, "cause": a.cause,
                                 "evidence": a.evidence, "outcome": outcome})
             del self.recent[:-20]
+
+
+def canary_request(model: str, embedder: str | None, expires_at: float | None, wall: float) -> tuple[str, dict]:
+    """The runner canary's request for `model`: (path, body). keep_alive is the time the model
+    had left (Ollama sets the unload timer again after every request): asking does not keep an
+    idle model loaded longer, nor unload one kept forever."""
+    body: dict = {"model": model, "stream": False}
+    if expires_at is not None:
+        left = expires_at - wall
+        body["keep_alive"] = -1 if left > 10 * 365 * 86400 else f"{max(1, round(left))}s"
+    if model == embedder:
+        return "/api/embed", {**body, "input": "ok"}
+    return "/api/generate", {**body, "prompt": "Say OK.", "options": {"num_predict": 1}}

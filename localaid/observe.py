@@ -22,7 +22,8 @@ from localaid import fsutil, log, paths, procfs, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import NOT_FOUND, make_state
 from localaid.records import (
-    JOB_UNITS, OLLAMA, UNITS, WEBUI, BackupObs, DiskObs, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs, UnitState,
+    JOB_UNITS, OLLAMA, UNITS, WEBUI, BackupObs, DiskObs, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs,
+    UnitState,
 )
 
 
@@ -89,7 +90,7 @@ class Observer:
 
     def observe(self, config, generation: int = 1, in_flight: frozenset[str] = frozenset(),
                 ollama_cgroup: str = "", webui_starting: bool = False,
-                refresh: frozenset[str] = frozenset(), admin=None) -> Observation:
+                refresh: frozenset[str] = frozenset(), admin=None, canary=None) -> Observation:
         hc = config.health
         started = self.clock()
         local = config.ollama.enabled  # false: a UI host, no Ollama of its own
@@ -142,11 +143,14 @@ class Observer:
         services = {}
         if local:
             unit = unit_states.get(UNITS[OLLAMA])
-            services[OLLAMA] = ServiceObs(OLLAMA, unit, unit_err, ollama_probe,
-                                          models=http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None,
+            models = http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None
+            services[OLLAMA] = ServiceObs(OLLAMA, unit, unit_err, ollama_probe, models=models,
                                           cpu_seconds=_cpu_if_failed(unit, ollama_probe),
                                           version=self._ollama_version(unit, ollama_probe, config.ollama.url,
-                                                                       hc.timeout))
+                                                                       hc.timeout),
+                                          runners=procfs.runners(unit.control_group, unit.main_pid)
+                                          if models and unit is not None and config.health.runner_watchdog
+                                          else None)
         if config.webui.enabled:
             unit = unit_states.get(UNITS[WEBUI])
             services[WEBUI] = ServiceObs(WEBUI, unit, unit_err, wp, rp, cpu_seconds=_cpu_if_failed(unit, wp))
@@ -160,7 +164,7 @@ class Observer:
                            nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ,
                            host=self._host_facts() if config.ollama.picks_model else None,
                            backup=backup_obs() if config.backup.enabled and config.webui.enabled else None,
-                           disks=disks_obs(config))
+                           disks=disks_obs(config), canary=canary)
 
     def _refreshed(self, unit_states: dict, probes, started: float) -> dict:
         """A failed probe of a unit not read from systemd this cycle: read it now. A quick restart

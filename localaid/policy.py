@@ -21,18 +21,14 @@ import hashlib
 from dataclasses import replace
 from types import MappingProxyType
 
-from localaid import policy_backup, policy_disk, policy_gpu, policy_models, policy_nodes
+from localaid import (
+    policy_backup, policy_disk, policy_gpu, policy_jobs, policy_models, policy_nodes, policy_runner,
+)
 from localaid.quantity import fmt_seconds
 from localaid.records import (
-    OLLAMA, UNITS, WEBUI, Action, Decision, History, JobHistory, Observation,
+    OLLAMA, UNITS, WEBUI, Action, Decision, History, Observation,
     ServiceHistory, ServiceObs, ServiceStatus,
 )
-
-JOB_RETRY_INITIAL = 30.0
-JOB_RETRY_MAX = 3600.0
-JOB_LABELS = {"devices": "GPU devices", "ollama-setup": "ollama setup", "webui-setup": "open-webui setup",
-              "gpu-recover": "GPU recovery"}
-
 
 def _freeze(d: dict) -> MappingProxyType:
     return MappingProxyType(dict(d))
@@ -64,7 +60,7 @@ SETUP_JOB = {OLLAMA: "ollama-setup", WEBUI: "webui-setup"}
 
 
 def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: float, obs: Observation,
-             depends_ok: bool, dependency: str | None, setting_up: bool = False):
+             depends_ok: bool, dependency: str | None, setting_up: bool = False, wedged=None):
     """One service: returns (actions, new history, notes)."""
     hc = config.health
     unit_name = UNITS[name]
@@ -129,20 +125,7 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
     uptime = now - unit.active_enter_mono
     grace = _grace(config, name)
     if probe is not None and probe.ok:
-        if name == WEBUI and so.ready is not None and not so.ready.ok and uptime < grace:
-            become("starting", f"migrating/starting for {fmt_seconds(uptime)}", failures=0)
-            return actions, h, notes
-        if h.failing_since is not None:
-            notes.append(f"{name}: healthy again after {fmt_seconds(now - h.failing_since)}")
-        if len(restarts) >= hc.restart_limit:
-            loop = " (crash loop)" if len(h.crashes) >= 2 else ""
-            become("degraded", f"answering, but {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}"
-                               f"{loop}", failures=0, last_ok=now, failing_since=None)
-            return actions, h, notes
-        quiet = not restarts
-        become("ok", "", failures=0, failing_since=None, last_ok=now, backoff=0.0 if quiet else h.backoff,
-               next_attempt=0.0 if quiet else h.next_attempt)
-        return actions, h, notes
+        return _answering(config, name, so, h, now, restarts, wedged, become, notes), h_of(), notes
     if probe is None:
         become(h.state if h.state != "unknown" else "starting", h.reason)
         return actions, h, notes
@@ -167,6 +150,31 @@ def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: f
     cause = "hung" if probe.error and "timeout" in probe.error else "unhealthy"
     evidence = f"{failures} probes failed in a row, last: {probe.error}"
     return _repair(config, name, unit_name, h, now, "kill-restart", cause, evidence, become), h_of(), notes
+
+
+def _answering(config, name: str, so: ServiceObs, h: ServiceHistory, now: float, restarts, wedged,
+               become, notes: list[str]) -> list[Action]:
+    """A service whose liveness probe answered: ok, still starting, degraded by its restarts, or
+    (Ollama) wedged behind its answering API (`wedged`: policy_runner's evidence)."""
+    hc = config.health
+    uptime = now - so.unit.active_enter_mono
+    if name == WEBUI and so.ready is not None and not so.ready.ok and uptime < _grace(config, name):
+        become("starting", f"migrating/starting for {fmt_seconds(uptime)}", failures=0)
+        return []
+    if wedged is not None:  # (the runners' last work, evidence)
+        h = replace(h, failing_since=min(h.failing_since or now, wedged[0]))
+        return _repair(config, name, UNITS[name], h, now, "kill-restart", policy_runner.CAUSE, wedged[1], become)
+    if h.failing_since is not None:
+        notes.append(f"{name}: healthy again after {fmt_seconds(now - h.failing_since)}")
+    if len(restarts) >= hc.restart_limit:
+        loop = " (crash loop)" if len(h.crashes) >= 2 else ""
+        become("degraded", f"answering, but {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}"
+                           f"{loop}", failures=0, last_ok=now, failing_since=None)
+        return []
+    quiet = not restarts
+    become("ok", "", failures=0, failing_since=None, last_ok=now, backoff=0.0 if quiet else h.backoff,
+           next_attempt=0.0 if quiet else h.next_attempt)
+    return []
 
 
 # A start that has not opened its port is "working" while its cgroup uses at least BUSY_CPU of a
@@ -213,75 +221,6 @@ def _repair(config, name, unit_name, h, now, kind, cause, evidence, become) -> l
     return [Action(kind, unit_name, cause, evidence, service=name)]
 
 
-# ----------------------------------------------------------------------------------- jobs
-def _wanted_jobs(config) -> tuple[str, ...]:
-    jobs = []
-    if config.gpu.devices.mode != "off":
-        jobs.append("devices")
-    if config.ollama.enabled:  # a UI host leaves any local Ollama alone
-        jobs.append("ollama-setup")
-    jobs.append("webui-setup")  # also when disabled: it then stops and disables open-webui.service
-    return tuple(jobs)
-
-
-def _jobs(config, obs: Observation, hist: History, now: float):
-    actions, notes = [], []
-    jobs = dict(hist.jobs)
-    for job in _wanted_jobs(config):
-        jo = obs.jobs.get(job)
-        jh = jobs.get(job, JobHistory())
-        unit = jo.unit if jo else None
-        if unit is None or not unit.exists:
-            continue
-        running = unit.job or unit.active_state in ("activating", "deactivating")
-        if jh.state == "started" and not running:
-            if jo is not None and jo.progress_state == "blocked":  # only the admin can fix it
-                notes.append(f"{JOB_LABELS.get(job, job)} needs the administrator: {jo.text}; not retried "
-                             f"until the configuration changes")
-                jh = replace(jh, state="blocked", failures=jh.failures + 1, next_attempt=float("inf"))
-            elif unit.active_state == "failed" or unit.result not in ("", "success"):
-                failures = jh.failures + 1
-                delay = min(JOB_RETRY_MAX, JOB_RETRY_INITIAL * 2 ** (failures - 1))
-                text = (jo.text if jo and jo.text else f"result {unit.result}")
-                notes.append(f"{JOB_LABELS.get(job, job)} failed: {text}; retrying in {fmt_seconds(delay)}")
-                jh = replace(jh, state="failed", failures=failures, next_attempt=now + delay)
-            else:
-                jh = replace(jh, state="done", failures=0)
-        due = (jh.generation != obs.generation) or (jh.state == "failed" and now >= jh.next_attempt)
-        if due and not running:
-            actions.append(Action("start-job", job, "provision",
-                                  f"configuration generation {obs.generation}" if jh.state != "failed"
-                                  else f"retry {jh.failures + 1}"))
-            jh = replace(jh, generation=obs.generation, started_at=now, state="started")
-        jobs[job] = jh
-    return actions, _freeze(jobs), notes
-
-
-def _pct(jo) -> str:
-    """" (40%)" after a job's words, unless they say how far already ("… 42 % of 5.2 GB")."""
-    if jo is None or jo.fraction is None or "%" in (jo.text or ""):
-        return ""
-    return f" ({jo.fraction * 100:.0f}%)"
-
-
-def _job_fragments(obs: Observation, jobs, now: float) -> list[str]:
-    out = []
-    for job, jh in jobs.items():
-        jo = obs.jobs.get(job)
-        label = JOB_LABELS.get(job, job)
-        running = jo is not None and jo.at_work
-        if running:
-            text = jo.text or "running"
-            out.append(f"{label}: {text}{_pct(jo)}")
-        elif jh.state == "failed":
-            why = (jo.text if jo and jo.text else "failed")
-            why = why.removeprefix(f"{label} failed: ")  # the job's own words may say it already
-            out.append(f"{label} failed: {why}; retry in {fmt_seconds(jh.next_attempt - now)}")
-        elif jh.state == "blocked":
-            out.append(f"{label} needs the administrator: {jo.text if jo and jo.text else 'see localaid doctor'}")
-    return out
-
-
 # --------------------------------------------------------------------------------- status
 def _service_status(config, name: str, h: ServiceHistory, obs: Observation) -> ServiceStatus:
     detail = ""
@@ -315,7 +254,7 @@ def _setup_status(st: ServiceStatus, job, jo, running: bool, now: float) -> Serv
     nobody stopped because it never ran."""
     text = jo.text if jo is not None and jo.text else ""
     if running:
-        return replace(st, state="installing", reason=_short(text or "set-up in progress") + _pct(jo))
+        return replace(st, state="installing", reason=_short(text or "set-up in progress") + policy_jobs.pct(jo))
     if job.state == "blocked":  # "open-webui not installed (needs Python 3.11 or 3.12, see localaid doctor)"
         return replace(st, state="not installed", reason=_short(text or "needs the administrator, see localaid doctor"))
     if job.state == "failed":
@@ -341,10 +280,13 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     actions: list[Action] = []
     notes: list[str] = []
     # Jobs first: a service whose set-up job is (re)starting now is "installing", not stopped.
-    job_actions, jobs, job_notes = _jobs(config, obs, hist, now)
+    job_actions, jobs, job_notes = policy_jobs.decide_jobs(config, obs, hist, now)
     services = dict(hist.services)
     statuses = []
     folded: set[str] = set()  # set-up jobs already told inside their service's fragment
+    runner_actions, runner_hist, wedged = policy_runner.watch(config, obs, hist.runner, now)
+    hist = replace(hist, runner=runner_hist)
+    actions += runner_actions
     for name in _enabled_services(config):
         dep = OLLAMA if name == WEBUI and config.ollama.enabled else None
         dep_ok = dep is None or services.get(dep, ServiceHistory()).state in ("ok", "starting", "unknown")
@@ -352,7 +294,7 @@ def decide(config, obs: Observation, hist: History) -> Decision:
         jo = obs.jobs.get(SETUP_JOB[name])
         setting_up = (job is not None and job.state == "started") or (jo is not None and jo.at_work)
         a, h, n = _service(config, name, obs.services.get(name), services.get(name, ServiceHistory()),
-                           now, obs, dep_ok, dep, setting_up)
+                           now, obs, dep_ok, dep, setting_up, wedged if name == OLLAMA else None)
         services[name] = h
         actions += a
         notes += n
@@ -406,7 +348,7 @@ def decide(config, obs: Observation, hist: History) -> Decision:
             parts.append(model_fragment)
         if st.name == WEBUI and node_fragment:
             parts.append(node_fragment)
-    parts += _job_fragments(obs, {j: jh for j, jh in jobs.items() if j not in folded}, now)
+    parts += policy_jobs.job_fragments(obs, {j: jh for j, jh in jobs.items() if j not in folded}, now)
     parts += [f for f in (policy_disk.disk_fragment(config, obs.disks),
                           policy_backup.backup_fragment(config, obs.backup)) if f]
     healthy = all(st.state == "ok" for st in statuses) and not model_fragment and not _pulling(obs) and \

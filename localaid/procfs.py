@@ -13,7 +13,7 @@ import glob
 import os
 import re
 
-from localaid.records import NO_DRIVER, HostFacts
+from localaid.records import NO_DRIVER, HostFacts, RunnerObs
 
 PROC = os.environ.get("LOCALAID_PROC", "/proc")
 SYS = os.environ.get("LOCALAID_SYS", "/sys")
@@ -222,8 +222,9 @@ def mismatch_text(running: str | None, installed: str | None) -> str:
             f"running): reboot to use the GPU")
 
 
-# ------------------------------------------------------------------------- cgroup CPU time
+# -------------------------------------------------------------- cgroups and processes
 CGROUP_ROOT = os.environ.get("LOCALAID_CGROUP", "/sys/fs/cgroup")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cgroup_cpu_seconds(control_group: str, root: str = CGROUP_ROOT) -> float | None:
@@ -242,6 +243,59 @@ def cgroup_cpu_seconds(control_group: str, root: str = CGROUP_ROOT) -> float | N
         if ns.isdigit():
             return int(ns) / 1e9
     return None
+
+
+CGROUP_BASES = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd")
+
+
+def cgroup_pids(control_group: str, bases: tuple[str, ...] = CGROUP_BASES) -> tuple[int, ...]:
+    """PIDs in a unit's cgroup (cgroup v2, or the name=systemd hierarchy of v1), subgroups included."""
+    if not control_group:
+        return ()
+    for base in bases:
+        top = f"{base}{control_group}"
+        if not os.path.isfile(os.path.join(top, "cgroup.procs")):
+            continue
+        pids: list[int] = []
+        for directory, _dirs, files in os.walk(top):
+            if "cgroup.procs" in files:
+                try:
+                    with open(os.path.join(directory, "cgroup.procs")) as f:
+                        pids += [int(x) for x in f.read().split()]
+                except (OSError, ValueError):
+                    continue
+        return tuple(pids)
+    return ()
+
+
+def process_cpu_seconds(pid: int, proc: str = "/proc") -> float | None:
+    """CPU time a process has used (user + system, all its threads) from /proc/PID/stat, which
+    anyone may read; None when it is gone."""
+    data = _read(f"{proc}/{pid}/stat")
+    try:
+        fields = data[data.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (ValueError, IndexError):
+        return None
+
+
+def process_name(pid: int, proc: str = "/proc") -> str:
+    return _read(f"{proc}/{pid}/comm").strip()
+
+
+def runners(control_group: str, server_pid: int) -> RunnerObs | None:
+    """Ollama's runners (the processes of its cgroup but the server) and their CPU time: a few
+    small /proc reads, made only while a model is loaded (the wedged-runner watchdog)."""
+    if not control_group:
+        return None
+    pids, names, cpu = [], [], 0.0
+    for pid in sorted(cgroup_pids(control_group)):
+        seconds = None if pid == server_pid else process_cpu_seconds(pid)
+        if seconds is not None:  # not the server, nor a runner gone since the list was read
+            pids.append(pid)
+            names.append(process_name(pid))
+            cpu += seconds
+    return RunnerObs(tuple(pids), cpu, tuple(names))
 
 
 def host_facts(meminfo: str = "/proc/meminfo") -> HostFacts:

@@ -62,6 +62,7 @@ class LoadedModel:
     name: str
     size: int  # bytes
     size_vram: int  # bytes; < size means (partly) on the CPU
+    expires_at: float | None = None  # wall clock (epoch seconds) when Ollama unloads it; None: unknown
 
     @property
     def on_gpu(self) -> bool:
@@ -78,6 +79,25 @@ class ServiceObs:
     models: tuple[LoadedModel, ...] | None = None  # ollama /api/ps; None when not read
     cpu_seconds: float | None = None  # CPU its cgroup has used; read only while its probe fails
     version: str | None = None  # ollama: /api/version, asked once per start of its unit
+    runners: "RunnerObs | None" = None  # ollama: its model runners; read only while a model is loaded
+
+
+@dataclass(frozen=True)
+class RunnerObs:
+    """Ollama's model runners: the processes of its cgroup other than the server (a
+    `llama-server` or `ollama runner` child per loaded model)."""
+    pids: tuple[int, ...]
+    cpu_seconds: float  # their CPU time so far, together
+    names: tuple[str, ...] = ()  # their process names, for the journal
+
+
+@dataclass(frozen=True)
+class CanaryObs:
+    """How the last runner canary ended (a one-token request to each loaded model)."""
+    sent: float  # the policy's `now` when it asked for it: which canary this answers
+    ok: bool
+    timed_out: bool = False  # the requests did not end within health.runner_watchdog.canary_timeout
+    detail: str = ""  # "qwen3:8b: timeout after 30 s"
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,7 @@ class Observation:
     host: HostFacts | None = None  # RAM and cores; read only while ollama.models: auto needs them
     backup: BackupObs | None = None  # None: backups are off (backup.enabled or webui.enabled false)
     disks: tuple[DiskObs, ...] = ()  # Ollama's models dir, Open WebUI's data dir
+    canary: CanaryObs | None = None  # the runner canary that ended last (policy_runner)
 
 
 # ----------------------------------------------------------------------------------- decide
@@ -246,6 +267,18 @@ class NodeHistory:
 
 
 @dataclass(frozen=True)
+class RunnerHistory:
+    """What the wedged-runner watchdog (policy_runner) remembers of Ollama's runners."""
+    pids: tuple[int, ...] = ()  # the runners these samples are of (a change starts over)
+    cpu_sample: tuple[float, float] | None = None  # (when, their CPU seconds) at the last look
+    worked_at: float | None = None  # last time they were seen working (CPU, or the GPU busy)
+    armed: bool = False  # they worked since the last canary answered: one canary is owed once quiet
+    canary_sent: float | None = None  # the canary on its way (its `now`), None when none
+    worked_during_canary: bool = False  # they worked while it was on its way: busy, not wedged
+    wedged: str | None = None  # the evidence, once called wedged: kept until they work or are replaced
+
+
+@dataclass(frozen=True)
 class History:
     services: Mapping[str, ServiceHistory] = field(default_factory=lambda: EMPTY)
     jobs: Mapping[str, JobHistory] = field(default_factory=lambda: EMPTY)
@@ -253,6 +286,7 @@ class History:
     warm_process: tuple[int, float] = (0, 0.0)  # (MainPID, start) of the Ollama those attempts were made to
     gpu: Mapping[str, object] = field(default_factory=lambda: EMPTY)  # owned by the GPU policy
     nodes: Mapping[str, NodeHistory] = field(default_factory=lambda: EMPTY)  # owned by policy_nodes
+    runner: RunnerHistory = field(default_factory=RunnerHistory)  # owned by policy_runner
     extra: Mapping[str, object] = field(default_factory=lambda: EMPTY)
 
 

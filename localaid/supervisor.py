@@ -137,7 +137,7 @@ class Supervisor:
         obs = self.observer.observe(self.config, self.generation, self.actor.in_flight,
                                     ollama_cgroup=ollama_unit.control_group if ollama_unit else "",
                                     webui_starting=webui_h is None or webui_h.state != "ok", refresh=refresh,
-                                    admin=self.actor.webui_admin)
+                                    admin=self.actor.webui_admin, canary=self.actor.canary)
         self._last_obs = obs
         decision = policy.decide(self.config, obs, self.history)
         self.history = decision.history

@@ -133,7 +133,7 @@ class Gpu:
         if obs.state in ("ok", "lost") and self._events_wanted:
             self._start_events()
         # Ollama's PIDs only matter next to a GPU's compute processes: no cgroup walk otherwise.
-        pids = cgroup_pids(ollama_cgroup) if obs.state == "ok" else ()
+        pids = procfs.cgroup_pids(ollama_cgroup) if obs.state == "ok" else ()
         extra = {**self._drain(), "xid_watch": self.xid_watch, "ollama_pids": pids,
                  "nodes_changed_at": _marker_time(DEVICES_STATE, "changed_mono")}
         resumed = _marker_time(RESUME_STATE, "mono")
@@ -375,29 +375,6 @@ def _marker_time(path: str, key: str) -> float | None:
     doc = fsutil.read_json(path)
     value = doc.get(key) if isinstance(doc, dict) else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-CGROUP_BASES = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd")
-
-
-def cgroup_pids(control_group: str, bases: tuple[str, ...] = CGROUP_BASES) -> tuple[int, ...]:
-    """PIDs in a unit's cgroup (cgroup v2, or the name=systemd hierarchy of v1), subgroups included."""
-    if not control_group:
-        return ()
-    for base in bases:
-        top = f"{base}{control_group}"
-        if not os.path.isfile(os.path.join(top, "cgroup.procs")):
-            continue
-        pids: list[int] = []
-        for directory, _dirs, files in os.walk(top):
-            if "cgroup.procs" in files:
-                try:
-                    with open(os.path.join(directory, "cgroup.procs")) as f:
-                        pids += [int(x) for x in f.read().split()]
-                except (OSError, ValueError):
-                    continue
-        return tuple(pids)
-    return ()
 
 
 def observe_once(config) -> GpuObs:

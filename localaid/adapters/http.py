@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import select
 import socket
 import threading
 import time
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from localaid.records import LoadedModel, Probe
@@ -164,5 +166,17 @@ def parse_ps(payload: object) -> tuple[LoadedModel, ...]:
     out = []
     for m in models or ():
         if isinstance(m, dict) and isinstance(m.get("name"), str):
-            out.append(LoadedModel(m["name"], int(m.get("size") or 0), int(m.get("size_vram") or 0)))
+            out.append(LoadedModel(m["name"], int(m.get("size") or 0), int(m.get("size_vram") or 0),
+                                   parse_time(m.get("expires_at"))))
     return tuple(out)
+
+
+def parse_time(text: object) -> float | None:
+    """An RFC 3339 time as Go writes it (nanoseconds, "Z" or an offset) → epoch seconds."""
+    if not isinstance(text, str):
+        return None
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None

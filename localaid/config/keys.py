@@ -224,6 +224,14 @@ class HealthConfig:
                              yaml="restart_limit.count")
     restart_window: float = key(600.0, c.duration(10, DAY), "the window restart_limit.count counts in",
                                 yaml="restart_limit.window")
+    runner_watchdog: bool = key(True, c.boolean, "restart Ollama when a model runner is wedged: it stopped "
+                                "working and a one-token request to its model did not end",
+                                yaml="runner_watchdog.enabled")
+    runner_quiet: float = key(15.0, c.duration(1, HOUR), "how long a runner that was working may stay quiet "
+                              "before that one-token request is sent", yaml="runner_watchdog.quiet")
+    runner_canary_timeout: float = key(30.0, c.duration(1, HOUR), "how long the one-token request may take; "
+                                       "a runner that did no work meanwhile is wedged",
+                                       yaml="runner_watchdog.canary_timeout")
 
 
 @dataclass(frozen=True, slots=True)

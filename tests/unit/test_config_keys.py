@@ -100,7 +100,8 @@ def test_defaults_come_from_the_declarations():
 def test_schema_follows_declaration_order():
     assert list(SCHEMA.fields) == ["ollama", "webui", "gpu", "health", "metrics", "backup", "disk"]
     assert list(SCHEMA.fields["health"].fields) == [
-        "interval", "timeout", "failures", "start_grace", "model_load_grace", "busy_start_limit", "backoff", "restart_limit"]
+        "interval", "timeout", "failures", "start_grace", "model_load_grace", "busy_start_limit", "backoff", "restart_limit",
+        "runner_watchdog"]
 
 
 # ------------------------------------------------------------------ declaring keys is one place

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from localaid import procfs
 from tests.fakes.nvml import support
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,8 +135,8 @@ def test_cgroup_pids_include_subgroups(tmp_path):
     (v1 / "system.slice/ollama.service/cgroup.procs").write_text("10\n11\n")
     (v1 / "system.slice/ollama.service/runner/cgroup.procs").write_text("12\n")
     bases = (str(tmp_path / "v2-absent"), str(v1))
-    assert sorted(gpu_mod.cgroup_pids("/system.slice/ollama.service", bases)) == [10, 11, 12]
-    assert gpu_mod.cgroup_pids("", bases) == () and gpu_mod.cgroup_pids("/nope.service", bases) == ()
+    assert sorted(procfs.cgroup_pids("/system.slice/ollama.service", bases)) == [10, 11, 12]
+    assert procfs.cgroup_pids("", bases) == () and procfs.cgroup_pids("/nope.service", bases) == ()
 
 
 def test_no_library_means_no_gpu_and_says_why(nvml, tmp_path):

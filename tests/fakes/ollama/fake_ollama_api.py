@@ -451,7 +451,8 @@ def runner_job(f, options):
     tokens = int(f.get("gen_tokens") or 2)
     if isinstance(options, dict) and isinstance(options.get("num_predict"), int) and options["num_predict"] >= 0:
         tokens = min(tokens, options["num_predict"])
-    job = {"tokens": tokens, "rate": float(f.get("gen_rate") or 0), "cpu": float(f.get("gen_cpu") or 0.001)}
+    job = {"tokens": tokens, "rate": float(f.get("gen_rate") or 0), "cpu": float(f.get("gen_cpu") or 0.005),
+           "prompt_cpu": 0.02}  # a short prompt's evaluation, a small model's token: the least a runner does
     if f.get("runner_wedge"):  # after that many tokens, or before the end of a shorter answer
         job["wedge_after"] = int(f.get("wedge_after", 3))
     return job

@@ -10,9 +10,9 @@ sees of the real one:
 - started by fake_ollama_api.State.load (`llama-server --model M --port 0` from 0.30, else
   `ollama runner --model M --port 0`), its name (/proc/PID/comm) set to match;
 - one request at a time (the server queues the rest, as OLLAMA_NUM_PARALLEL=1 does): a JSON line
-  on stdin {"tokens": N, "rate": tokens per second (0: as fast as it computes), "cpu": CPU
-  seconds per token, "wedge_after": K or null, "words": [...]}; each token a line `T "text"` on
-  stdout, then `D`;
+  on stdin {"tokens": N, "rate": tokens per second (0: as fast as it computes), "prompt_cpu": CPU
+  seconds for the prompt, "cpu": CPU seconds per token, "wedge_after": K or null, "words": [...]};
+  each token a line `T "text"` on stdout, then `D`;
 - every token costs real CPU time (a busy loop on this thread's CPU clock, so that it costs
   the same CPU when the machine is loaded), paced to `rate` by sleeping;
 - wedged (`wedge_after`): after K tokens it stops for good, with no CPU, no output and its
@@ -53,6 +53,7 @@ def run(job: dict, out) -> None:
     wedge = min(int(job["wedge_after"]), tokens) if job.get("wedge_after") is not None else None
     words = job.get("words") or ["fake", " answer"]
     start = time.monotonic()
+    burn(float(job.get("prompt_cpu") or 0))  # the prompt's evaluation
     for i in range(tokens + 1):
         if i == wedge:
             while True:  # wedged: nothing more, ever

@@ -1,0 +1,108 @@
+"""The wedged-runner watchdog (pure): Ollama's server answers, but a model's runner stopped.
+
+Ollama computes answers in a runner child per loaded model (`llama-server` from 0.30, `ollama
+runner` before). A wedged runner leaves every chat waiting forever while `GET /` and
+`/api/version` stay green, so the liveness probe cannot see it. Two signals, neither enough
+alone, tell it from the two things that look like it:
+
+- **work**: the runners' CPU time (observe reads it every cycle while a model is loaded) grows
+  by BUSY_CPU of a core or more, or a GPU that holds one of Ollama's processes is busy. A long
+  answer, a queue of requests (OLLAMA_NUM_PARALLEL=1 runs them one by one) or a long prompt
+  keep a runner working: it is never called wedged while it works.
+- **a canary**: once runners that worked have been quiet for health.runner_watchdog.quiet, one
+  one-token request goes to each loaded model (act.py, keep_alive left as it was). Idle models
+  answer it at once; a wedged runner never does, and the requests queued behind it neither.
+
+Wedged = the canary timed out (health.runner_watchdog.canary_timeout) and the runners did no work
+while it was on its way. The repair is policy.py's kill-restart of ollama.service, with its
+budget and backoff. A canary goes only after a spell of work, so a box that is not used sends
+none, and a canary's own work does not call for another one. A canary that fails otherwise (an
+HTTP error, a model that cannot generate) proves nothing and is not acted on.
+
+Bound: a runner wedged at its last work is restarted quiet + canary_timeout + about one cycle
+later (46 s with the defaults), then healthy when Ollama has restarted and reloaded the model.
+Not caught: a runner that spins its CPU without producing anything (it looks busy), and a
+wedge while another model's runner keeps working (caught once that one rests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from localaid.quantity import fmt_seconds
+from localaid.records import OLLAMA, Action, Observation, RunnerHistory
+
+BUSY_CPU = 0.01  # of a core: below this, runners count as quiet
+CANARY_KEY = "canary"  # its key in Observation.in_flight while act.py runs it
+CAUSE = "wedged runner"
+
+
+def watch(config, obs: Observation, rh: RunnerHistory, now: float):
+    """One cycle → (actions, new history, None or a wedge: (its runners' last work, evidence))."""
+    so = obs.services.get(OLLAMA)
+    runners = so.runners if so is not None else None
+    if (not config.health.runner_watchdog or so is None or so.probe is None or not so.probe.ok
+            or not so.models or runners is None or not runners.pids):
+        return [], RunnerHistory(), None  # nothing loaded, or Ollama itself not answering
+    if runners.pids != rh.pids:  # a model loaded or unloaded, a new Ollama: start over
+        return [], RunnerHistory(pids=runners.pids, cpu_sample=(now, runners.cpu_seconds)), None
+    rh = _sample(obs, rh, runners, now)
+    if rh.wedged is not None:  # until the restart replaces them (budget and backoff permitting)
+        if rh.worked_at == now:
+            return [], replace(rh, wedged=None, armed=False), None  # it came back by itself
+        return [], rh, (rh.worked_at if rh.worked_at is not None else now, rh.wedged)
+    if rh.canary_sent is not None:
+        return _judge(config, obs, rh, now)
+    if rh.armed and rh.worked_at is not None and now - rh.worked_at >= config.health.runner_quiet \
+            and not any(k.startswith("preload:") for k in obs.in_flight):
+        models = tuple((m.name, m.expires_at) for m in so.models)
+        action = Action("canary", ",".join(m[0] for m in models), "runner-watchdog",
+                        f"runners quiet for {fmt_seconds(now - rh.worked_at)} after working", service=OLLAMA,
+                        data={"models": models, "sent": now})
+        return [action], replace(rh, canary_sent=now, worked_during_canary=False), None
+    return [], rh, None
+
+
+def _sample(obs: Observation, rh: RunnerHistory, runners, now: float) -> RunnerHistory:
+    """Note whether the runners worked since the last look; work re-arms the watchdog, except
+    while a canary is on its way (its own work must not call for the next one)."""
+    worked = _gpu_busy(obs)
+    if rh.cpu_sample is not None:
+        then, cpu = rh.cpu_sample
+        worked = worked or (now > then and (runners.cpu_seconds - cpu) / (now - then) >= BUSY_CPU)
+    rh = replace(rh, cpu_sample=(now, runners.cpu_seconds))
+    if not worked:
+        return rh
+    if rh.canary_sent is not None:
+        return replace(rh, worked_at=now, worked_during_canary=True)
+    return replace(rh, worked_at=now, armed=True)
+
+
+def _gpu_busy(obs: Observation) -> bool:
+    """A GPU that runs one of Ollama's processes reports some utilisation."""
+    mine = set(obs.gpu.ollama_pids)
+    return any(d.utilization and d.compute_pids and mine.intersection(d.compute_pids) for d in obs.gpu.devices)
+
+
+def _judge(config, obs: Observation, rh: RunnerHistory, now: float):
+    """A canary is on its way: wait for its end, then call the runners idle, busy or wedged."""
+    c = obs.canary
+    if c is None or c.sent != rh.canary_sent:
+        if CANARY_KEY in obs.in_flight or now - rh.canary_sent < config.health.runner_canary_timeout + 5:
+            return [], rh, None
+        return [], replace(rh, canary_sent=None), None  # lost (localaid restarted its worker): start over
+    if c.ok:  # idle: nothing owed until they work again
+        return [], replace(rh, canary_sent=None, armed=False, worked_during_canary=False), None
+    if not c.timed_out or rh.worked_during_canary:
+        # An error proves nothing; work meanwhile means busy: ask again after the next quiet spell.
+        return [], replace(rh, canary_sent=None, armed=rh.worked_during_canary, worked_during_canary=False), None
+    last = rh.worked_at if rh.worked_at is not None else rh.canary_sent
+    evidence = (f"no work by {_names(obs)} for {fmt_seconds(now - last)} (CPU and GPU), and {c.detail}; "
+                f"Ollama's API still answers")
+    return [], RunnerHistory(pids=rh.pids, cpu_sample=rh.cpu_sample, worked_at=last, wedged=evidence), (last, evidence)
+
+
+def _names(obs: Observation) -> str:
+    runners = obs.services[OLLAMA].runners
+    pairs = [f"{n} {p}" for n, p in zip(runners.names, runners.pids)] or [str(p) for p in runners.pids]
+    return "runner " + ", ".join(pairs)
