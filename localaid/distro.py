@@ -24,7 +24,6 @@ class Distro:
     family: str = "other"      # "debian", "ubuntu" or "other"
     version_id: str = ""
     codename: str = ""
-    name: str = "an unknown system"
 
 
 def parse(text: str) -> Distro:
@@ -41,8 +40,7 @@ def parse(text: str) -> Distro:
             fields[m.group(1)] = words[0] if words else ""
     ids = [fields.get("ID", "").lower()] + fields.get("ID_LIKE", "").lower().split()
     family = "ubuntu" if "ubuntu" in ids else "debian" if "debian" in ids else "other"
-    return Distro(fields.get("ID", "").lower(), family, fields.get("VERSION_ID", ""),
-                  fields.get("VERSION_CODENAME", ""), fields.get("PRETTY_NAME") or fields.get("NAME") or Distro.name)
+    return Distro(fields.get("ID", "").lower(), family, fields.get("VERSION_ID", ""), fields.get("VERSION_CODENAME", ""))
 
 
 def no_driver_status(d: Distro) -> str:

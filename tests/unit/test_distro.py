@@ -38,7 +38,7 @@ def test_derivatives_quoting_and_nonsense():
     assert distro.parse("ID=raspbian\nID_LIKE=debian\n").family == "debian"
     assert distro.parse("ID=fedora\n").family == "other"
     assert distro.parse("").family == "other" and distro.parse('ID="unterminated\n\x00\n').family == "other"
-    assert distro.parse("PRETTY_NAME='Ubuntu 24.04.1 LTS'\nID=ubuntu\n").name == "Ubuntu 24.04.1 LTS"
+    assert distro.parse("VERSION_ID='24.04'\nID=\"ubuntu\"\n") == distro.Distro("ubuntu", "ubuntu", "24.04")
 
 
 def test_the_seam_reads_the_file_it_names(on, tmp_path, monkeypatch):
