@@ -1,11 +1,11 @@
 """Every unit option localaid ships or writes is one the oldest supported systemd documents.
 
 The supported systems run systemd 252 (Debian 12), 255 (Ubuntu 24.04) and 257 (Debian 13). The
-lists in tests/unit/platforms/systemd-NNN.options were read by tools/systemd-options from the
-man pages that Debian 12's and Debian 13's systemd packages install. Ubuntu 24.04's 255 is
-between them: systemd does not drop a documented option and bring it back, so an option that
-252 and 257 both document is one 255 knows. An option newer than 252 fails here unless the code
-writes it only where systemd is newer (none does today).
+lists in tests/unit/platforms/systemd-NNN.options were read by tools/systemd-options from each
+release's man pages: 252's and 257's as Debian 12's and 13's systemd packages install them, 255's
+from the DocBook sources of systemd's v255.4 tag (Ubuntu 24.04's 255.4; the same reader gives
+exactly the roff list at v252.31). An option newer than 252 fails here unless the code writes it
+only where systemd is newer (none does today).
 
 What is checked: units/*.service and *.timer as shipped, and everything localaid writes at run
 time: the drop-ins of ollama.service, open-webui.service, localaid-webui-setup.service and the
@@ -30,7 +30,7 @@ from localaid.provision.webui import sandbox, schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = Path(__file__).resolve().parent / "platforms"
-OLDEST, NEWEST = 252, 257
+OLDEST, UBUNTU, NEWEST = 252, 255, 257
 
 
 def documented(version: int) -> set[tuple[str, str]]:
@@ -116,6 +116,11 @@ def test_the_tables_are_real_man_page_reads():
                    ("Service", "PrivatePIDs=")]:
         assert option in new and option not in old
     assert old <= new, sorted(old - new)  # nothing documented in 252 was dropped by 257
+    noble = documented(UBUNTU)
+    assert old <= noble <= new, (sorted(old - noble), sorted(noble - new))
+    # 255's own additions are there (NEWS: 254 RestartMode=, 255 SurviveFinalKillSignal=), 256's are not
+    assert {("Service", "RestartMode="), ("Unit", "SurviveFinalKillSignal=")} <= noble - old
+    assert ("Unit", "WantsMountsFor=") not in noble and ("Service", "PrivatePIDs=") not in noble
 
 
 def test_the_collector_sees_every_section_and_key():
@@ -125,12 +130,18 @@ def test_the_collector_sees_every_section_and_key():
         options_in("[Service]\nnot a setting\n")
 
 
-@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+@pytest.mark.parametrize("version", [OLDEST, UBUNTU, NEWEST])
 def test_every_option_is_documented_by_the_supported_systemd(version):
     known = documented(version)
     unknown = {f"{where}: [{s}] {k}" for where, found in everything().items() for s, k in found
                if (s, k) not in known}
     assert not unknown, f"not in systemd {version}'s man pages: {sorted(unknown)}"
+
+
+def test_no_option_in_use_is_newer_than_ubuntus_255():
+    """Those only Debian 13's 257 documents, of what localaid writes: none."""
+    only_257 = documented(NEWEST) - documented(UBUNTU)
+    assert set().union(*everything().values()) & only_257 == set()
 
 
 def test_a_newer_option_would_be_caught():
