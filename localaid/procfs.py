@@ -13,7 +13,8 @@ import glob
 import os
 import re
 
-from localaid.records import NO_DRIVER, HostFacts, RunnerObs
+from localaid import distro as distros
+from localaid.records import HostFacts, RunnerObs
 
 PROC = os.environ.get("LOCALAID_PROC", "/proc")
 SYS = os.environ.get("LOCALAID_SYS", "/sys")
@@ -150,7 +151,7 @@ def module_trouble(cards, proc: str | None = None, sys_root: str | None = None) 
     """Why an NVIDIA card has no working nvidia module, told apart: (STATUS headline, detail)."""
     built = _module_files(None)  # one walk of /lib/modules; the running kernel's tree is among them
     if not built and not glob.glob(os.path.join(DKMS, "nvidia*")):
-        return NO_DRIVER, "no nvidia kernel module loaded"
+        return distros.no_driver_status(distro()), "no nvidia kernel module loaded"
     if not any(p.startswith(os.path.join(MODULES, KERNEL) + os.sep) for p in built):
         return (f"NVIDIA driver not built for kernel {KERNEL}: install linux-headers-{KERNEL}, "
                 f"run dkms autoinstall, reboot"), "no nvidia module for the running kernel (DKMS)"
@@ -220,6 +221,21 @@ def mismatch_text(running: str | None, installed: str | None) -> str:
     """STATUS's words for a driver updated under the running module."""
     return (f"NVIDIA driver updated ({installed or 'a new version'} installed, {running or 'another'} "
             f"running): reboot to use the GPU")
+
+
+# ------------------------------------------------------------------------- the distribution
+# os-release(5): /etc/os-release, else /usr/lib/os-release. LOCALAID_OS_RELEASE names another
+# file (tests give Ubuntu's and Debian's texts).
+OS_RELEASE = os.environ.get("LOCALAID_OS_RELEASE")
+
+
+def distro() -> distros.Distro:
+    """This system's distribution (family "other" when os-release cannot be read)."""
+    for path in (OS_RELEASE,) if OS_RELEASE else ("/etc/os-release", "/usr/lib/os-release"):
+        text = _read(path)
+        if text:
+            return distros.parse(text)
+    return distros.Distro()
 
 
 # -------------------------------------------------------------- cgroups and processes

@@ -103,6 +103,26 @@ def test_the_device_job_writes_reboot_required_once_keeping_other_packages(host,
     assert "announced in" in said[0]
 
 
+def test_the_announcement_is_the_file_debian_and_ubuntu_read():
+    """unattended-upgrades (Debian, Ubuntu) and Ubuntu's update-notifier/update-manager read
+    /var/run/reboot-required and .pkgs; /var/run is a link to /run on Debian 12, 13 and Ubuntu 24.04
+    (base-files), so localaid writes /run/reboot-required itself: no link is followed as root."""
+    import importlib
+    import os
+    env = os.environ.pop("LOCALAID_REBOOT_REQUIRED", None)
+    try:
+        fresh = importlib.reload(reboot)
+        assert fresh.REBOOT_REQUIRED == "/run/reboot-required"
+    finally:
+        if env is not None:
+            os.environ["LOCALAID_REBOOT_REQUIRED"] = env
+        importlib.reload(reboot)
+    if not os.path.islink("/var/run"):
+        pytest.skip("this machine's /var/run is not a link to /run")
+    assert os.path.realpath("/var/run/reboot-required") == "/run/reboot-required"
+    assert os.path.realpath("/var/run/reboot-required.pkgs") == "/run/reboot-required.pkgs"
+
+
 # ------------------------------------------------------------------- a driver too old for Ollama
 def test_the_table_of_driver_minimums():
     from localaid import driver_support as ds

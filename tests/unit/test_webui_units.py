@@ -124,6 +124,17 @@ def test_python_check_messages():
     assert "cannot be run" in webui.python_problem("/opt/py/bin/python3.12", None, "0.12.4")
 
 
+def test_the_python_range_is_open_webuis_own():
+    """open-webui 0.12.3 and 0.12.4's wheels say Requires-Python: <3.13.0a1,>=3.11 (read from their
+    METADATA in the real-webui wheel cache); the double the tests install declares the same range,
+    and Ubuntu 24.04's 3.12.3 is inside it."""
+    import tomllib
+    fake = tomllib.loads((REPO / "tests/fakes/open_webui/pyproject.toml").read_text())["project"]
+    assert fake["requires-python"] == f">={installer.PYTHON_MIN[0]}.{installer.PYTHON_MIN[1]}," \
+                                      f"<{installer.PYTHON_MAX[0]}.{installer.PYTHON_MAX[1]}"
+    assert webui.python_problem("/usr/bin/python3", (3, 12, 3), "0.12.4") is None
+
+
 def test_installer_progress_counts():
     st = {}
     assert webui.installer_progress("Resolved 261 packages in 2.31s", st) == "resolved 261 packages"

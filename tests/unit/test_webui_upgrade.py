@@ -666,6 +666,20 @@ def test_debian13_gets_a_python_from_uv_once_root_owned_and_reused(env, tmp_path
                                                                     (True, "open-webui==0.12.5")]
 
 
+def test_ubuntu_24_04s_python_3_12_runs_open_webui_without_a_download(env, tmp_path):
+    """Ubuntu 24.04's python3 is 3.12.3; open-webui 0.12.3 and 0.12.4 declare Requires-Python
+    <3.13.0a1,>=3.11 (their wheels' METADATA): webui.python auto builds with the system's."""
+    layout, host = env
+    host.python = (3, 12, 3)
+    assert provision(layout, host, debian13()) == 0
+    assert not any(u["argv"][1:3] == ["python", "install"] for u in host.units)  # no download
+    venv = layout.venv("0.12.4")
+    assert ("/usr/bin/python3", "-m", "venv", venv) in [c[1] for c in host.calls if c[0] == "run"]
+    marker = json.load(open(os.path.join(venv, webui.COMPLETE_MARKER)))
+    assert marker["python"] == "/usr/bin/python3" and marker["managed_python"] is False
+    assert not os.path.exists(layout.p("/var/lib/localaid/python"))
+
+
 def test_a_link_out_of_the_downloaded_tree_is_refused(env, tmp_path):
     layout, host = env
     host.python = (3, 13, 5)

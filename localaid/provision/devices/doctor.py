@@ -8,7 +8,8 @@ import errno
 import os
 from typing import Callable
 
-from localaid.procfs import PROC, Driver
+from localaid import distro as distros
+from localaid.procfs import PROC, Driver, distro
 from localaid.provision.devices.access import service_users, user_ids
 from localaid.provision.devices.ladder import GpuHost
 from localaid.provision.devices.nodes import Node, describe, node_stat
@@ -61,11 +62,10 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
         out += _driver_for_ollama(config, obs)
     elif obs.state == "none":
         out.append(Check("gpu", None, f"{obs.error or 'no NVIDIA GPU found'}: running on CPU",
-                         "install the NVIDIA driver (Debian: nvidia-driver from non-free) for GPU speed"))
+                         distros.gpu_speed_advice(distro())))
     elif obs.state == "no-driver":  # the cause says its own fix; a driver never installed needs these steps
         out.append(Check("gpu", False, f"{obs.error or NO_DRIVER}; Ollama runs on the CPU meanwhile",
-                         "enable the non-free and non-free-firmware components in apt's sources, "
-                         "apt install nvidia-driver, reboot" if (obs.error or NO_DRIVER).startswith(NO_DRIVER)
+                         distros.install_advice(distro()) if (obs.error or NO_DRIVER).startswith(distros.NO_DRIVER_HEAD)
                          else "journalctl -k -g nvidia shows what the kernel said"))
     elif obs.state == "mismatch":
         out.append(Check("gpu", False, f"NVIDIA driver {obs.driver_installed or '?'} is installed, the kernel "
@@ -102,8 +102,7 @@ def _driver_for_ollama(config, obs) -> list[Check]:
     old = driver_support.too_old(version, obs.driver, caps)
     return [Check("gpu driver for ollama", old is None,
                   old or f"driver {obs.driver} ≥ {need}, what Ollama {version} needs",
-                  "upgrade the driver package: Debian: apt install -t bookworm-backports nvidia-driver "
-                  "(or trixie's nvidia-driver); Ubuntu: ubuntu-drivers install; then reboot" if old else "")]
+                  distros.upgrade_advice(distro(), need) if old else "")]
 
 
 def _node_checks(config, nodes: list[Node], root: bool, matrix) -> list[Check]:
