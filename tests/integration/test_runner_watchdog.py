@@ -88,10 +88,12 @@ def test_a_long_answer_and_a_queue_are_never_taken_for_a_wedge(box):
     c.write(FAULTS, "{}")
     assert sorted(a.get("eval_count") for a in answers) == [50, 50, 50, 250], answers
     assert runner(c)[1] == "llama-server"
-    # Quiet now: one canary about 15 s later, answered at once; nothing restarted, ever.
-    wait_for(lambda: [a for a in actions(c, "canary") if a["outcome"].startswith("ok")], timeout=40,
-             message="the canary after the work, answered")
-    assert len(actions(c, "canary")) == 1
+    # Quiet now: a canary about 15 s later, answered at once; nothing restarted, ever. (The model's
+    # preload was work too: its canary may have gone before, queued behind the long answer and
+    # timed out while the runner worked: busy, not wedged.)
+    wait_for(lambda: (lambda a: a and a[-1]["outcome"].startswith("ok"))(actions(c, "canary")), timeout=40,
+             message=lambda: f"a canary after the work, answered ({actions(c, 'canary')})")
+    assert len(actions(c, "canary")) <= 2
     assert actions(c, "kill-restart") == [] and n_restarts(c) == 0
     assert c.unit_property("ollama.service", "MainPID") == start_pid
     assert "wedged" not in c.journal("localaid.service", output="cat")
@@ -103,15 +105,18 @@ def test_a_wedged_runner_is_restarted_within_a_minute_of_its_last_work(box):
     c.write(FAULTS, json.dumps({"runner_wedge": True, "wedge_after": 3, "gen_tokens": 20, "gen_rate": 10,
                                 "gen_cpu": 0.02}))
     hung: list[dict] = []
+    last_work = time.monotonic()  # (at the latest: the prompt and three tokens at 10 a second follow)
     threading.Thread(target=lambda: hung.append(generate(c, c.model, "hello", timeout=120)), daemon=True).start()
-    last_work = time.monotonic() + 0.3  # three tokens at 10 a second, then nothing
+    time.sleep(10)
+    assert not hung  # wedged: no answer
     c.write(FAULTS, "{}")  # a wedge does not heal by itself
     # Ollama's API stays green meanwhile, and STATUS does not call the runner wedged before the canary's end.
-    time.sleep(10)
     assert c.run(["curl", "-sf", "-m", "2", "http://127.0.0.1:11434/api/version"], check=False).returncode == 0
     assert "ollama ok" in status(c)
     restart = wait_for(lambda: [a for a in actions(c, "kill-restart") if a["cause"] == "wedged runner"],
-                       timeout=75, interval=0.2, message=lambda: f"the wedged runner restarted (last: {status(c)!r})")
+                       timeout=75, interval=0.2, message=lambda: f"the wedged runner restarted (last: {status(c)!r}, "
+                       f"actions {json.loads(c.read('/run/localaid/status.json'))['recent_actions'][-4:]}, journal "
+                       f"{c.journal('localaid.service', output='cat')[-1500:]})")
     detected = time.monotonic() - last_work
     print(f"\nwedged runner: restarted {detected:.1f} s after its last work")
     assert detected <= 60
