@@ -129,6 +129,23 @@ def _module_files(kernel: str | None) -> list[str]:
             if re.fullmatch(r"nvidia(-current)?\.ko(\.\w+)?", os.path.basename(p))]
 
 
+def kernels_without_module() -> list[str]:
+    """Installed kernels (a tree in /lib/modules with its modules.dep) that have no nvidia module
+    while the running one has: a kernel update DKMS did not follow. Booting one of them leaves
+    the GPU without its driver. Newest first."""
+    built = _module_files(None)
+    if not any(p.startswith(os.path.join(MODULES, KERNEL) + os.sep) for p in built):
+        return []  # no module to lose (or not our case: module_trouble says why)
+    have = {os.path.relpath(p, MODULES).split(os.sep)[0] for p in built}
+    kernels = [os.path.basename(os.path.dirname(d)) for d in glob.glob(os.path.join(MODULES, "*", "modules.dep"))]
+    return sorted((k for k in kernels if k not in have), key=_release_key, reverse=True)
+
+
+def _release_key(release: str) -> list:
+    """"6.1.0-31-amd64" sorts after "6.1.0-9-amd64": numbers as numbers."""
+    return [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in re.split(r"(\d+)", release) if x]
+
+
 def secure_boot_on(sys_root: str | None = None) -> bool:
     """The SecureBoot EFI variable: 4 bytes of attributes, then 1 when enforced."""
     try:

@@ -9,7 +9,7 @@ import os
 from typing import Callable
 
 from localaid import distro as distros
-from localaid.procfs import PROC, Driver, distro
+from localaid.procfs import PROC, Driver, distro, kernels_without_module
 from localaid.provision.devices.access import service_users, user_ids
 from localaid.provision.devices.ladder import GpuHost
 from localaid.provision.devices.nodes import Node, describe, node_stat
@@ -84,7 +84,21 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
         out += _node_checks(config, nodes, root, matrix)
     if obs.state == "ok" and config.ollama.models:
         out += _vram_checks(config, max(d.memory_total for d in obs.devices))
-    return out
+    return out + _next_kernels()
+
+
+def _next_kernels() -> list[Check]:
+    """A kernel installed beside the running one without the nvidia module (DKMS failed or did
+    not run): rebooting into it would lose the GPU. Said before the reboot, not after."""
+    missing = kernels_without_module()
+    if not missing:
+        return []
+    k = missing[0]
+    return [Check("next kernel", False, f"kernel {k} is installed without the nvidia module (DKMS did not build "
+                  f"it): booting it leaves the GPU without its driver" + (f" (also {', '.join(missing[1:])})"
+                                                                          if missing[1:] else ""),
+                  f"sudo apt install linux-headers-{k} && sudo dkms autoinstall -k {k}; check with "
+                  f"`dkms status` before you reboot")]
 
 
 def _driver_for_ollama(config, obs) -> list[Check]:
