@@ -29,6 +29,8 @@ class Box:
         self.in_flight = frozenset()
         self.gpu = GpuObs(state="none")
         self.decisions = []
+        for _ in range(16):  # the model loaded a while ago (a load's own work asks for nothing)
+            self.cycle()
 
     def obs(self) -> Observation:
         runners = RunnerObs(self.pids, self.cpu, ("llama-server",) * len(self.pids))
@@ -203,3 +205,15 @@ def test_the_quiet_and_timeout_keys_set_the_bound():
     work_then_quiet(box, quiet=5)
     assert len(box.canaries()) == 1
     assert History().runner == policy_runner.RunnerHistory()
+
+
+def test_a_models_load_is_not_work_that_calls_for_a_canary():
+    box = Box()
+    box.pids = (4101, 4202)  # a second model loads: its runner works for a few seconds, then rests
+    for _ in range(5):
+        box.cycle(cpu_per_s=0.9)
+    for _ in range(60):
+        box.cycle()
+    assert box.canaries() == []
+    work_then_quiet(box)  # a request to it afterwards is work
+    assert len(box.canaries()) == 1
