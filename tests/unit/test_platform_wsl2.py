@@ -68,6 +68,14 @@ def test_dropin_allows_dxg_by_path_under_wsl2_only():
     assert "DevicePolicy=closed" in wsl2 and "char-misc" not in wsl2  # never the whole misc major
 
 
+def test_open_webui_with_the_gpu_allows_dxg_under_wsl2_only():
+    from localaid.provision.webui.service import render_dropin as webui_dropin
+    c = Config()
+    c = replace(c, webui=replace(c.webui, gpu=True))
+    assert "dxg" not in webui_dropin(c, []) and "DeviceAllow=/dev/dxg rw" in webui_dropin(c, [], wsl=True)
+    assert webui_dropin(Config(), [], wsl=True) == ""  # no GPU for Open WebUI: nothing to allow
+
+
 def test_localaid_service_allows_dxg_narrowly():
     unit = (REPO / "units" / "localaid.service").read_text().splitlines()
     assert "DevicePolicy=closed" in unit and "DeviceAllow=/dev/dxg rw" in unit
