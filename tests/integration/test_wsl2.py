@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -125,7 +126,8 @@ def wsl(rootfs, deb, site, wheelhouse, tmp_path_factory):
     except RuntimeError as e:
         pytest.fail(str(e))
     libcuda = tmp / "libcuda.so.1"
-    os.system(f"gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o {libcuda} -x c /dev/null")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(libcuda), "-x", "c", "/dev/null"],
+                   check=True)  # WSL's libcuda.so.1 stand-in: an empty ELF library under its soname
     tag = f"localaid-it-wsl2-{uuid.uuid4().hex[:8]}"
     with pytest.MonkeyPatch.context() as mp, own_cgroup(tag) as cgroups:
         mp.setenv("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
