@@ -18,6 +18,9 @@ Heals what leaves Ollama on the CPU or the GPU unusable:
   device nodes, start ollama), then a check that the models are back on the GPU. At most
   LADDER_LIMIT ladders per boot; a ladder that fails, or a GPU still lost after it, ends in
   "reboot required" and no further attempt.
+Under WSL2 (gpu.platform) no driver can be reloaded from Linux: the only reset is `wsl --shutdown`
+from Windows. What would start the ladder says so instead (once, and in STATUS until the GPU is
+usable again); CPU-fallback restarts of Ollama work there as anywhere.
 Nothing here restarts an Ollama the admin stopped (unit inactive) or one under maintenance.
 """
 
@@ -44,6 +47,8 @@ OLLAMA_MIN_FREE = 457 * 2**20
 ROOM_MARGIN = 0.10  # and Ollama's size estimate may be this much short: only more room than that is "room"
 CRITICAL_XIDS = frozenset({48, 63, 64, 79, 94, 95, 119, 120})
 GIB = 2**30
+WSL2 = "wsl2"  # GpuObs.platform (procfs.WSL2)
+WSL_RESET = "the only reset under WSL2 is `wsl --shutdown` in Windows, then start WSL again"
 
 
 # ---------------------------------------------------------------------------- status text
@@ -52,14 +57,15 @@ def gpu_label(gpu) -> str:
     for d in gpu.devices:
         key = f"{d.name.removeprefix('NVIDIA ').removeprefix('GeForce ')} {round(d.memory_total / GIB)} GB"
         names[key] = names.get(key, 0) + 1
-    return ", ".join(k if n == 1 else f"{n}× {k}" for k, n in names.items())
+    label = ", ".join(k if n == 1 else f"{n}× {k}" for k, n in names.items())
+    return f"{label} (WSL2)" if gpu.platform == WSL2 else label
 
 
 def _fragment(gpu) -> str:
     if gpu.state == "off":
         return ""
     if gpu.state == "none":
-        return "no NVIDIA GPU found: running on CPU"
+        return "no NVIDIA GPU found" + (" (WSL2)" if gpu.platform == WSL2 else "") + ": running on CPU"
     if gpu.state == "no-driver":  # the cause, without its "(PCI …)" detail
         return (gpu.error or NO_DRIVER).split(" (PCI ")[0]
     if gpu.state == "lost":
@@ -75,6 +81,8 @@ def _reboot_fragment(h) -> str:
     """Names the failure of the recovery that gave up (not an older one)."""
     why = h.get("reboot_for") or EMPTY
     xid = why.get("xid")
+    if why.get("wsl"):
+        return f"GPU {'lost' if why.get('lost') else 'failed'} (WSL2): {WSL_RESET}"
     if why.get("lost"):
         return f"GPU lost ({f'XID {xid}' if xid else 'XID 79 or NVML GPU_IS_LOST'}): reboot required"
     return f"GPU failed{f' (XID {xid})' if xid else ''}: reboot required"
@@ -84,7 +92,7 @@ def _give_up(h, now, gpu, run) -> None:
     """Reboot required: no more ladders. `run` is the ladder (or trigger) given up on."""
     h["reboot_required"] = now
     h["reboot_for"] = MappingProxyType({"lost": gpu.state == "lost" or run["cause"] == "gpu-lost",
-                                        "xid": run.get("xid")})
+                                        "xid": run.get("xid"), "wsl": gpu.platform == WSL2})
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -311,6 +319,9 @@ def decide_gpu(config, obs: Observation, gh, now: float):
         if OLLAMA in obs.maintenance and not _job_running(jo):
             h["pending"] = trigger  # an Xid comes once: remember it until the upgrade is over
             fragment = f"GPU recovery ({what}) waits: ollama under maintenance"
+        elif gpu.platform == WSL2:  # nothing to reload from inside the VM
+            notes.append(f"GPU: {evidence}; no recovery ladder: {WSL_RESET}")
+            _give_up(h, now, gpu, run)
         elif _job_running(jo):  # a ladder we did not start (or from before a restart of localaid)
             h["ladder"] = MappingProxyType({"phase": "running", "started": now, **run})
             fragment = f"GPU recovery ({what}): {jo.text or 'running'}"

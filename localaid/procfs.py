@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import os
 import re
+import stat
 
 from localaid import distro as distros
 from localaid.records import HostFacts, RunnerObs
@@ -185,6 +186,47 @@ def module_trouble(cards, proc: str | None = None, sys_root: str | None = None) 
         "the module is built but not loaded"
 
 
+# ---------------------------------------------------------------- platform: Linux or WSL2
+# Under WSL2 the GPU is reached through /dev/dxg (a misc character device of the WSL kernel's
+# dxgkrnl driver) and the libraries WSL mounts at /usr/lib/wsl/lib: no nvidia module, no
+# /dev/nvidia*, no /proc/driver/nvidia. The signals: the kernel release ("...-microsoft-standard-
+# WSL2", what systemd-detect-virt's "wsl" is read from, LOCALAID_KERNEL_RELEASE in tests) or
+# /dev/dxg as a character device (a self-built WSL kernel may carry another release string).
+# LOCALAID_DXG moves the node (unit tests).
+WSL2 = "wsl2"
+LINUX = "linux"
+DXG = os.environ.get("LOCALAID_DXG", "/dev/dxg")
+WSL_LIB_DIR = "/usr/lib/wsl/lib"
+_WSL2_RELEASE = re.compile(r"microsoft.*wsl2", re.I)
+
+
+def wsl2_release(release: str) -> bool:
+    """A WSL2 kernel by its release (`*microsoft*WSL2*`, any case, as systemd and Ollama's
+    install.sh match it). WSL1's ("4.4.0-19041-Microsoft") is not one."""
+    return bool(_WSL2_RELEASE.search(release or ""))
+
+
+def platform_of(release: str, dxg_is_char: bool) -> str:
+    """WSL2 or LINUX from the two signals (pure)."""
+    return WSL2 if wsl2_release(release) or dxg_is_char else LINUX
+
+
+def _is_char(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def platform(release: str | None = None, dxg: str | None = None) -> str:
+    """The platform this process runs on: WSL2 or LINUX."""
+    return platform_of(KERNEL if release is None else release, _is_char(dxg or DXG))
+
+
+def on_wsl2() -> bool:
+    return platform() == WSL2
+
+
 # ---------------------------------------------------------------- driver versions: running, installed
 # Where Debian, Ubuntu and NVIDIA's own installer put libnvidia-ml.so.<version> (the file the
 # .so.1 link names): the version a process that starts now gets. LOCALAID_NVML_LIB_DIRS (":"-
@@ -192,7 +234,7 @@ def module_trouble(cards, proc: str | None = None, sys_root: str | None = None) 
 NVML_LIB_DIRS = tuple(os.environ.get("LOCALAID_NVML_LIB_DIRS", "").split(":")) if \
     os.environ.get("LOCALAID_NVML_LIB_DIRS") else (
     "/usr/lib/x86_64-linux-gnu/nvidia/current", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu/nvidia/current",
-    "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+    "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", WSL_LIB_DIR)
 _VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?")
 
 

@@ -143,6 +143,7 @@ class GpuObs:
     xid_counts: tuple[tuple[int, int], ...] = ()  # (xid, events) since localaid started, by xid
     last_xids: tuple[XidEvent, ...] = ()  # the most recent events, oldest first
     xid_watch: str | None = None  # why Xid events are not watched (e.g. not supported), None when fine
+    platform: str = "linux"  # linux | wsl2 (procfs.platform: the GPU through /dev/dxg, reset only from Windows)
 
 
 @dataclass(frozen=True)

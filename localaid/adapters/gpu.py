@@ -20,6 +20,13 @@ supervisor's loop never waits for the GPU. Each observation also carries the cou
 since start and the last few events. A GPU or driver that does not support these events stops
 the watch for good, said once in the journal and in the observation (xid_watch).
 
+Under WSL2 (procfs.platform) NVML is WSL's /usr/lib/wsl/lib/libnvidia-ml.so.1 (found through the
+loader's cache, as WSL's ld.wsl.conf puts it there) reaching the GPU through /dev/dxg. It answers
+only part of the API: what it does not support (utilisation, compute processes with older
+Windows drivers: NOT_SUPPORTED or UNKNOWN) is "unavailable" (None), never "lost"; only
+GPU_IS_LOST is, and an UNKNOWN from nvmlInit is not. It has no Xid events: the watch is not
+started (xid_watch says why). Each observation names the platform.
+
 Besides NVML, observe() reads two small files other parts of localaid write in /run/localaid:
 devices.json (when the device nodes were last created or fixed: boot-race detection) and
 resume.json (when the machine last resumed from sleep), and the PIDs of ollama.service's
@@ -57,6 +64,7 @@ CTL_NODE = "/dev/nvidiactl"  # the node nvmlInit opens first
 LOST_XID = 79  # "fell off the bus": what a GPU-unavailable event without an Xid stands for
 LOST_TEXT = "GPU is lost (fell off the bus)"
 XID_WATCH_UNSUPPORTED = "not supported by this GPU/driver"
+XID_WATCH_WSL2 = "not available under WSL2 (its NVML reports no Xid events)"
 EVENT_WAIT_MS = 500  # how long the event thread blocks in NVML at a time
 EVENT_RETRY = 2.0  # pause after an NVML error in the event thread
 # No library or no driver: NVML is asked again this much later, not every cycle (an attempt
@@ -85,6 +93,7 @@ class Gpu:
         self._lock = threading.Lock()  # NVML init/shutdown and the device queries of observe()
         self._nvml = None
         self._initialised = False
+        self.platform = procfs.platform()
         self._events_wanted = events and (config is None or getattr(config.gpu, "watch", True))
         self._xids: collections.deque[XidEvent] = collections.deque(maxlen=MAX_QUEUED_XIDS)
         self._xid_lock = threading.Lock()  # the queue, the counts and the last events
@@ -93,7 +102,8 @@ class Gpu:
         self._seen_gpu = False  # a device was listed once: an unknown init error then means "lost"
         self._none: tuple[float, GpuObs] | None = None  # (until, observation) after a failed init
         self._versions: tuple[float, str | None, str | None] | None = None  # (until, running, installed)
-        self.xid_watch: str | None = None  # set when the event watch stopped for good
+        # set when the event watch stopped for good; never started under WSL2
+        self.xid_watch: str | None = XID_WATCH_WSL2 if self.platform == procfs.WSL2 else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.event_error: str | None = None  # last error of the event thread, for diagnostics
@@ -134,7 +144,7 @@ class Gpu:
             self._start_events()
         # Ollama's PIDs only matter next to a GPU's compute processes: no cgroup walk otherwise.
         pids = procfs.cgroup_pids(ollama_cgroup) if obs.state == "ok" else ()
-        extra = {**self._drain(), "xid_watch": self.xid_watch, "ollama_pids": pids,
+        extra = {**self._drain(), "xid_watch": self.xid_watch, "ollama_pids": pids, "platform": self.platform,
                  "nodes_changed_at": _marker_time(DEVICES_STATE, "changed_mono")}
         resumed = _marker_time(RESUME_STATE, "mono")
         if resumed is not None:
@@ -154,7 +164,7 @@ class Gpu:
                 return GpuObs(state="lost", error=f"{LOST_TEXT}: NVML init: {_nvml_text(e)}")
             if getattr(e, "value", None) == NVML_ERROR_LIB_RM_VERSION_MISMATCH:
                 return self._hold(self._mismatch(()))
-            refused = _init_refused(e)
+            refused = _init_refused(e, self.platform)
             if refused is not None:
                 return GpuObs(state="error", error=refused)
             return self._no_gpu(GpuObs(state="none", error=_none_reason(e)))
@@ -222,6 +232,8 @@ class Gpu:
         """An nvmlInit error that means the GPU fell off the bus, not "no GPU here": the
         recovery ladder can help, whereas a missing library or driver is "none"."""
         code = getattr(e, "value", None)
+        if self.platform == procfs.WSL2:  # WSL's NVML answers UNKNOWN for much it does not support
+            return code == NVML_ERROR_GPU_IS_LOST
         return code == NVML_ERROR_GPU_IS_LOST or (code == NVML_ERROR_UNKNOWN and self._seen_gpu)
 
     # ---- Xid events -----------------------------------------------------------------------
@@ -344,17 +356,19 @@ def _none_reason(e: Exception) -> str:
     return f"no NVIDIA GPU found ({_nvml_text(e)})"
 
 
-def _init_refused(e: Exception) -> str | None:
+def _init_refused(e: Exception, platform: str = procfs.LINUX) -> str | None:
     """Why nvmlInit was refused although a driver answers (an "error", not "no GPU"), or None
-    when the failure means there is no usable driver."""
+    when the failure means there is no usable driver. Under WSL2 the node NVML opens is
+    /dev/dxg, not /dev/nvidiactl."""
     code = getattr(e, "value", None)
+    node = procfs.DXG if platform == procfs.WSL2 else CTL_NODE
     if code == NVML_ERROR_NO_PERMISSION:
         return (f"NVML: {_nvml_text(e)}: the NVIDIA device nodes' permissions keep localaid out "
                 "(gpu.devices.mode; `localaid doctor` shows who may open them)")
     if code != NVML_ERROR_UNKNOWN:
         return None
-    err = _open_errno(CTL_NODE)
-    why = f"; {CTL_NODE}: {os.strerror(err)}" if err else ""
+    err = _open_errno(node)
+    why = f"; {node}: {os.strerror(err)}" if err else ""
     if err == errno.EPERM:
         why += " (localaid.service's device policy: a driver loaded after localaid started?)"
     if not why and not procfs.nvidia_gpus_on_pci():

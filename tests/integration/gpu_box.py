@@ -68,11 +68,11 @@ WantedBy=multi-user.target
 FAKE_PROC_DROPIN = "[Service]\nEnvironment=LOCALAID_PROC=/run/fake-proc\n"
 
 
-def build_nvml(tmp: Path) -> Path:
+def build_nvml(tmp: Path, wsl: bool = False) -> Path:
     import sys
     sys.path.insert(0, str(TESTS.parent))
     from tests.fakes.nvml import support
-    return support.build(tmp)
+    return support.build(tmp, wsl=wsl)
 
 
 def proc_devices(uvm: bool) -> str:

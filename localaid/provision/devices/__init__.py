@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 
+from localaid import procfs
 from localaid.procfs import (PROC, Driver, _module_loaded, _read, char_majors, driver_state, gpu_without_driver,
                              uvm_loaded)
 from localaid.provision.devices import doctor
@@ -56,11 +57,18 @@ __all__ = ["DEV", "DEVICES_UNIT", "GIB", "JOB", "LADDER_JOB", "LADDER_LIMIT", "M
            "service_users", "user_ids", "uvm_loaded", "vram_advice"]
 
 JOB = "devices"
+WSL_NODES = ("WSL2: the GPU is /dev/dxg (WSL's own, mode 0666); no NVIDIA nodes, udev rule or kernel module "
+             "to manage here: nothing to do")
+WSL_NO_LADDER = ("WSL2: no NVIDIA module or nodes to reload inside the VM; the only reset is `wsl --shutdown` "
+                 "in Windows, then start WSL again")
 
 
 def devices_main(args, config) -> int:
     """`localaid provision devices`: localaid-devices.service. First the rest of a recovery
     ladder a kill interrupted (it may have left Ollama stopped), then the nodes."""
+    if procfs.on_wsl2():  # no /dev/nvidia*, no nvidia module: nothing here would apply
+        Reporter(JOB).done(WSL_NODES)
+        return 0
     host = GpuHost()
     complete_killed(config, host)
     announce_if_mismatch(Reporter(None))
@@ -92,10 +100,18 @@ def devices_main(args, config) -> int:
 
 def gpu_recover_main(args, config, systemd=None) -> int:
     """`localaid gpu recover`: localaid-gpu-recover.service. Stop ollama, reload nvidia_uvm,
-    recreate the device nodes, start ollama. Exit 0 when the GPU answers NVML afterwards."""
+    recreate the device nodes, start ollama. Exit 0 when the GPU answers NVML afterwards.
+    Under WSL2 there is nothing to reload: it says what resets the GPU there, and fails."""
+    if procfs.on_wsl2():
+        Reporter(LADDER_JOB).failed(WSL_NO_LADDER)
+        return 1
     return recover(config, GpuHost(systemd), Reporter(LADDER_JOB))
 
 
 def doctor_checks(config) -> list:
     drv = driver_state()
-    return doctor.checks(config, drv, expected_nodes(drv), os.geteuid() == 0, access_matrix)
+    out = doctor.checks(config, drv, expected_nodes(drv), os.geteuid() == 0, access_matrix)
+    if procfs.on_wsl2():  # after the GPU check: NVML is loaded, the library can be named
+        from localaid.provision.devices import wsl
+        out += wsl.checks(config)
+    return out

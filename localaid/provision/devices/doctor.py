@@ -16,6 +16,8 @@ from localaid.provision.devices.nodes import Node, describe, node_stat
 from localaid.records import NO_DRIVER, Check
 
 FIX = "systemctl start localaid-devices.service (or set gpu.devices.mode)"
+WSL_DRIVER = ("under WSL2 the GPU comes with NVIDIA's Windows driver: install or update it in Windows; "
+              "install no Linux NVIDIA driver inside WSL")
 
 
 def _open_as(path: str, uid: int, gid: int, groups) -> int:
@@ -62,7 +64,7 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
         out += _driver_for_ollama(config, obs)
     elif obs.state == "none":
         out.append(Check("gpu", None, f"{obs.error or 'no NVIDIA GPU found'}: running on CPU",
-                         distros.gpu_speed_advice(distro())))
+                         WSL_DRIVER if obs.platform == "wsl2" else distros.gpu_speed_advice(distro())))
     elif obs.state == "no-driver":  # the cause says its own fix; a driver never installed needs these steps
         out.append(Check("gpu", False, f"{obs.error or NO_DRIVER}; Ollama runs on the CPU meanwhile",
                          distros.install_advice(distro()) if (obs.error or NO_DRIVER).startswith(distros.NO_DRIVER_HEAD)
@@ -76,9 +78,10 @@ def checks(config, drv: Driver, nodes: list[Node], root: bool,
                          "systemctl start ollama"))
     else:
         out.append(Check("gpu", False, obs.error or obs.state,
+                         "under WSL2: `wsl --shutdown` in Windows, then start WSL again" if obs.platform == "wsl2" else
                          "GPU lost: reboot; if it recurs check power, cooling and `journalctl -k | grep Xid`"))
     if not drv.loaded:
-        if obs.state == "ok":
+        if obs.state == "ok" and obs.platform != "wsl2":  # WSL2 has no NVIDIA driver state in /proc
             out.append(Check("gpu devices", None, f"cannot read the driver's state in {PROC}"))
     else:
         out += _node_checks(config, nodes, root, matrix)

@@ -1,6 +1,7 @@
 """The system-sleep hook's half (`localaid gpu resumed KIND`, run by units/localaid-sleep after a
 resume): record the moment, re-check the device nodes, wake the supervisor for a cycle at once.
-Whether Ollama lost the GPU is the supervisor's to see; it starts the ladder if so."""
+Whether Ollama lost the GPU is the supervisor's to see; it starts the ladder if so. Under WSL2
+it stays out of the way (no device nodes, no ladder there)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import signal
 import time
 
-from localaid import fsutil, paths
+from localaid import fsutil, paths, procfs
 from localaid.adapters.systemd import SystemdError
 from localaid.provision.devices.ladder import GpuHost
 from localaid.provision.job import Reporter
@@ -23,6 +24,9 @@ def resume_marker_path() -> str:
 def resumed_main(args, config, systemd=None) -> int:
     kind = getattr(args, "kind", None) or "suspend"
     rep = Reporter(None)
+    if procfs.on_wsl2():  # Windows pauses the VM; the GPU is not Linux's to re-check
+        rep.say("resumed from sleep under WSL2: nothing to check", kind=kind)
+        return 0
     os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
     fsutil.write_json(resume_marker_path(), {"mono": time.monotonic(), "wall": time.time(), "kind": kind})
     rep.say("resumed from sleep: checking the GPU", kind=kind)

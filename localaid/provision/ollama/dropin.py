@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from localaid import fsutil
+from localaid import fsutil, procfs
 from localaid.provision.job import JobError
 import localaid.provision.ollama.firewall as firewall
 from localaid.provision.ollama.layout import DEFAULT_MODELS_DIR, LAYOUT, OLLAMA_HOME, Layout
@@ -74,11 +74,13 @@ def _under(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == r or path.startswith(r + "/") for r in roots)
 
 
-def render_dropin(cfg, device_nodes: tuple[str, ...] = (), env_file: str = LAYOUT.env_file) -> str:
+def render_dropin(cfg, device_nodes: tuple[str, ...] = (), env_file: str = LAYOUT.env_file,
+                  wsl: bool = False) -> str:
     """The text of 50-localaid.conf for `cfg` (an OllamaConfig). Pure: tests call it directly.
 
     device_nodes: NVIDIA nodes present now, allowed by path as well as by device group (a group
-    is only known to the kernel once the driver is loaded).
+    is only known to the kernel once the driver is loaded). wsl: under WSL2 the GPU is /dev/dxg
+    (a misc device: allowed by its path alone, never the whole char-misc group).
     """
     models = cfg.models_dir or DEFAULT_MODELS_DIR
     lines = [
@@ -112,6 +114,8 @@ def render_dropin(cfg, device_nodes: tuple[str, ...] = (), env_file: str = LAYOU
     ]
     lines += [f"DeviceAllow={g} rw" for g in NVIDIA_DEVICE_GROUPS]
     lines += [f"DeviceAllow={unit_quote(n)} rw" for n in device_nodes]
+    if wsl:
+        lines += ["# WSL2: the GPU is reached through /dev/dxg (dxgkrnl)", "DeviceAllow=/dev/dxg rw"]
     lines += [
         "CapabilityBoundingSet=",
         "AmbientCapabilities=",
@@ -171,7 +175,7 @@ def _current(path: str, text: str, mode: int) -> bool:
 def expected(cfg, layout: Layout = LAYOUT) -> dict[str, tuple[str, int]]:
     """path → (text, mode) of the two files, as the configuration wants them now."""
     return {layout.env_file: (render_env_file(cfg), 0o600),
-            layout.dropin: (render_dropin(cfg, nvidia_nodes(layout.dev), layout.env_file), 0o644)}
+            layout.dropin: (render_dropin(cfg, nvidia_nodes(layout.dev), layout.env_file, procfs.on_wsl2()), 0o644)}
 
 
 def is_current(cfg, layout: Layout = LAYOUT) -> bool:

@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 
-from localaid import fsutil
+from localaid import fsutil, procfs
 from localaid.policy import BUSY_CPU, BUSY_HOLD
 from localaid.provision import safefs
 from localaid.provision.job import JobError
@@ -67,8 +67,9 @@ def render_env(config, secret_key: str, admin_password: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_dropin(config, gpu_groups: list[str]) -> str:
-    """Machine-specific settings of open-webui.service; empty when the shipped unit fits."""
+def render_dropin(config, gpu_groups: list[str], wsl: bool = False) -> str:
+    """Machine-specific settings of open-webui.service; empty when the shipped unit fits.
+    wsl: under WSL2 the GPU is /dev/dxg, allowed by path."""
     w = config.webui
     out = []
     if w.data_dir != UNIT_DATA_DIR:
@@ -79,6 +80,8 @@ def render_dropin(config, gpu_groups: list[str]) -> str:
     if w.gpu:
         out += ["# webui.gpu: true: CUDA for local embedding/speech models",
                 "PrivateDevices=no", "DevicePolicy=closed", "DeviceAllow=char-nvidia* rw"]
+        if wsl:
+            out.append("DeviceAllow=/dev/dxg rw")
         if gpu_groups:
             out.append("SupplementaryGroups=" + " ".join(gpu_groups))
     return HEADER + "\n".join(out) + "\n" if out else ""
@@ -212,7 +215,7 @@ def configure(ctx) -> bool:
         os.makedirs(d, mode=0o755, exist_ok=True)
     os.chmod(layout.backups, 0o700)
     changed = write_env(ctx, with_password=not os.path.exists(layout.admin_marker))
-    if write_if_changed(layout.dropin, render_dropin(ctx.config, gpu_groups(ctx.config)), 0o644):
+    if write_if_changed(layout.dropin, render_dropin(ctx.config, gpu_groups(ctx.config), procfs.on_wsl2()), 0o644):
         changed = True
         host.daemon_reload()
     return changed

@@ -29,6 +29,14 @@
  *   processes that are gone are ignored (the driver freed their memory). Used = "memory_used"
  *   (the rest of the card) + those bytes; processes = "compute_pids" (512 MiB each) + those.
  *
+ * - The WSL2 build (-DFAKE_NVML_WSL: tests/fakes/nvml/build OUTDIR --wsl) is WSL's library, installed
+ *   under /usr/lib/wsl/lib: it reaches the GPU through /dev/dxg (nvmlInit opens "dxg" where the
+ *   Linux one opens nvidiactl; no per-GPU node), and supports only part of the API, as WSL's
+ *   does: no events (nvmlEventSetCreate and nvmlDeviceRegisterEvents: NOT_SUPPORTED, no event
+ *   types), and utilisation and compute processes only with a Windows driver new enough
+ *   ("wsl_new_driver": true; else they fail with "wsl_unsupported", default 3 NOT_SUPPORTED, 999
+ *   UNKNOWN as some drivers answer).
+ *
  * Build: tests/fakes/nvml/build (gcc -shared -fPIC -Wl,-soname,libnvidia-ml.so.1).
  */
 #include <errno.h>
@@ -74,6 +82,18 @@ typedef struct { int registered, lost_delivered; long delivered; unsigned long l
 
 static int initialised;
 
+#ifdef FAKE_NVML_WSL
+#define CTL_NODE "dxg"
+/* WSL's NVML: what an older Windows driver does not support (utilisation, compute processes). */
+static int wsl_unsupported(const char *s) {
+    return num(s, "wsl_new_driver", 0) ? NVML_SUCCESS : (int)num(s, "wsl_unsupported", NVML_ERROR_NOT_SUPPORTED);
+}
+#define WSL_LIMITED(s) do { int r_ = wsl_unsupported(s); if (r_ != NVML_SUCCESS) { free(s); return r_; } } while (0)
+#else
+#define CTL_NODE "nvidiactl"
+#define WSL_LIMITED(s) do { } while (0)
+#endif
+
 static int lost(const char *s) { return num(s, "lost", 0) != 0; }
 
 static int device_index(void *device, const char *s) {
@@ -118,7 +138,7 @@ int nvmlInitWithFlags(unsigned int flags) {
     int forced = (int)num(s, "init_error", 0);
     free(s);
     if (!loaded) return NVML_ERROR_DRIVER_NOT_LOADED;
-    int r = open_node("nvidiactl");
+    int r = open_node(CTL_NODE);
     if (r != NVML_SUCCESS) return r;
     if (forced) return forced;
     initialised = 1;
@@ -172,10 +192,12 @@ int nvmlDeviceGetHandleByIndex_v2(unsigned int index, void **device) {
     free(s);
     if (index >= count) return NVML_ERROR_INVALID_ARGUMENT;
     if (gone) return NVML_ERROR_GPU_IS_LOST;
+#ifndef FAKE_NVML_WSL  /* under WSL /dev/dxg, opened at init, is the only node */
     char node[32];
     snprintf(node, sizeof node, "nvidia%u", index);
     int r = open_node(node);
     if (r != NVML_SUCCESS) return r == NVML_ERROR_DRIVER_NOT_LOADED ? NVML_ERROR_UNKNOWN : r;
+#endif
     *device = (void *)(intptr_t)(index + 1);
     return NVML_SUCCESS;
 }
@@ -242,6 +264,7 @@ int nvmlDeviceGetTemperature(void *device, int sensor, unsigned int *temp) {
 
 int nvmlDeviceGetUtilizationRates(void *device, nvmlUtilization_t *util) {
     DEVICE_CALL(device);
+    WSL_LIMITED(s);
     util->gpu = (unsigned int)num(s, "utilization", 0);
     util->memory = util->gpu;
     free(s);
@@ -250,6 +273,7 @@ int nvmlDeviceGetUtilizationRates(void *device, nvmlUtilization_t *util) {
 
 static int running_processes(void *device, unsigned int *count, nvmlProcessInfo_t *infos) {
     DEVICE_CALL(device);
+    WSL_LIMITED(s);
     long long pids[MAX_LIST], bytes[MAX_LIST];
     int n = 0;
     if (idx == 0) {
@@ -287,6 +311,10 @@ int nvmlDeviceGetComputeRunningProcesses_v2(void *device, unsigned int *count, n
 /* ------------------------------------------------------------------ events */
 int nvmlEventSetCreate(void **set) {
     if (!initialised) return NVML_ERROR_UNINITIALIZED;
+#ifdef FAKE_NVML_WSL
+    (void)set;
+    return NVML_ERROR_NOT_SUPPORTED;
+#endif
     fake_set_t *fs = calloc(1, sizeof *fs);
     if (!fs) return NVML_ERROR_UNKNOWN;
     *set = fs;
@@ -296,12 +324,21 @@ int nvmlEventSetCreate(void **set) {
 int nvmlDeviceGetSupportedEventTypes(void *device, unsigned long long *types) {
     DEVICE_CALL(device);
     free(s);
+#ifdef FAKE_NVML_WSL
+    *types = 0;
+#else
     *types = EVENT_XID | EVENT_GPU_UNAVAILABLE;
+#endif
     return NVML_SUCCESS;
 }
 
 int nvmlDeviceRegisterEvents(void *device, unsigned long long types, void *set) {
     DEVICE_CALL(device);
+#ifdef FAKE_NVML_WSL
+    (void)types; (void)set;
+    free(s);
+    return NVML_ERROR_NOT_SUPPORTED;
+#endif
     fake_set_t *fs = set;
     if (!fs) { free(s); return NVML_ERROR_INVALID_ARGUMENT; }
     if (types & ~(EVENT_XID | EVENT_GPU_UNAVAILABLE)) { free(s); return NVML_ERROR_NOT_SUPPORTED; }

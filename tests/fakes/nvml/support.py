@@ -1,7 +1,7 @@
 """Test helpers for the fake NVML library: build it, find the real nvidia-ml-py, load both.
 
     from tests.fakes.nvml import support
-    lib = support.build(tmp_dir)           # gcc → tmp_dir/libnvidia-ml.so.1
+    lib = support.build(tmp_dir)           # gcc → tmp_dir/libnvidia-ml.so.1 (wsl=True: WSL2's)
     pynvml_dir = support.pynvml_dir(tmp)   # a directory holding nvidia-ml-py's pynvml.py
     support.write_state(path, count=1, lost=False, xids=[79], ...)
     support.fake_dev(dev_dir, count=1)     # nvidiactl, nvidia0 as plain files, for FAKE_NVML_DEV
@@ -32,10 +32,12 @@ BUILD = HERE / "build"
 WHEEL_CACHE = "/var/cache/localaid-build"
 
 
-def build(outdir: str | os.PathLike) -> Path:
+def build(outdir: str | os.PathLike, wsl: bool = False) -> Path:
+    """The library in `outdir`; wsl: WSL2's (through /dev/dxg, part of the API)."""
     if shutil.which("gcc") is None:
         raise RuntimeError("gcc is needed to build the fake NVML library (tools/setup-host installs it)")
-    out = subprocess.run([str(BUILD), str(outdir)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([str(BUILD), str(outdir)] + (["--wsl"] if wsl else []), check=True, capture_output=True,
+                         text=True).stdout
     return Path(out.strip().splitlines()[-1])
 
 

@@ -5,7 +5,8 @@ What real Ollama does, as the fake `ollama serve` (tests/fakes/ollama/ollama) pl
 - GPU discovery happens once, at start. The GPU is usable when the device nodes open
   (/dev/nvidiactl, /dev/nvidia<N> per GPU, /dev/nvidia-uvm; in $FAKE_NVML_DEV if set; ENXIO, a
   node without a driver behind it as in the test containers, counts as opened; EACCES, EPERM,
-  ENOENT do not), the fake NVML state (FAKE_NVML_STATE) shows a working driver with a GPU, and
+  ENOENT do not; under WSL2, where the CUDA library Ollama loads is WSL's
+  (/usr/lib/wsl/lib/libcuda.so.1, or $FAKE_OLLAMA_WSL_LIBCUDA), the only node is /dev/dxg), the fake NVML state (FAKE_NVML_STATE) shows a working driver with a GPU, and
   CUDA initialises: it does not while the faults file says "cuda_broken" (a CUDA state broken by
   suspend/resume until nvidia_uvm is reloaded), nor for as many starts as the file
   `discovery-fail` beside the faults file counts (each such start takes one off: "cuda driver
@@ -40,6 +41,7 @@ MIN_FREE = 457 * 2**20  # what Ollama keeps free on a GPU (ml/device.go MinimumM
 DEFAULT_TOTAL = 12884901888  # the fake NVML's default memory_total
 LAYERS = 33  # a 7-8B model's repeating layers plus the output layer: offload granularity
 CUDA_INIT_FAILURE = "cuda driver library init failure: 999"
+WSL_LIBCUDA = "/usr/lib/wsl/lib/libcuda.so.1"  # WSL's CUDA driver library: it reaches the GPU through /dev/dxg
 DEFAULT_CUDA_ERROR = "unspecified launch failure"
 
 
@@ -68,7 +70,8 @@ def _opens(path: str) -> tuple[bool, str]:
     try:
         os.close(os.open(path, os.O_RDWR | os.O_NONBLOCK))
     except OSError as e:
-        return e.errno == errno.ENXIO, f"{path}: {os.strerror(e.errno)}"
+        # ENXIO/ENODEV: the node reached the kernel, no driver behind it (a misc minor nobody registered)
+        return e.errno in (errno.ENXIO, errno.ENODEV), f"{path}: {os.strerror(e.errno)}"
     return True, f"{path}: ok"
 
 
@@ -107,7 +110,10 @@ class Gpu:
         state = read_json(self.nvml_state)
         count = int(state.get("count", 1) or 0) if state else 0
         dev = os.environ.get("FAKE_NVML_DEV") or "/dev"  # as the NVML double: plain files outside containers
-        for node in ["nvidiactl"] + [f"nvidia{i}" for i in range(max(count, 1))] + ["nvidia-uvm"]:
+        nodes = ["nvidiactl"] + [f"nvidia{i}" for i in range(max(count, 1))] + ["nvidia-uvm"]
+        if os.path.exists(os.environ.get("FAKE_OLLAMA_WSL_LIBCUDA") or WSL_LIBCUDA):
+            nodes = ["dxg"]
+        for node in nodes:
             ok, why = _opens(os.path.join(dev, node))
             reasons.append(why)
             if not ok:
