@@ -59,122 +59,143 @@ def _enabled_services(config) -> tuple[str, ...]:
 SETUP_JOB = {OLLAMA: "ollama-setup", WEBUI: "webui-setup"}
 
 
+class _Track:
+    """One service's history as this cycle changes it, and the journal notes that go with it."""
+
+    NOTED = ("ok", "degraded", "stopped", "failing", "restarting")  # states whose arrival is journaled
+
+    def __init__(self, name: str, h: ServiceHistory):
+        self.name, self.h, self.notes = name, h, []
+
+    def become(self, state: str, reason: str, **kw) -> None:
+        h = self.h
+        if state != h.state and h.state != "unknown" and state in self.NOTED:
+            self.notes.append(f"{self.name}: {h.state} -> {state}" + (f" ({reason})" if reason else ""))
+        self.h = replace(h, state=state, reason=reason, **kw)
+
+    def set(self, **kw) -> None:
+        self.h = replace(self.h, **kw)
+
+
 def _service(config, name: str, so: ServiceObs | None, h: ServiceHistory, now: float, obs: Observation,
              depends_ok: bool, dependency: str | None, setting_up: bool = False, wedged=None):
     """One service: returns (actions, new history, notes)."""
-    hc = config.health
-    unit_name = UNITS[name]
-    notes: list[str] = []
-    actions: list[Action] = []
-    window_start = now - hc.restart_window
-    restarts = tuple(t for t in h.restarts if t > window_start)
-    h = replace(h, restarts=restarts, crashes=tuple(t for t in h.crashes if t > window_start))
+    window_start = now - config.health.restart_window
+    t = _Track(name, replace(h, restarts=tuple(x for x in h.restarts if x > window_start),
+                             crashes=tuple(x for x in h.crashes if x > window_start)))
+    actions = _judge(config, name, so, t, now, obs, setting_up, wedged, depends_ok, dependency)
+    return actions, t.h, t.notes
 
-    def become(state: str, reason: str, **kw):
-        nonlocal h
-        if state != h.state and h.state != "unknown" and state in ("ok", "degraded", "stopped", "failing",
-                                                                   "restarting"):
-            notes.append(f"{name}: {h.state} -> {state}" + (f" ({reason})" if reason else ""))
-        h = replace(h, state=state, reason=reason, **kw)
 
-    def h_of():
-        return h
-
+def _judge(config, name, so: ServiceObs | None, t: _Track, now: float, obs: Observation, setting_up: bool,
+           wedged, depends_ok: bool, dependency: str | None) -> list[Action]:
+    """The service's state from its unit (systemd's view) first, then from its probe."""
     if name in obs.maintenance:
-        become("maintenance", "set-up or upgrade at work", failures=0, failing_since=None)
-        return actions, h, notes
+        t.become("maintenance", "set-up or upgrade at work", failures=0, failing_since=None)
+        return []
     if so is None or so.unit is None:
-        become("unknown", so.unit_error if so and so.unit_error else "systemd not reachable")
-        return actions, h, notes
+        t.become("unknown", so.unit_error if so and so.unit_error else "systemd not reachable")
+        return []
     unit = so.unit
-    if unit.n_restarts > h.seen_n_restarts and h.state != "unknown":
-        crashes = unit.n_restarts - h.seen_n_restarts
-        how = f" ({unit.result})" if unit.result not in ("", "success") else ""
-        notes.append(f"{name}: exited and was restarted by systemd{how}, {crashes} time(s)")
-        restarts = restarts + (now,) * crashes
-        h = replace(h, restarts=restarts, crashes=h.crashes + (now,) * crashes)
-    h = replace(h, seen_n_restarts=unit.n_restarts)
-
+    _count_crashes(t, unit, now)
     state, sub = unit.active_state, unit.sub_state
     # Only a service never seen answering is "being installed"; one that served before and is
     # now stopped was stopped by someone, whatever set-up job runs meanwhile.
-    if setting_up and h.last_ok is None and (not unit.exists or state in ("inactive", "failed")):
-        become("installing", "set-up in progress")
-        return actions, h, notes
-    if not unit.exists:
-        become("missing", "not installed yet" if unit.load_state == "not-found" else unit.load_state)
-        return actions, h, notes
-
-    if state == "inactive" and not unit.job:
-        become("stopped", "stopped by admin; localaid leaves it until it is started again",
-               failures=0, failing_since=None)
-        return actions, h, notes
-    if state == "failed" or (state == "inactive" and unit.job is False and sub == "failed"):
-        return _repair(config, name, unit_name, h, now, "start", "failed",
-                       f"systemd gave up on it (result {unit.result or 'unknown'})", become), h_of(), notes
-    if state in ("activating", "deactivating", "reloading") or sub == "auto-restart":
-        if len(restarts) >= hc.restart_limit:
-            become("degraded", f"crash loop, {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}")
-        else:
-            reason = "systemd restarting it after a crash" if sub == "auto-restart" else state
-            become("restarting" if sub == "auto-restart" else "starting", reason)
-        return actions, h, notes
-
-    # active: judge by the probe
-    probe = so.probe
-    uptime = now - unit.active_enter_mono
-    grace = _grace(config, name)
-    if probe is not None and probe.ok:
-        return _answering(config, name, so, h, now, restarts, wedged, become, notes), h_of(), notes
-    if probe is None:
-        become(h.state if h.state != "unknown" else "starting", h.reason)
-        return actions, h, notes
-    answered_since_start = h.last_ok is not None and h.last_ok >= unit.active_enter_mono
-    h = _sample_cpu(h, so, now)
-    if uptime < grace and not answered_since_start:
-        become("starting", f"started {fmt_seconds(uptime)} ago, grace {fmt_seconds(grace)}", failures=0)
-        return actions, h, notes
-    if (not answered_since_start and uptime < hc.busy_start_limit and probe.error == "connection refused"
-            and h.busy_at is not None and now - h.busy_at <= BUSY_HOLD):
-        become("starting", f"working for {fmt_seconds(uptime)}, port not open yet (migrating?)", failures=0)
-        return actions, h, notes
-    failures = h.failures + 1
-    since = h.failing_since if h.failing_since is not None else now
-    h = replace(h, failures=failures, failing_since=since)
-    if not depends_ok:
-        become("waiting", f"{dependency} is down; not {name}'s fault", failures=0)
-        return actions, h, notes
-    if failures < hc.failures:
-        become("failing", f"{probe.error} ({failures}/{hc.failures})")
-        return actions, h, notes
-    cause = "hung" if probe.error and "timeout" in probe.error else "unhealthy"
-    evidence = f"{failures} probes failed in a row, last: {probe.error}"
-    return _repair(config, name, unit_name, h, now, "kill-restart", cause, evidence, become), h_of(), notes
+    if setting_up and t.h.last_ok is None and (not unit.exists or state in ("inactive", "failed")):
+        t.become("installing", "set-up in progress")
+    elif not unit.exists:
+        t.become("missing", "not installed yet" if unit.load_state == "not-found" else unit.load_state)
+    elif state == "inactive" and not unit.job:
+        t.become("stopped", "stopped by admin; localaid leaves it until it is started again",
+                 failures=0, failing_since=None)
+    elif state == "failed" or (state == "inactive" and unit.job is False and sub == "failed"):
+        return _repair(config, name, t, now, "start", "failed",
+                       f"systemd gave up on it (result {unit.result or 'unknown'})")
+    elif state in ("activating", "deactivating", "reloading") or sub == "auto-restart":
+        _in_transition(config, t, state, sub)
+    elif so.probe is not None and so.probe.ok:
+        return _answering(config, name, so, t, now, wedged)
+    elif so.probe is None:
+        t.become(t.h.state if t.h.state != "unknown" else "starting", t.h.reason)
+    else:
+        return _not_answering(config, name, so, t, now, depends_ok, dependency)
+    return []
 
 
-def _answering(config, name: str, so: ServiceObs, h: ServiceHistory, now: float, restarts, wedged,
-               become, notes: list[str]) -> list[Action]:
+def _count_crashes(t: _Track, unit, now: float) -> None:
+    """Restarts systemd did on its own since the last look (NRestarts grew) count in the budget."""
+    h = t.h
+    if unit.n_restarts > h.seen_n_restarts and h.state != "unknown":
+        crashes = unit.n_restarts - h.seen_n_restarts
+        how = f" ({unit.result})" if unit.result not in ("", "success") else ""
+        t.notes.append(f"{t.name}: exited and was restarted by systemd{how}, {crashes} time(s)")
+        t.set(restarts=h.restarts + (now,) * crashes, crashes=h.crashes + (now,) * crashes)
+    t.set(seen_n_restarts=unit.n_restarts)
+
+
+def _in_transition(config, t: _Track, state: str, sub: str) -> None:
+    hc = config.health
+    n = len(t.h.restarts)
+    if n >= hc.restart_limit:
+        t.become("degraded", f"crash loop, {n} restarts in {fmt_seconds(hc.restart_window)}")
+    else:
+        t.become("restarting" if sub == "auto-restart" else "starting",
+                 "systemd restarting it after a crash" if sub == "auto-restart" else state)
+
+
+def _answering(config, name: str, so: ServiceObs, t: _Track, now: float, wedged) -> list[Action]:
     """A service whose liveness probe answered: ok, still starting, degraded by its restarts, or
-    (Ollama) wedged behind its answering API (`wedged`: policy_runner's evidence)."""
+    (Ollama) wedged behind its answering API (`wedged`: policy_runner's (last work, evidence))."""
     hc = config.health
     uptime = now - so.unit.active_enter_mono
     if name == WEBUI and so.ready is not None and not so.ready.ok and uptime < _grace(config, name):
-        become("starting", f"migrating/starting for {fmt_seconds(uptime)}", failures=0)
+        t.become("starting", f"migrating/starting for {fmt_seconds(uptime)}", failures=0)
         return []
-    if wedged is not None:  # (the runners' last work, evidence)
-        h = replace(h, failing_since=min(h.failing_since or now, wedged[0]))
-        return _repair(config, name, UNITS[name], h, now, "kill-restart", policy_runner.CAUSE, wedged[1], become)
+    if wedged is not None:
+        t.set(failing_since=min(t.h.failing_since or now, wedged[0]))
+        return _repair(config, name, t, now, "kill-restart", policy_runner.CAUSE, wedged[1])
+    h = t.h
     if h.failing_since is not None:
-        notes.append(f"{name}: healthy again after {fmt_seconds(now - h.failing_since)}")
-    if len(restarts) >= hc.restart_limit:
+        t.notes.append(f"{name}: healthy again after {fmt_seconds(now - h.failing_since)}")
+    if len(h.restarts) >= hc.restart_limit:
         loop = " (crash loop)" if len(h.crashes) >= 2 else ""
-        become("degraded", f"answering, but {len(restarts)} restarts in {fmt_seconds(hc.restart_window)}"
-                           f"{loop}", failures=0, last_ok=now, failing_since=None)
+        t.become("degraded", f"answering, but {len(h.restarts)} restarts in {fmt_seconds(hc.restart_window)}"
+                             f"{loop}", failures=0, last_ok=now, failing_since=None)
         return []
-    quiet = not restarts
-    become("ok", "", failures=0, failing_since=None, last_ok=now, backoff=0.0 if quiet else h.backoff,
-           next_attempt=0.0 if quiet else h.next_attempt)
+    quiet = not h.restarts
+    t.become("ok", "", failures=0, failing_since=None, last_ok=now, backoff=0.0 if quiet else h.backoff,
+             next_attempt=0.0 if quiet else h.next_attempt)
     return []
+
+
+def _not_answering(config, name: str, so: ServiceObs, t: _Track, now: float, depends_ok: bool,
+                   dependency: str | None) -> list[Action]:
+    """An active service whose probe failed: still starting (grace, or busy migrating before it
+    listens), waiting on the service it depends on, failing, or (enough failures) repaired."""
+    hc = config.health
+    probe, unit = so.probe, so.unit
+    uptime = now - unit.active_enter_mono
+    answered_since_start = t.h.last_ok is not None and t.h.last_ok >= unit.active_enter_mono
+    t.h = _sample_cpu(t.h, so, now)
+    if uptime < _grace(config, name) and not answered_since_start:
+        t.become("starting", f"started {fmt_seconds(uptime)} ago, grace {fmt_seconds(_grace(config, name))}",
+                 failures=0)
+        return []
+    if (not answered_since_start and uptime < hc.busy_start_limit and probe.error == "connection refused"
+            and t.h.busy_at is not None and now - t.h.busy_at <= BUSY_HOLD):
+        t.become("starting", f"working for {fmt_seconds(uptime)}, port not open yet (migrating?)", failures=0)
+        return []
+    failures = t.h.failures + 1
+    t.set(failures=failures, failing_since=t.h.failing_since if t.h.failing_since is not None else now)
+    if not depends_ok:
+        t.become("waiting", f"{dependency} is down; not {name}'s fault", failures=0)
+        return []
+    if failures < hc.failures:
+        t.become("failing", f"{probe.error} ({failures}/{hc.failures})")
+        return []
+    cause = "hung" if probe.error and "timeout" in probe.error else "unhealthy"
+    return _repair(config, name, t, now, "kill-restart", cause,
+                   f"{failures} probes failed in a row, last: {probe.error}")
 
 
 # A start that has not opened its port is "working" while its cgroup uses at least BUSY_CPU of a
@@ -196,15 +217,16 @@ def _sample_cpu(h: ServiceHistory, so: ServiceObs, now: float) -> ServiceHistory
     return replace(h, cpu_sample=(now, so.cpu_seconds), busy_at=busy_at)
 
 
-def _repair(config, name, unit_name, h, now, kind, cause, evidence, become) -> list[Action]:
+def _repair(config, name: str, t: _Track, now: float, kind: str, cause: str, evidence: str) -> list[Action]:
     """Restart now if backoff and budget allow; otherwise say when. Returns the actions."""
     hc = config.health
+    h = t.h
     n = len(h.restarts)
     if now < h.next_attempt:
         wait = h.next_attempt - now
         state = "degraded" if n >= hc.restart_limit else "failing"
-        become(state, f"{cause}; next restart in {fmt_seconds(wait)}, {n}/{hc.restart_limit} in "
-                      f"{fmt_seconds(hc.restart_window)}")
+        t.become(state, f"{cause}; next restart in {fmt_seconds(wait)}, {n}/{hc.restart_limit} in "
+                        f"{fmt_seconds(hc.restart_window)}")
         return []
     if n >= hc.restart_limit:
         # Budget spent: keep trying, but only every backoff_max, and say so.
@@ -216,9 +238,9 @@ def _repair(config, name, unit_name, h, now, kind, cause, evidence, become) -> l
         delay = hc.backoff_max if n + 1 >= hc.restart_limit else backoff_delay(hc, name, n + 1)
         state, reason = "restarting", f"{cause} {fmt_seconds(now - (h.failing_since or now))}, " \
                                       f"{n + 1}/{hc.restart_limit} in {fmt_seconds(hc.restart_window)}"
-    become(state, reason, failures=0, restarts=h.restarts + (now,), backoff=delay, next_attempt=now + delay,
-           last_action=f"{kind} ({cause})")
-    return [Action(kind, unit_name, cause, evidence, service=name)]
+    t.become(state, reason, failures=0, restarts=h.restarts + (now,), backoff=delay, next_attempt=now + delay,
+             last_action=f"{kind} ({cause})")
+    return [Action(kind, UNITS[name], cause, evidence, service=name)]
 
 
 # --------------------------------------------------------------------------------- status
@@ -277,16 +299,58 @@ def _fragment(config, st: ServiceStatus) -> str:
 # ----------------------------------------------------------------------------------- main
 def decide(config, obs: Observation, hist: History) -> Decision:
     now = obs.now
-    actions: list[Action] = []
-    notes: list[str] = []
     # Jobs first: a service whose set-up job is (re)starting now is "installing", not stopped.
     job_actions, jobs, job_notes = policy_jobs.decide_jobs(config, obs, hist, now)
+    actions, runner_hist, wedged = policy_runner.watch(config, obs, hist.runner, now)
+    service_actions, services, statuses, folded, notes = _services(config, obs, hist, jobs, wedged, now)
+    actions += service_actions
+    hist = replace(hist, runner=runner_hist, services=_freeze(services))
+
+    gpu_actions, gpu_hist, gpu_fragment, gpu_notes = policy_gpu.decide_gpu(config, obs, hist.gpu, now)
+    # A restart the GPU policy wants and the service policy already ordered is done once.
+    planned = {(a.kind, a.target) for a in actions}
+    actions += [a for a in gpu_actions if (a.kind, a.target) not in planned and
+                not (a.kind == "restart" and ("kill-restart", a.target) in planned)]
+    notes += gpu_notes
+    hist = replace(hist, gpu=gpu_hist)
+
+    node_actions, node_hist, node_fragment, node_notes = policy_nodes.decide_nodes(
+        config, obs, hist.nodes, now, obs.in_flight)
+    actions += node_actions
+    notes += node_notes
+    hist = replace(hist, nodes=node_hist)
+
+    # A pick is recorded before the set-up job starts in the same cycle, which then pulls it.
+    model_actions, model_fragment = policy_models.decide_model(config, obs)
+    actions += model_actions + job_actions
+    notes += job_notes
+    hist = replace(hist, jobs=jobs)
+
+    if any(a.service == OLLAMA and a.kind in ("restart", "kill-restart", "start", "start-job") for a in actions):
+        # A fresh Ollama has nothing loaded: preload as soon as it answers, not model_load_grace later.
+        hist = replace(hist, warm_attempts=_freeze({}))
+    warm_actions, attempts, process = policy_gpu.warm(config, obs, hist, services.get(OLLAMA, ServiceHistory()).state, now)
+    actions += warm_actions
+    hist = replace(hist, warm_attempts=attempts, warm_process=process)
+
+    beside = {OLLAMA: [f for f in (obs.exposed and EXPOSED, gpu_fragment, model_fragment) if f],
+              WEBUI: [node_fragment] if node_fragment else []}
+    line = _status_line(config, obs, statuses, beside, {j: jh for j, jh in jobs.items() if j not in folded})
+    healthy = all(st.state == "ok" for st in statuses) and not model_fragment and not _pulling(obs) and \
+        (not obs.nodes or any(h.state != "out" for h in node_hist.values()))  # a UI host needs a node
+    return Decision(tuple(actions), hist, line, healthy, tuple(statuses), tuple(notes),
+                    recheck=_recheck(config, obs, hist))
+
+
+# Never claim a protection the host does not give.
+EXPOSED = "ollama API open to the network (allow_from not enforced here, see localaid doctor)"
+
+
+def _services(config, obs: Observation, hist: History, jobs, wedged, now: float):
+    """Each enabled service judged, with its STATUS fragment; a set-up job at work is told in its
+    service's fragment (`folded`). → (actions, histories, statuses, folded, notes)."""
     services = dict(hist.services)
-    statuses = []
-    folded: set[str] = set()  # set-up jobs already told inside their service's fragment
-    runner_actions, runner_hist, wedged = policy_runner.watch(config, obs, hist.runner, now)
-    hist = replace(hist, runner=runner_hist)
-    actions += runner_actions
+    actions, statuses, notes, folded = [], [], [], set()
     for name in _enabled_services(config):
         dep = OLLAMA if name == WEBUI and config.ollama.enabled else None
         dep_ok = dep is None or services.get(dep, ServiceHistory()).state in ("ok", "starting", "unknown")
@@ -307,54 +371,18 @@ def decide(config, obs: Observation, hist: History) -> Decision:
             if st.state in ("installing", "not installed"):
                 folded.add(SETUP_JOB[name])
         statuses.append(st)
-    hist = replace(hist, services=_freeze(services))
+    return actions, services, statuses, folded, notes
 
-    gpu_actions, gpu_hist, gpu_fragment, gpu_notes = policy_gpu.decide_gpu(config, obs, hist.gpu, now)
-    # A restart the GPU policy wants and the service policy already ordered is done once.
-    planned = {(a.kind, a.target) for a in actions}
-    actions += [a for a in gpu_actions if (a.kind, a.target) not in planned and
-                not (a.kind == "restart" and ("kill-restart", a.target) in planned)]
-    notes += gpu_notes
-    hist = replace(hist, gpu=gpu_hist)
 
-    node_actions, node_hist, node_fragment, node_notes = policy_nodes.decide_nodes(
-        config, obs, hist.nodes, now, obs.in_flight)
-    actions += node_actions
-    notes += node_notes
-    hist = replace(hist, nodes=node_hist)
-
-    # A pick is recorded before the set-up job starts in the same cycle, which then pulls it.
-    model_actions, model_fragment = policy_models.decide_model(config, obs)
-    actions += model_actions
-    actions += job_actions
-    notes += job_notes
-    hist = replace(hist, jobs=jobs)
-
-    if any(a.service == OLLAMA and a.kind in ("restart", "kill-restart", "start", "start-job") for a in actions):
-        # A fresh Ollama has nothing loaded: preload as soon as it answers, not model_load_grace later.
-        hist = replace(hist, warm_attempts=_freeze({}))
-    warm_actions, attempts, process = policy_gpu.warm(config, obs, hist, services.get(OLLAMA, ServiceHistory()).state, now)
-    actions += warm_actions
-    hist = replace(hist, warm_attempts=attempts, warm_process=process)
-
+def _status_line(config, obs: Observation, statuses, beside: dict, jobs) -> str:
+    """STATUS: each service's fragment with what belongs beside it, then the jobs, disk, backups."""
     parts = []
     for st in statuses:
-        parts.append(_fragment(config, st))
-        if st.name == OLLAMA and obs.exposed:  # never claim a protection the host does not give
-            parts.append("ollama API open to the network (allow_from not enforced here, see localaid doctor)")
-        if st.name == OLLAMA and gpu_fragment:
-            parts.append(gpu_fragment)
-        if st.name == OLLAMA and model_fragment:
-            parts.append(model_fragment)
-        if st.name == WEBUI and node_fragment:
-            parts.append(node_fragment)
-    parts += policy_jobs.job_fragments(obs, {j: jh for j, jh in jobs.items() if j not in folded}, now)
+        parts += [_fragment(config, st), *beside.get(st.name, ())]
+    parts += policy_jobs.job_fragments(obs, jobs, obs.now)
     parts += [f for f in (policy_disk.disk_fragment(config, obs.disks),
                           policy_backup.backup_fragment(config, obs.backup)) if f]
-    healthy = all(st.state == "ok" for st in statuses) and not model_fragment and not _pulling(obs) and \
-        (not obs.nodes or any(h.state != "out" for h in node_hist.values()))  # a UI host needs a node
-    return Decision(tuple(actions), hist, " · ".join(parts), healthy, tuple(statuses), tuple(notes),
-                    recheck=_recheck(config, obs, hist))
+    return " · ".join(parts)
 
 
 def _pulling(obs: Observation) -> bool:
