@@ -76,10 +76,23 @@ def test_open_webui_with_the_gpu_allows_dxg_under_wsl2_only():
     assert webui_dropin(Config(), [], wsl=True) == ""  # no GPU for Open WebUI: nothing to allow
 
 
-def test_localaid_service_allows_dxg_narrowly():
+def test_localaid_service_allows_dxg_narrowly_and_only_where_it_exists(tmp_path):
+    """The generator's drop-in under WSL2 (a character device at the path), nothing elsewhere:
+    systemd is never asked for a device that cannot exist."""
     unit = (REPO / "units" / "localaid.service").read_text().splitlines()
-    assert "DevicePolicy=closed" in unit and "DeviceAllow=/dev/dxg rw" in unit
-    assert not any("char-misc" in ln for ln in unit if ln.startswith("DeviceAllow="))
+    assert "DevicePolicy=closed" in unit and not any("dxg" in ln or "char-misc" in ln
+                                                      for ln in unit if ln.startswith("DeviceAllow="))
+    generator = str(REPO / "units" / "localaid-wsl2-generator")
+    for node, expected in (("/dev/null", True), (str(tmp_path / "absent"), False), (str(tmp_path), False)):
+        out = tmp_path / f"gen-{expected}-{len(node)}"
+        out.mkdir()
+        subprocess.run([generator, str(out), str(out / "early"), str(out / "late")], check=True,
+                       env={"LOCALAID_DXG": node, "PATH": "/usr/bin:/bin"})
+        dropin = out / "localaid.service.d" / "50-wsl2-dxg.conf"
+        assert dropin.exists() == expected, node
+        if expected:
+            lines = [ln for ln in dropin.read_text().splitlines() if ln and not ln.startswith("#")]
+            assert lines == ["[Service]", "DeviceAllow=/dev/dxg rw"]
 
 
 # ------------------------------------------------------------------------------ policy
