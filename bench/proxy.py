@@ -5,26 +5,33 @@ proxy's memory. The figures behind README's choice of proxy for webui.tls.
 
     sudo bench/proxy.py [--runs 20] [--tokens 200] [--rate 200] [--nginx PATH] [--caddy PATH]
 
-On this machine, no container: a stand-in for the streaming backend (an Ollama-style /api/chat that
-answers NDJSON, one line per token at a fixed --rate, the first at once) on 127.0.0.1, and each proxy
+On this machine, no container: a stand-in for the streaming backend on 127.0.0.1 (an Ollama-style
+/api/chat that answers NDJSON, one line per token at a fixed --rate, the first at once; and a
+websocket, the way Open WebUI streams a chat to the browser over socket.io: after the upgrade, each
+frame from the client starts a chat answered one frame a token at the same rate), and each proxy
 on 127.0.0.1 serving HTTPS with a server certificate of a throw-away CA (python3-cryptography; the
 client trusts that CA and nothing else). The proxies are configured as a streaming front needs:
-nginx with proxy_buffering off, HTTP/1.1 and the Upgrade headers to the backend (websockets),
-keep-alive upstream; Caddy's reverse_proxy with flush_interval -1. nginx runs one worker.
+nginx with proxy_buffering off, HTTP/1.1, the Upgrade header passed on (websockets) and Connection
+emptied otherwise (not "close": a keep-alive upstream must stay open); Caddy's reverse_proxy with
+flush_interval -1. nginx runs one worker. The backend sets TCP_NODELAY, as Ollama's Go server does.
 
-Each run is one chat on a connection already open (a browser's keep-alive or websocket: the TLS
-handshake is measured apart, a fresh connection's first request): time to first token from the
-request's first byte to the first token's line, tokens/s from the first line to the last. Median of
---runs, modes interleaved (direct, nginx, caddy, direct, ...) so that drift hits all alike. Memory:
-the PSS and RSS of the proxy's processes (master and worker) after the runs. A proxy missing here is left
-out with a note (tools/setup-host installs nginx; Caddy only for this comparison:
-`apt-get download caddy` and --caddy to the unpacked binary).
+Each run is one chat over each transport on a connection already open (a browser's keep-alive or
+websocket: the TLS handshake is measured apart, a fresh connection's first request): time to first
+token from the request (or the websocket frame) to the first token, tokens/s from the first token
+to the last. Median of --runs, modes interleaved (direct, nginx, caddy, direct, ...) so that drift
+hits all alike. Memory: the PSS and RSS of the proxy's processes (master and worker) after the
+runs. A chat a path cuts short is counted in a note and left out of the medians, and the path is
+opened afresh. A proxy missing here is left out with a note: neither needs installing (nor its
+service starting) for this, `apt-get download nginx caddy`, `dpkg-deb -x` each, and --nginx /
+--caddy to the unpacked binaries.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
+import hashlib
 import http.client
 import json
 import os
@@ -60,7 +67,7 @@ http {{
     access_log off;
     client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
     uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}  # '' keeps the upstream alive
     upstream app {{ server 127.0.0.1:{backend}; keepalive 8; }}
     server {{
         listen 127.0.0.1:{port} ssl;
@@ -103,11 +110,37 @@ class Stream(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def setup(self):
+        super().setup()  # as Ollama's (Go's) server does: each token leaves at once, not after an ACK
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self):
+        """A websocket (Open WebUI streams a chat to the browser over socket.io's): after the
+        upgrade, each text frame from the client starts a chat, streamed back one frame a token."""
+        if self.headers.get("Upgrade", "").lower() != "websocket":
+            self.send_error(404)
+            return
+        accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest())
+        self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: %s\r\n\r\n" % accept)
+        self.wfile.flush()
+        while ws_read(self.rfile) == b"go":
+            t0 = time.monotonic()
+            for i in range(self.tokens):
+                time.sleep(max(0.0, t0 + i / self.rate - time.monotonic()))
+                self.wfile.write(ws_frame(f" w{i}".encode()))
+                self.wfile.flush()
+            self.wfile.write(ws_frame(b"done"))
+            self.wfile.flush()
+        self.close_connection = True
+
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
+        if self.close_connection:  # the client asked to close: say so (a proxy would reuse it otherwise)
+            self.send_header("Connection", "close")
         self.end_headers()
         t0 = time.monotonic()
         for i in range(self.tokens):
@@ -124,6 +157,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's
+
+
+def ws_frame(payload: bytes, mask: bool = False) -> bytes:
+    """One final text frame (RFC 6455); a client's frames are masked."""
+    n = len(payload)
+    head = bytes([0x81]) + (bytes([n | 0x80 * mask]) if n < 126 else bytes([126 | 0x80 * mask]) + n.to_bytes(2, "big"))
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def ws_read(f) -> bytes:
+    """The payload of the next frame from a file-like f (b"" at the end of the stream)."""
+    head = f.read(2)
+    if len(head) < 2:
+        return b""
+    n = head[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(f.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(f.read(8), "big")
+    key = f.read(4) if head[1] & 0x80 else None
+    data = f.read(n)
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data)) if key else data
 
 
 # ------------------------------------------------------------------ a throw-away CA
@@ -199,6 +260,18 @@ def connect(port: int, tls: ssl.SSLContext | None) -> tuple[http.client.HTTPConn
     return conn, time.perf_counter() - t0
 
 
+def ndjson_lines(resp: http.client.HTTPResponse):
+    """Each line of a streamed body as soon as it is whole. (HTTPResponse.readline ends a line
+    early where a proxy's chunk ends inside it: read1 and a buffer do not.)"""
+    buf = b""
+    while chunk := resp.read1(65536):
+        buf += chunk
+        *whole, buf = buf.split(b"\n")
+        yield from (x for x in whole if x)
+    if buf:
+        yield buf
+
+
 def one_chat(conn: http.client.HTTPConnection) -> tuple[float, float, int]:
     """(seconds to the first token, tokens/s after it, tokens) of one streamed chat on conn."""
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True})
@@ -207,7 +280,7 @@ def one_chat(conn: http.client.HTTPConnection) -> tuple[float, float, int]:
     resp = conn.getresponse()
     first = last = None
     n = 0
-    for line in iter(resp.readline, b""):
+    for line in ndjson_lines(resp):
         if json.loads(line).get("done"):
             break
         last = time.perf_counter()
@@ -216,6 +289,40 @@ def one_chat(conn: http.client.HTTPConnection) -> tuple[float, float, int]:
     resp.read()
     if n < 2 or last <= first:
         raise RuntimeError(f"HTTP {resp.status}: {n} token lines, first at {first}, last at {last}")
+    return first - t0, (n - 1) / (last - first), n
+
+
+def ws_connect(port: int, tls: ssl.SSLContext | None):
+    """A websocket to the backend through port: (socket, its reading file)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if tls:
+        sock = tls.wrap_socket(sock, server_hostname="127.0.0.1")
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws/socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                 f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\n\r\n".encode())
+    f = sock.makefile("rb")
+    status = f.readline()
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    if b" 101 " not in status:
+        raise RuntimeError(f"websocket through port {port}: {status!r}")
+    return sock, f
+
+
+def one_ws_chat(ws) -> tuple[float, float, int]:
+    """(seconds to the first token, tokens/s after it, tokens) of one chat over the websocket."""
+    sock, f = ws
+    t0 = time.perf_counter()
+    sock.sendall(ws_frame(b"go", mask=True))
+    first = last = None
+    n = 0
+    while (payload := ws_read(f)) not in (b"done", b""):
+        last = time.perf_counter()
+        first = first or last
+        n += 1
+    if n < 2 or last <= first:
+        raise RuntimeError(f"websocket: {n} token frames")
     return first - t0, (n - 1) / (last - first), n
 
 
@@ -257,36 +364,52 @@ def main() -> int:
 
 
 def measure(modes: dict, runs: int) -> dict:
-    conns = {m: connect(port, tls) for m, (port, tls) in modes.items()}
-    for m in modes:  # one chat each to warm the path (upstream keep-alive, caches)
-        one_chat(conns[m][0])
-    out = {m: {"ttft": [], "tps": [], "handshake": []} for m in modes}
-    for _ in range(runs):
+    conns = {m: connect(port, tls)[0] for m, (port, tls) in modes.items()}
+    sockets = {m: ws_connect(port, tls) for m, (port, tls) in modes.items()}
+    out = {m: {k: [] for k in ("ttft", "tps", "ws_ttft", "ws_tps", "handshake")} for m in modes}
+    cut = {m: [] for m in modes}
+    for i in range(runs + 1):  # the first round warms each path (upstream keep-alive, caches)
         for m, (port, tls) in modes.items():
-            ttft, tps, _n = one_chat(conns[m][0])
-            out[m]["ttft"].append(ttft)
-            out[m]["tps"].append(tps)
+            try:
+                got = (("", one_chat(conns[m])), ("ws_", one_ws_chat(sockets[m])))
+            except (OSError, ValueError, RuntimeError, http.client.HTTPException) as e:
+                cut[m].append(f"{type(e).__name__}: {e}")  # counted, and the path opened afresh
+                conns[m].close()
+                conns[m], sockets[m] = connect(port, tls)[0], ws_connect(port, tls)
+                continue
             c, hs = connect(port, tls)
-            out[m]["handshake"].append(hs)
             c.close()
-    for c, _hs in conns.values():
-        c.close()
-    return out
+            if i == 0:
+                continue
+            for prefix, (ttft, tps, _n) in got:
+                out[m][prefix + "ttft"].append(ttft)
+                out[m][prefix + "tps"].append(tps)
+            out[m]["handshake"].append(hs)
+    for m in modes:
+        conns[m].close()
+        sockets[m][1].close()
+        sockets[m][0].close()
+    return {"runs": out, "cut": cut}
 
 
 def report(results: dict, mem: dict, args, notes: list[str]) -> None:
-    med = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in results.items()}
+    med = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in results["runs"].items()}
     base = med["direct"]
     rows = []
     for m, r in med.items():
-        added = "" if m == "direct" else f"{1000 * (r['ttft'] - base['ttft']):+.2f} ms"
-        lost = "" if m == "direct" else f"{100 * (1 - r['tps'] / base['tps']):+.2f} %"
-        rows.append([m, f"{1000 * r['ttft']:.2f} ms", added, f"{r['tps']:.1f}", lost,
-                     f"{1000 * r['handshake']:.2f} ms",
-                     f"{mem[m][1] / 1024:.1f} / {mem[m][0] / 1024:.1f} MiB" if m in mem else "-"])
+        for label, p in (("HTTP stream", ""), ("websocket", "ws_")):
+            added = "" if m == "direct" else f"{1000 * (r[p + 'ttft'] - base[p + 'ttft']):+.2f} ms"
+            lost = "" if m == "direct" else f"{100 * (1 - r[p + 'tps'] / base[p + 'tps']):+.2f} %"
+            rows.append([m, label, f"{1000 * r[p + 'ttft']:.2f} ms", added, f"{r[p + 'tps']:.1f}", lost,
+                         f"{1000 * r['handshake']:.2f} ms" if not p else "",
+                         f"{mem[m][1] / 1024:.1f} / {mem[m][0] / 1024:.1f} MiB" if m in mem and not p else ""])
     print_table(f"\nA streamed chat of {args.tokens} tokens at {args.rate:g} tokens/s, on an open connection; "
                 f"median of {args.runs} (goal: <= 2 ms added to the first token, <= 2 % fewer tokens/s)",
-                ["path", "first token", "added", "tokens/s", "throughput lost", "new connection", "proxy PSS / RSS"], rows)
+                ["path", "transport", "first token", "added", "tokens/s", "throughput lost", "new connection",
+                 "proxy PSS / RSS"], rows)
+    for m, why in results["cut"].items():
+        if why:
+            notes.append(f"{m}: {len(why)} of {args.runs + 1} rounds cut short and left out ({'; '.join(sorted(set(why)))})")
     for n in notes:
         print(f"note: {n}")
 
