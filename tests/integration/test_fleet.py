@@ -76,8 +76,8 @@ gpu:
 UI_CONFIG = ui_host_config(URLS)
 
 # Inside the UI host (bench/fleet.py's driver too): chats at a steady rate, each its own thread;
-# Open WebUI's connection flags polled. Prints one JSON list of events: ["chat", start, end, backend-or-"failed: why"] and
-# ["use", t, [enabled...]].
+# Open WebUI's connection flags polled. Prints one JSON list of events:
+# ["chat", start, end, backend-or-"failed: why"] and ["use", t, [enabled...]].
 DRIVER = r'''
 import json, sys, threading, time, urllib.error, urllib.request
 tok, seconds, rate, timeout = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
@@ -381,13 +381,13 @@ def chats_around(events: list, t_down: float) -> dict:
     sent = sorted((e for e in events if e[0] == "chat"), key=lambda e: e[1])
     return {"before": [e[3] for e in sent if e[1] < t_down],
             "detecting": [e[3] for e in sent if t_down <= e[1] < t_out],
-            "out": [e[3] for e in sent if e[1] >= t_out], "t_out": t_out - t_down}
+            "out": [e[3] for e in sent if e[1] >= t_out]}
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_node2_out_of_use_and_back(fleet, fault):
     """Chats run at RATE through the whole fault: none may fail once node2 is out of use, and the
-    detection window (node2 down, still in use) may lose no more than the bench's worst run."""
+    detection window (node2 down, still in use) is held to the bench's figure (HOLD_SHARE)."""
     ui, node2 = fleet["ui"], fleet["node2"]
     tok = token(ui)
     both_in_use(fleet, tok)
@@ -432,9 +432,9 @@ def test_node2_out_of_use_and_back(fleet, fault):
     assert result["events"], result["error"]
     assert out_after <= 10 and back_after <= 10, (out_after, back_after)
     assert len(got["before"]) >= 4 and set(got["before"]) <= set(URLS), got["before"]
-    # while detecting: each chat answered by a node, or lost; together no more than the figure held
-    assert got["detecting"] and all(b in URLS or b.startswith("failed: ") for b in got["detecting"]), got
-    assert all(ADDR["node2"] in b or "timed out" in b for b in lost), lost  # node2's chats, none of node1's
+    # while detecting: node1 answers what it gets; what went to node2 is lost, and only that
+    assert got["detecting"] and all(b == URLS[0] for b in got["detecting"] if b not in lost), got["detecting"]
+    assert all(ADDR["node2"] in b or "timed out" in b for b in lost), lost
     assert share <= HOLD_SHARE, (share, got["detecting"])
     # once out of use, every chat goes to node1 and succeeds
     assert len(got["out"]) >= 10 and got["out"] == [URLS[0]] * len(got["out"]), got["out"]
