@@ -44,66 +44,6 @@ from test_nodes import in_use, status, token  # noqa: E402
 
 WARM = 3.0  # seconds of chats before the partition
 
-# Inside the UI host: chats at a steady rate, each its own thread; Open WebUI's connection flags
-# polled. Prints one JSON list of events: ["chat", start, end, backend-or-"failed: why"] and
-# ["use", t, [enabled...]].
-DRIVER = r'''
-import json, sys, threading, time, urllib.error, urllib.request
-tok, seconds, rate, timeout = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-H = {"Authorization": "Bearer " + tok}
-events, lock = [], threading.Lock()
-start = time.monotonic()
-end = start + seconds
-def chat():
-    t0 = time.monotonic()
-    body = json.dumps({"model": "tinyllama", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    req = urllib.request.Request("http://127.0.0.1:3000/api/chat/completions", body,
-                                 dict(H, **{"Content-Type": "application/json"}))
-    try:
-        r = json.loads(urllib.request.urlopen(req, timeout=timeout).read())["backend"]
-    except urllib.error.HTTPError as e:
-        try:
-            r = "failed: HTTP %d %s" % (e.code, json.loads(e.read()).get("detail", ""))
-        except Exception:
-            r = "failed: HTTP %d" % e.code
-    except Exception as e:
-        r = "failed: %s" % (e,)
-    with lock:
-        events.append(["chat", t0, time.monotonic(), r])
-def poll():
-    last = None
-    while time.monotonic() < end:
-        try:
-            req = urllib.request.Request("http://127.0.0.1:3000/ollama/config", headers=H)
-            doc = json.loads(urllib.request.urlopen(req, timeout=2).read())
-            now = [bool((doc["OLLAMA_API_CONFIGS"].get(str(i)) or {}).get("enable", True))
-                   for i in range(len(doc["OLLAMA_BASE_URLS"]))]
-        except Exception:
-            now = None
-        if now is not None and now != last:
-            with lock:
-                events.append(["use", time.monotonic(), now])
-            last = now
-        time.sleep(0.1)
-threads = [threading.Thread(target=poll)]
-threads[0].start()
-n = 0
-while True:
-    t = start + n / rate
-    if t >= end:
-        break
-    time.sleep(max(0.0, t - time.monotonic()))
-    th = threading.Thread(target=chat)
-    th.start()
-    threads.append(th)
-    n += 1
-for th in threads:
-    th.join()
-print(json.dumps(events))
-'''
-
-
-
 
 def one_run(f: tf.Fleet, tok: str, down: float, rate: float, timeout: float, after: float) -> dict:
     """Partition node2 for `down` seconds while the driver runs; the run's figures."""
@@ -112,7 +52,7 @@ def one_run(f: tf.Fleet, tok: str, down: float, rate: float, timeout: float, aft
     result: dict = {}
 
     def drive():
-        r = ui.run(["python3", "-c", DRIVER, tok, str(seconds), str(rate), str(timeout)], check=False,
+        r = ui.run(["python3", "-c", tf.DRIVER, tok, str(seconds), str(rate), str(timeout)], check=False,
                    timeout=seconds + timeout + 60)
         result["events"] = json.loads(r.stdout) if r.returncode == 0 else []
         result["error"] = r.stderr[-2000:] if r.returncode else ""

@@ -22,7 +22,7 @@ The containers boot as test_gpu_sandbox.py's do: the unified cgroup hierarchy
 (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1), bpf() allowed (--system-call-filter=bpf), each in a cgroup
 of its own, so that their systemd can attach its BPF firewall (IPAddressDeny=). localaid's
 set-up job probes whether it holds (/run/localaid/ollama-firewall.json); the allow_from test
-asserts the enforced path where it holds and the "not enforced" STATUS/doctor path where not.
+requires it to hold here (test_ollama.py's containers, bpf() denied, cover "not enforced").
 
 The flapping hold (policy_nodes: a third outage within 10 minutes keeps a node out 15 s once it
 answers) would turn this module's third outage of node2 into a 15 s wait: the UI host's localaid
@@ -39,6 +39,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -74,6 +75,63 @@ gpu:
 
 UI_CONFIG = ui_host_config(URLS)
 
+# Inside the UI host (bench/fleet.py's driver too): chats at a steady rate, each its own thread;
+# Open WebUI's connection flags polled. Prints one JSON list of events:
+# ["chat", start, end, backend-or-"failed: why"] and ["use", t, [enabled...]].
+DRIVER = r'''
+import json, sys, threading, time, urllib.error, urllib.request
+tok, seconds, rate, timeout = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+H = {"Authorization": "Bearer " + tok}
+events, lock = [], threading.Lock()
+start = time.monotonic()
+end = start + seconds
+def chat():
+    t0 = time.monotonic()
+    body = json.dumps({"model": "tinyllama", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request("http://127.0.0.1:3000/api/chat/completions", body,
+                                 dict(H, **{"Content-Type": "application/json"}))
+    try:
+        r = json.loads(urllib.request.urlopen(req, timeout=timeout).read())["backend"]
+    except urllib.error.HTTPError as e:
+        try:
+            r = "failed: HTTP %d %s" % (e.code, json.loads(e.read()).get("detail", ""))
+        except Exception:
+            r = "failed: HTTP %d" % e.code
+    except Exception as e:
+        r = "failed: %s" % (e,)
+    with lock:
+        events.append(["chat", t0, time.monotonic(), r])
+def poll():
+    last = None
+    while time.monotonic() < end:
+        try:
+            req = urllib.request.Request("http://127.0.0.1:3000/ollama/config", headers=H)
+            doc = json.loads(urllib.request.urlopen(req, timeout=2).read())
+            now = [bool((doc["OLLAMA_API_CONFIGS"].get(str(i)) or {}).get("enable", True))
+                   for i in range(len(doc["OLLAMA_BASE_URLS"]))]
+        except Exception:
+            now = None
+        if now is not None and now != last:
+            with lock:
+                events.append(["use", time.monotonic(), now])
+            last = now
+        time.sleep(0.1)
+threads = [threading.Thread(target=poll)]
+threads[0].start()
+n = 0
+while True:
+    t = start + n / rate
+    if t >= end:
+        break
+    time.sleep(max(0.0, t - time.monotonic()))
+    th = threading.Thread(target=chat)
+    th.start()
+    threads.append(th)
+    n += 1
+for th in threads:
+    th.join()
+print(json.dumps(events))
+'''
 
 
 def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -290,10 +348,46 @@ def test_healthy_fleet(fleet):
 
 
 FAULTS = ["partition", "SIGSTOP", "stopped"]
+RATE, DRIVE, CHAT_TIMEOUT = 5.0, 12.0, 15.0  # chats per second, for how long, each chat's client timeout
+# bench/fleet.py's figure (README): a 30 s outage at 5 chats/s loses 4.0 % of its chats (median of 5 runs,
+# 4.7 % the worst): those Open WebUI sent to node2 before it was out of use, half of the chats sent while
+# localaid was detecting the fault (Open WebUI picks a connection at random). The detection is localaid's
+# part; which chats Open WebUI sent to node2 is chance (of 14 sent, 11 or more lost in 3 % of runs). So
+# the figure held here is the expected loss, half the chats sent while detecting, as a share of a 30 s
+# outage's 150 chats: at most 6.7 % (the bench's worst with room for a shared CI machine: detection
+# within about 4 s). Chats lost after node2 was out of use: none.
+HOLD_SHARE = 0.067
+
+
+def drive(ui: Container, tok: str, seconds: float) -> tuple[threading.Thread, dict]:
+    """DRIVER inside the UI host, in a thread of this process: (thread, {"events": [...]} once joined)."""
+    result: dict = {}
+
+    def run():
+        r = ui.run(["python3", "-c", DRIVER, tok, str(seconds), str(RATE), str(CHAT_TIMEOUT)], check=False,
+                   timeout=seconds + CHAT_TIMEOUT + 60)
+        result["events"] = json.loads(r.stdout) if r.returncode == 0 else []
+        result["error"] = r.stderr[-2000:]
+    th = threading.Thread(target=run)
+    th.start()
+    return th, result
+
+
+def chats_around(events: list, t_down: float) -> dict:
+    """The driver's chats split by the fault (t_down) and by the first moment the driver saw node2's
+    connection disabled (all times CLOCK_MONOTONIC, the host's and the container's alike)."""
+    t_out = next((e[1] for e in sorted(events, key=lambda e: e[1]) if e[0] == "use" and e[1] >= t_down
+                  and e[2] == [True, False]), float("inf"))
+    sent = sorted((e for e in events if e[0] == "chat"), key=lambda e: e[1])
+    return {"before": [e[3] for e in sent if e[1] < t_down],
+            "detecting": [e[3] for e in sent if t_down <= e[1] < t_out],
+            "out": [e[3] for e in sent if e[1] >= t_out]}
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_node2_out_of_use_and_back(fleet, fault):
+    """Chats run at RATE through the whole fault: none may fail once node2 is out of use, and the
+    detection window (node2 down, still in use) is held to the bench's figure (HOLD_SHARE)."""
     ui, node2 = fleet["ui"], fleet["node2"]
     tok = token(ui)
     both_in_use(fleet, tok)
@@ -301,6 +395,8 @@ def test_node2_out_of_use_and_back(fleet, fault):
     both_in_use(fleet, tok)
     if fault == "SIGSTOP":  # node2's own localaid would kill-restart its hung Ollama within seconds
         node2.systemctl("stop", "localaid")
+    driver, result = drive(ui, tok, DRIVE)
+    time.sleep(1.0)  # a second of chats with both nodes in use
     t0 = time.monotonic()
     if fault == "partition":
         fleet.link("node2", False)
@@ -313,9 +409,8 @@ def test_node2_out_of_use_and_back(fleet, fault):
                  message="node2 out of Open WebUI's use")
         out_after = time.monotonic() - t0
         line = wait_for(lambda: (t := status(ui)) and f"nodes 1/2 ok ({ADDR['node2']} out" in t and t, timeout=10)
-        backends = chats(ui, tok, 20)  # while node2 is out: every chat goes to node1 and succeeds
-        assert backends == [URLS[0]] * 20, backends
     finally:
+        driver.join()  # node2 stays down until the driver's last chat has its answer or its timeout
         t1 = time.monotonic()
         if fault == "partition":
             fleet.link("node2", True)
@@ -326,19 +421,36 @@ def test_node2_out_of_use_and_back(fleet, fault):
             node2.systemctl("start", "ollama.service")
     wait_for(lambda: in_use(ui, tok) == [True, True], timeout=20, interval=0.2, message="node2 back in use")
     back_after = time.monotonic() - t1
+    got = chats_around(result["events"], t0)
+    lost = [b for b in got["detecting"] if b not in URLS]
+    share = 0.5 * len(got["detecting"]) / (RATE * 30)
     print(f"\nnode2 {fault}: out of Open WebUI's use after {out_after:.1f} s, back {back_after:.1f} s after "
-          f"the fault ended; STATUS: {line}")
+          f"the fault ended; STATUS: {line}\n  chats at {RATE:g}/s: {len(got['before'])} before the fault, "
+          f"{len(got['detecting'])} while detecting ({len(lost)} lost: {sorted(set(lost))}), "
+          f"{len(got['out'])} once node2 was out; as a share of a 30 s outage's chats: {100 * share:.1f} % "
+          f"expected (at most {100 * HOLD_SHARE:.1f} %), {100 * len(lost) / (RATE * 30):.1f} % lost")
+    assert result["events"], result["error"]
     assert out_after <= 10 and back_after <= 10, (out_after, back_after)
+    assert len(got["before"]) >= 4 and set(got["before"]) <= set(URLS), got["before"]
+    # while detecting: node1 answers what it gets; what went to node2 is lost, and only that
+    assert got["detecting"] and all(b == URLS[0] for b in got["detecting"] if b not in lost), got["detecting"]
+    assert all(ADDR["node2"] in b or "timed out" in b for b in lost), lost
+    assert share <= HOLD_SHARE, (share, got["detecting"])
+    # once out of use, every chat goes to node1 and succeeds
+    assert len(got["out"]) >= 10 and got["out"] == [URLS[0]] * len(got["out"]), got["out"]
     journal = ui.journal("localaid")
     assert f"node-disable {URLS[1]}: ok, out of Open WebUI's use" in journal
     assert f"node-enable {URLS[1]}: ok, back in Open WebUI's use" in journal
     wait_for(lambda: "nodes 2/2 ok" in status(ui), timeout=10)
-    assert chats(ui, tok, 4) and set(chats(ui, tok, 12)) <= set(URLS)
+    after = chats(ui, tok, 12)  # both back: every chat answered, by either node
+    assert len(after) == 12 and set(after) <= set(URLS), after
 
 
 def test_allow_from(fleet):
-    """node1's Ollama answers the UI host and loopback; node2, on the same bridge, only where
-    systemd enforces IPAddressDeny= here. Where it cannot, localaid says so instead."""
+    """node1's Ollama answers the UI host and loopback, never node2 on the same bridge: these
+    containers run the unified hierarchy with bpf() allowed, where systemd enforces IPAddressDeny=,
+    and localaid must say so. (test_ollama.py covers the "not enforced" path, in containers whose
+    system call filter denies bpf().)"""
     node1, node2, ui = fleet["node1"], fleet["node2"], fleet["ui"]
     verdict = fleet.firewall("node1")
     assert verdict["allow_from"] == [ADDR["ui"]], verdict
@@ -352,14 +464,8 @@ def test_allow_from(fleet):
           f"(node2 to a closed port of node1: {control})\n  doctor: {line}\n  STATUS: {st}")
     assert from_ui == "200" and reach(node1, "http://127.0.0.1:11434/api/version") == "200"
     assert control == "rc=7"  # refused: node2 reaches node1; only Ollama's unit drops it
-    if from_node2 != "200":  # systemd enforces it here: the unit's BPF filter drops node2's packets
-        assert from_node2 == "rc=28", from_node2  # dropped, not refused: a timeout
-        # ... and localaid must say so, not "could not be checked" or "open to the network"
-        assert verdict["enforced"] is True, f"the filter holds, but localaid's verdict is {verdict}"
-        assert line.startswith("[ok  ]") and "enforced" in line, line
-        assert "open to the network" not in st, st
-    else:  # not enforced: localaid says the API is open, in STATUS and in doctor
-        assert verdict["enforced"] is False, verdict
-        assert line.startswith("[FAIL]") and "not enforced" in line, line
-        wait_for(lambda: "ollama API open to the network (allow_from not enforced here" in status(node1),
-                 timeout=15)
+    assert from_node2 == "rc=28", from_node2  # dropped by the unit's BPF filter, not refused: a timeout
+    # ... and localaid says so, not "could not be checked" or "open to the network"
+    assert verdict["enforced"] is True, f"the filter holds, but localaid's verdict is {verdict}"
+    assert line.startswith("[ok  ]") and "enforced" in line and "not enforced" not in line, line
+    assert "open to the network" not in st, st
