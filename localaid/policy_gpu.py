@@ -17,7 +17,7 @@ Heals what leaves Ollama on the CPU or the GPU unusable:
   job "gpu-recover" (localaid-gpu-recover.service: stop ollama, reload nvidia_uvm, recreate the
   device nodes, start ollama), then a check that the models are back on the GPU. At most
   LADDER_LIMIT ladders per boot; a ladder that fails, or a GPU still lost after it, ends in
-  "reboot required" and no further attempt.
+  "reboot required" and no further attempt (the ladder's steps: policy_gpu_ladder.py).
 Under WSL2 (gpu.platform) no driver can be reloaded from Linux: the only reset is `wsl --shutdown`
 from Windows. What would start the ladder says so instead (once, and in STATUS until the GPU is
 usable again); CPU-fallback restarts of Ollama work there as anywhere.
@@ -29,14 +29,13 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from localaid import driver_support
-from localaid.records import EMPTY, NO_DRIVER, OLLAMA, UNITS, Action, Observation
+from localaid import policy_gpu_ladder as ladder
+from localaid.policy_gpu_ladder import LADDER_LIMIT, LADDER_START_SLACK, WSL2  # noqa: F401 (named here too)
+from localaid.records import NO_DRIVER, OLLAMA, UNITS, Action, Observation
 
 FALLBACK_RESTARTS = 2
 FALLBACK_WINDOW = 3600.0
 RESTART_SLACK = 15.0  # a fallback restart not seen (ollama's start time older) by then did not happen
-LADDER_LIMIT = 2  # recovery ladders per boot (the history lives as long as the daemon; the job also counts)
-LADDER_JOB = "gpu-recover"
-LADDER_START_SLACK = 15.0  # a requested ladder job not seen running or finished by then: it did not start
 RESUME_WINDOW = 120.0  # after a resume, an unusable GPU or a CPU fallback goes straight to the ladder
 PID_MISS_AFTER = 30.0  # a loaded model whose runner is not a GPU compute process for this long
 RUNNER_GONE_SHARE = 0.75  # of the VRAM Ollama claims, freed on the GPU: its runner's context is gone
@@ -47,8 +46,6 @@ OLLAMA_MIN_FREE = 457 * 2**20
 ROOM_MARGIN = 0.10  # and Ollama's size estimate may be this much short: only more room than that is "room"
 CRITICAL_XIDS = frozenset({48, 63, 64, 79, 94, 95, 119, 120})
 GIB = 2**30
-WSL2 = "wsl2"  # GpuObs.platform (procfs.WSL2)
-WSL_RESET = "the only reset under WSL2 is `wsl --shutdown` in Windows, then start WSL again"
 
 
 # ---------------------------------------------------------------------------- status text
@@ -75,24 +72,6 @@ def _fragment(gpu) -> str:
     if gpu.state == "error":
         return f"GPU error ({gpu.error})"
     return "gpu " + gpu_label(gpu)
-
-
-def _reboot_fragment(h) -> str:
-    """Names the failure of the recovery that gave up (not an older one)."""
-    why = h.get("reboot_for") or EMPTY
-    xid = why.get("xid")
-    if why.get("wsl"):
-        return f"GPU {'lost' if why.get('lost') else 'failed'} (WSL2): {WSL_RESET}"
-    if why.get("lost"):
-        return f"GPU lost ({f'XID {xid}' if xid else 'XID 79 or NVML GPU_IS_LOST'}): reboot required"
-    return f"GPU failed{f' (XID {xid})' if xid else ''}: reboot required"
-
-
-def _give_up(h, now, gpu, run) -> None:
-    """Reboot required: no more ladders. `run` is the ladder (or trigger) given up on."""
-    h["reboot_required"] = now
-    h["reboot_for"] = MappingProxyType({"lost": gpu.state == "lost" or run["cause"] == "gpu-lost",
-                                        "xid": run.get("xid"), "wsl": gpu.platform == WSL2})
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -172,26 +151,41 @@ def _announce_reboot(gpu, h) -> list[Action]:
     return [Action("start-job", "devices", "driver-mismatch", gpu.error or "NVIDIA driver/library version mismatch")]
 
 
-def _job_running(jo) -> bool:
-    return jo is not None and jo.unit is not None and (
-        jo.unit.job or jo.unit.active_state in ("activating", "deactivating"))
-
-
 # ---------------------------------------------------------------------------- main
 def decide_gpu(config, obs: Observation, gh, now: float):
+    """One cycle of the GPU policy, step by step: the state's change, what asks for the recovery
+    ladder, the ladder under way or starting, then (while no ladder runs and no reboot is
+    required) the boot race and the CPU fallback."""
     gpu = obs.gpu
     h = dict(gh)
+    if gpu.state == "off":
+        return (), MappingProxyType(h), _fragment(gpu), ()
     actions: list[Action] = []
     notes: list[str] = []
-    fragment = _fragment(gpu)
-    unit_name = UNITS[OLLAMA]
-    reserve = _reserve(config)
-    if gpu.state == "off":
-        return (), MappingProxyType(h), fragment, ()
+    gpu_changed = _note_state(gpu, h, notes)
+    so = _ollama_running(obs)
+    actions += _announce_reboot(gpu, h)
+    _release_fallback(obs, so, h, gpu_changed, notes)
+    trigger = _xid_trigger(config, gpu, notes)
+    _note_resume(gpu, h, now, notes)
+    missing = _runner_missing(gpu, so, h)
+    off = _off_gpu(gpu, so.models, _reserve(config)) if so is not None and gpu.state == "ok" else None
+    trigger = trigger or _resume_trigger(gpu, so, off, h, now, missing)
+    fragment = ladder.follow(config, obs, so, off, h, now, notes, _fragment(gpu))
+    fragment = ladder.start(obs, h, now, trigger, actions, notes, fragment)
+    if h.get("reboot_required"):
+        return tuple(actions), MappingProxyType(h), ladder.reboot_fragment(h), tuple(notes)
+    if h.get("ladder") is None:
+        _boot_race(gpu, so, h, actions)
+        fragment = _cpu_fallback(config, obs, so, off, h, now, missing, actions, notes, fragment)
+    return tuple(actions), MappingProxyType(h), fragment, tuple(notes)
 
-    # ---- state changes
+
+# ---------------------------------------------------------------------------- state
+def _note_state(gpu, h, notes) -> bool:
+    """Notes a change of the GPU's state (usable again after a lost or failed one: recovery allowed
+    again) and counts NVML errors in a row; whether the state changed since the last cycle."""
     previous = h.get("state")
-    gpu_changed = previous is not None and gpu.state != previous
     if gpu.state != previous:
         if previous is not None:
             notes.append(f"GPU: {previous} -> {gpu.state}" + (f" ({gpu.error})" if gpu.error else ""))
@@ -202,24 +196,29 @@ def decide_gpu(config, obs: Observation, gh, now: float):
             h["reboot_for"] = None
         h["state"] = gpu.state
     h["error_cycles"] = h.get("error_cycles", 0) + 1 if gpu.state == "error" else 0
-    so = _ollama_running(obs)
-    actions += _announce_reboot(gpu, h)
-    old_driver = driver_support.too_old(so.version, gpu.driver, [d.compute_capability for d in gpu.devices]) \
-        if so is not None and gpu.state == "ok" else None
+    return previous is not None and gpu.state != previous
 
-    # ---- CPU-fallback restarts held back until something changes
+
+def _release_fallback(obs, so, h, gpu_changed, notes) -> None:
+    """CPU-fallback restarts held back are allowed again once something changed: the GPU's state,
+    the configuration, or Ollama started anew (not by us: we held back)."""
     held = h.get("fallback_held")
-    if held is not None:
-        restarted = so is not None and so.unit.active_enter_mono != held["enter"]  # not by us: we held back
-        why = ("the GPU's state changed" if gpu_changed else
-               "the configuration was reloaded" if obs.generation != held["generation"] else
-               "ollama was started anew" if restarted else None)
-        if why:
-            notes.append(f"GPU: {why}: restarting ollama for a CPU fallback is allowed again")
-            h["fallback_held"] = None
-            h["fallback_restarts"] = ()
+    if held is None:
+        return
+    restarted = so is not None and so.unit.active_enter_mono != held["enter"]
+    why = ("the GPU's state changed" if gpu_changed else
+           "the configuration was reloaded" if obs.generation != held["generation"] else
+           "ollama was started anew" if restarted else None)
+    if why:
+        notes.append(f"GPU: {why}: restarting ollama for a CPU fallback is allowed again")
+        h["fallback_held"] = None
+        h["fallback_restarts"] = ()
 
-    # ---- what asks for the recovery ladder: (cause, evidence, xid)
+
+# ---------------------------------------------------------------------------- what asks for the ladder
+def _xid_trigger(config, gpu, notes):
+    """(cause, evidence, xid) asking for the ladder: the first critical Xid (each Xid noted, those in
+    gpu.ignore_xids ignored), else a lost GPU; None when nothing asks."""
     trigger: tuple[str, str, int | None] | None = None
     for ev in gpu.xids:
         where = f" on {ev.uuid}" if ev.uuid else ""
@@ -232,123 +231,60 @@ def decide_gpu(config, obs: Observation, gh, now: float):
             notes.append(f"GPU: Xid {ev.xid}{where} reported; not one that needs a reset")
     if gpu.state == "lost":
         trigger = trigger or ("gpu-lost", "NVML: GPU is lost (fell off the bus)", None)
+    return trigger
 
+
+def _note_resume(gpu, h, now, notes) -> None:
+    """A resume seen for the first time opens RESUME_WINDOW (not an old marker seen anew after a
+    restart of localaid)."""
     resumed = gpu.resumed_at
     if resumed is not None and resumed != h.get("resume_seen"):
         h["resume_seen"] = resumed
-        if now - resumed < RESUME_WINDOW:  # not an old marker seen anew after a restart of localaid
+        if now - resumed < RESUME_WINDOW:
             h["resume_until"] = resumed + RESUME_WINDOW
             notes.append("resumed from sleep: checking the GPU now")
-    missing = None
-    if so is not None and gpu.state == "ok":
-        missing, h["runner_seen"] = _runner_gone(gpu, so, h.get("runner_seen"))
-    else:
+
+
+def _runner_missing(gpu, so, h) -> str | None:
+    """Evidence that Ollama's runner lost its GPU (_runner_gone), kept across cycles in
+    h["runner_seen"] while Ollama runs on a usable GPU."""
+    if so is None or gpu.state != "ok":
         h["runner_seen"] = None
-    after_resume = now < h.get("resume_until", float("-inf"))
-    if after_resume and trigger is None:
-        if gpu.state == "error" and h["error_cycles"] >= ERROR_CYCLES:
-            trigger = ("resume", f"after resume: {gpu.error} ({h['error_cycles']} checks in a row)", None)
-        elif so is not None and gpu.state == "ok":
-            off = _off_gpu(gpu, so.models, reserve)
-            if off or missing:
-                trigger = ("resume", "after resume: " + (off[1] if off else missing), None)
+        return None
+    missing, h["runner_seen"] = _runner_gone(gpu, so, h.get("runner_seen"))
+    return missing
 
-    # ---- the ladder
-    ladder = h.get("ladder")
-    jo = obs.jobs.get(LADDER_JOB)
-    if ladder is not None:
-        ladder = dict(ladder)
-        phase = ladder["phase"]
-        if phase in ("requested", "running"):
-            if _job_running(jo):
-                ladder["phase"] = "running"
-                text = jo.text or "running"
-                fragment = f"GPU recovery ({ladder['what']}): {text}"
-            elif jo is None or jo.unit is None or not jo.unit.exists:
-                _give_up(h, now, gpu, ladder)
-                notes.append("GPU recovery unavailable: localaid-gpu-recover.service is not installed")
-                ladder = None
-            elif phase == "requested" and now - ladder["started"] < LADDER_START_SLACK and \
-                    jo.progress_state != "failed" and jo.unit.active_state != "failed" and \
-                    jo.progress_state != "done":
-                fragment = f"GPU recovery ({ladder['what']}): starting"
-            else:
-                ok = jo.unit.active_state != "failed" and jo.progress_state == "done"
-                if ok and gpu.state != "lost":
-                    ladder.update(phase="verify", verify_since=now)
-                    notes.append(f"GPU recovery ({ladder['what']}) done: checking the models are back on the GPU")
-                else:
-                    why = jo.text or f"unit {jo.unit.active_state}"
-                    if ok:
-                        why = "GPU still lost after the driver reload"
-                    notes.append(f"GPU recovery ({ladder['what']}) failed: {why}; reboot required")
-                    _give_up(h, now, gpu, ladder)
-                    ladder = None
-        if ladder is not None and ladder["phase"] == "verify":
-            if gpu.state == "lost":
-                notes.append(f"GPU lost again after recovery ({ladder['what']}): reboot required")
-                _give_up(h, now, gpu, ladder)
-                ladder = None
-            elif gpu.state == "ok" and so is not None and so.models and not _off_gpu(gpu, so.models, reserve):
-                took = now - ladder["started"]
-                notes.append(f"GPU recovered ({ladder['what']}) in {took:.0f} s: models back on the GPU")
-                h["recovered_at"] = now
-                ladder = None
-            elif gpu.state == "ok" and so is not None and so.models is not None and not so.models \
-                    and not any(m.keep_warm for m in config.ollama.models):
-                notes.append(f"GPU recovered ({ladder['what']}): GPU usable, no model to check")
-                h["recovered_at"] = now
-                ladder = None
-            elif now - ladder["verify_since"] > config.health.model_load_grace:
-                notes.append(f"after GPU recovery ({ladder['what']}) the models are still not on the GPU: "
-                             "reboot required")
-                _give_up(h, now, gpu, ladder)
-                ladder = None
-            else:
-                fragment = f"GPU recovery ({ladder['what']}): waiting for the models to load on the GPU"
-    h["ladder"] = None if ladder is None else MappingProxyType(ladder)
 
-    attempts = tuple(h.get("ladder_attempts", ()))
-    if trigger is None and h.get("pending") is not None:
-        trigger = tuple(h["pending"])
-    h["pending"] = None
-    if trigger is not None and ladder is None and not h.get("reboot_required"):
-        cause, evidence, xid = trigger
-        what = f"XID {xid}" if cause == "xid" else {"gpu-lost": "GPU lost", "resume": "after resume"}[cause]
-        run = {"what": what, "cause": cause, "xid": xid}
-        if OLLAMA in obs.maintenance and not _job_running(jo):
-            h["pending"] = trigger  # an Xid comes once: remember it until the upgrade is over
-            fragment = f"GPU recovery ({what}) waits: ollama under maintenance"
-        elif gpu.platform == WSL2:  # nothing to reload from inside the VM
-            notes.append(f"GPU: {evidence}; no recovery ladder: {WSL_RESET}")
-            _give_up(h, now, gpu, run)
-        elif _job_running(jo):  # a ladder we did not start (or from before a restart of localaid)
-            h["ladder"] = MappingProxyType({"phase": "running", "started": now, **run})
-            fragment = f"GPU recovery ({what}): {jo.text or 'running'}"
-        elif len(attempts) >= LADDER_LIMIT:
-            notes.append(f"GPU: {evidence}; {len(attempts)} recoveries already tried this boot: reboot required")
-            _give_up(h, now, gpu, run)
-        else:
-            attempts += (now,)
-            actions.append(Action("start-job", LADDER_JOB, cause, evidence, service=OLLAMA))
-            h["ladder"] = MappingProxyType({"phase": "requested", "started": now, **run})
-            fragment = f"GPU recovery ({what}): starting"
-    h["ladder_attempts"] = attempts
-    if h.get("reboot_required"):
-        return tuple(actions), MappingProxyType(h), _reboot_fragment(h), tuple(notes)
-    if h.get("ladder") is not None:
-        return tuple(actions), MappingProxyType(h), fragment, tuple(notes)
+def _resume_trigger(gpu, so, off, h, now, missing):
+    """Within RESUME_WINDOW of a resume, ERROR_CYCLES NVML errors in a row or a CPU fallback (`off`,
+    `missing`) ask for the ladder at once: (cause, evidence, xid), or None."""
+    if not now < h.get("resume_until", float("-inf")):
+        return None
+    if gpu.state == "error" and h["error_cycles"] >= ERROR_CYCLES:
+        return ("resume", f"after resume: {gpu.error} ({h['error_cycles']} checks in a row)", None)
+    if so is not None and gpu.state == "ok" and (off or missing):
+        return ("resume", "after resume: " + (off[1] if off else missing), None)
+    return None
 
-    # ---- boot race: nodes fixed after Ollama started
+
+# ---------------------------------------------------------------------------- Ollama on the CPU
+def _boot_race(gpu, so, h, actions) -> None:
+    """Ollama looks for GPUs only at start: device nodes fixed after it started restart it, once
+    per fix."""
     fixed = gpu.nodes_changed_at
     if so is not None and fixed is not None and so.unit.active_enter_mono < fixed \
             and h.get("boot_race_for") != fixed and gpu.state == "ok":
         h["boot_race_for"] = fixed
-        actions.append(Action("restart", unit_name, "boot-race",
+        actions.append(Action("restart", UNITS[OLLAMA], "boot-race",
                               "GPU device nodes were fixed after ollama started; it only looks for GPUs at start",
                               service=OLLAMA))
 
-    # ---- CPU fallback
+
+def _cpu_fallback(config, obs, so, off, h, now, missing, actions, notes, fragment) -> str:
+    """Ollama on the CPU while the GPU could serve: restarted (nothing else asked this cycle, our
+    last restart seen), unless the driver is too old for it (restarts cannot help: the status
+    says so). The status fragment."""
+    gpu = obs.gpu
     recent = tuple(t for t in h.get("fallback_restarts", ()) if now - t < FALLBACK_WINDOW)
     if missing is None:
         h["pid_miss_since"] = None
@@ -357,39 +293,52 @@ def decide_gpu(config, obs: Observation, gh, now: float):
     # our last restart not seen yet (ollama's start time is older): wait for it, do not count it twice
     restarting = so is not None and bool(recent) and so.unit.active_enter_mono < recent[-1] \
         and now - recent[-1] < RESTART_SLACK
-    if old_driver:  # Ollama ignores a GPU whose driver is too old for it: restarts cannot help
+    old_driver = driver_support.too_old(so.version, gpu.driver, [d.compute_capability for d in gpu.devices]) \
+        if so is not None and gpu.state == "ok" else None
+    if old_driver:  # Ollama ignores a GPU whose driver is too old for it
         fragment = old_driver
     elif so is not None and gpu.state == "ok" and so.models and not actions and not restarting:
-        uptime = now - so.unit.active_enter_mono
-        off = _off_gpu(gpu, so.models, reserve)
-        evidence = None
-        if off is not None:
-            m, evidence = off
-            if uptime < config.health.model_load_grace and m.size_vram > 0:
-                evidence = None  # still loading layers onto the GPU
-        elif missing is not None and now - h["pid_miss_since"] >= PID_MISS_AFTER:
-            evidence = missing
-        elif missing is None and recent and so.unit.active_enter_mono >= recent[-1] \
-                and any(m.size_vram > 0 for m in so.models):  # they helped: only the others count
-            notes.append(f"GPU: ollama back on the GPU after {len(recent)} restart(s) for a CPU fallback")
-            recent = ()
+        evidence, recent = _fallback_evidence(config, so, off, h, now, missing, recent, notes)
         if evidence is not None:
-            held = h.get("fallback_held")
-            if held is None and len(recent) >= FALLBACK_RESTARTS:
-                held = MappingProxyType({"enter": so.unit.active_enter_mono, "generation": obs.generation,
-                                         "tries": len(recent)})
-                h["fallback_held"] = held
-                notes.append(f"GPU: ollama still on CPU after {len(recent)} restarts ({evidence}): not restarting "
-                             "it again until it is started anew, the GPU changes or the configuration is "
-                             "reloaded; check `localaid doctor`")
-            if held is not None:
-                fragment += f", model on CPU; not restarting again ({held['tries']} tries): check `localaid doctor`"
-            else:
-                recent += (now,)
-                h["pid_miss_since"] = None
-                actions.append(Action("restart", unit_name, "cpu-fallback", evidence, service=OLLAMA))
+            recent, fragment = _restart_or_hold(obs, so, h, now, evidence, recent, actions, notes, fragment)
     h["fallback_restarts"] = recent
-    return tuple(actions), MappingProxyType(h), fragment, tuple(notes)
+    return fragment
+
+
+def _fallback_evidence(config, so, off, h, now, missing, recent, notes):
+    """(evidence of a CPU fallback or None, the restarts that still count): a model off the GPU
+    although it has room (once loaded: health.model_load_grace), or the runner gone from the GPU
+    for PID_MISS_AFTER. Restarts after which the models are back on the GPU no longer count."""
+    if off is not None:
+        m, evidence = off
+        if now - so.unit.active_enter_mono < config.health.model_load_grace and m.size_vram > 0:
+            return None, recent  # still loading layers onto the GPU
+        return evidence, recent
+    if missing is not None and now - h["pid_miss_since"] >= PID_MISS_AFTER:
+        return missing, recent
+    if missing is None and recent and so.unit.active_enter_mono >= recent[-1] \
+            and any(m.size_vram > 0 for m in so.models):  # they helped: only the others count
+        notes.append(f"GPU: ollama back on the GPU after {len(recent)} restart(s) for a CPU fallback")
+        return None, ()
+    return None, recent
+
+
+def _restart_or_hold(obs, so, h, now, evidence, recent, actions, notes, fragment):
+    """Restart Ollama for a CPU fallback; after FALLBACK_RESTARTS in FALLBACK_WINDOW that did not
+    help, hold back until something changes (_release_fallback) and say so. (restarts, fragment)."""
+    held = h.get("fallback_held")
+    if held is None and len(recent) >= FALLBACK_RESTARTS:
+        held = MappingProxyType({"enter": so.unit.active_enter_mono, "generation": obs.generation,
+                                 "tries": len(recent)})
+        h["fallback_held"] = held
+        notes.append(f"GPU: ollama still on CPU after {len(recent)} restarts ({evidence}): not restarting "
+                     "it again until it is started anew, the GPU changes or the configuration is "
+                     "reloaded; check `localaid doctor`")
+    if held is not None:
+        return recent, fragment + f", model on CPU; not restarting again ({held['tries']} tries): check `localaid doctor`"
+    h["pid_miss_since"] = None
+    actions.append(Action("restart", UNITS[OLLAMA], "cpu-fallback", evidence, service=OLLAMA))
+    return recent + (now,), fragment
 
 
 # ---------------------------------------------------------------------------- models warm

@@ -160,11 +160,51 @@ def build_venv(ctx, version: str) -> None:
     configuration, then uv's bootstrap (first install only). The venv is made without pip and
     seeded by uv with the very wheels ensurepip would have installed (pip, and setuptools before
     3.12): the same venv, without the seconds ensurepip spends running pip to install pip."""
-    layout, w, host = ctx.layout, ctx.config.webui, ctx.host
-    if is_complete(layout, version):
+    if is_complete(ctx.layout, version):
         return
+    interp = _interpreter(ctx, version)
+    venv = ctx.layout.venv(version)
+    _clear(ctx, venv)
+    clock = _Clock(ctx.host)
+    ctx.rep.step(f"creating the venv for Open WebUI {version}", 0.02)
+    uv, conf, seed = _create(ctx, venv, interp, clock)
+    env = _env(ctx, conf)
+    if uv is None and ctx.config.webui.installer == "uv":
+        safefs.remove_tree(venv)
+        raise JobError("webui.installer is uv, but uv is not on PATH and could not be pip-installed; "
+                       "set webui.installer: auto or pip")
+    _seed(ctx, version, venv, interp, uv, seed, env, clock)
+    counts = _install(ctx, version, venv, uv, conf, env, clock)
+    _complete(ctx, version, venv, interp, uv, counts, clock)
+
+
+class _Clock:
+    """The build's phase times ("venv=0.4 install=41.2 ..."): `phase` adds the time since the
+    last mark (the start first) to a phase, `timed` times one call."""
+
+    def __init__(self, host) -> None:
+        self.host = host
+        self.t0 = self.mark = host.monotonic()
+        self.phases: dict[str, float | None] = {}
+
+    def phase(self, name: str) -> None:
+        now = self.host.monotonic()
+        self.phases[name] = round(self.phases.get(name, 0.0) + now - self.mark, 2)
+        self.mark = now
+
+    def timed(self, name: str, fn) -> object:
+        t = self.host.monotonic()
+        try:
+            return fn()
+        finally:
+            self.phases[name] = round(self.host.monotonic() - t, 2)
+
+
+def _interpreter(ctx, version: str) -> interpreter.Interpreter:
+    """The interpreter for the venv (uv may download one), then the room on disk; timed as
+    "preflight"."""
+    host = ctx.host
     t_check = host.monotonic()
-    use_uv = w.installer in ("auto", "uv")
 
     def uv_for(python: str | None) -> str | None:  # uv before any venv: to download an interpreter
         seed = host.seed_wheels(python) if python else None
@@ -172,31 +212,26 @@ def build_venv(ctx, version: str) -> None:
     interp = interpreter.resolve(ctx, version, uv_for)
     preflight(ctx, version)
     ctx.timings["preflight"] = round(host.monotonic() - t_check, 2)
-    venv = layout.venv(version)
-    uid, gid = host.ids(SERVICE_USER)
-    safefs.remove_tree(venv)  # a half-built venv from an interrupted run
+    return interp
+
+
+def _clear(ctx, venv: str) -> None:
+    """No half-built venv from an interrupted run, no caches of an earlier release; the caches'
+    directories for the service user."""
+    layout = ctx.layout
+    uid, gid = ctx.host.ids(SERVICE_USER)
+    safefs.remove_tree(venv)
     if os.path.isdir(layout.legacy_cache):
         safefs.remove_tree(layout.legacy_cache)
         ctx.rep.say("removed the installer caches of an earlier release", path=layout.legacy_cache)
     for d in (layout.cache, layout.uv_cache, layout.pip_cache):
         safefs.ensure_dir(d, 0o700, uid, gid)
-    t0 = host.monotonic()
-    phases: dict[str, float | None] = {}
-    mark = [t0]
 
-    def phase(name: str) -> None:
-        now = host.monotonic()
-        phases[name] = round(phases.get(name, 0.0) + now - mark[0], 2)
-        mark[0] = now
 
-    def timed(name: str, fn) -> object:
-        t = host.monotonic()
-        try:
-            return fn()
-        finally:
-            phases[name] = round(host.monotonic() - t, 2)
-
-    ctx.rep.step(f"creating the venv for Open WebUI {version}", 0.02)
+def _create(ctx, venv: str, interp, clock: _Clock):
+    """The venv (without pip when ensurepip's wheels will seed it), while a thread reads the pip
+    configuration and, for uv, finds or bootstraps it. (uv or None, pip configuration, seed)."""
+    host, use_uv = ctx.host, ctx.config.webui.installer in ("auto", "uv")
     boot = interp.bootstrap
     boot_seed = host.seed_wheels(boot) if use_uv or interp.managed else Seed()
     # ensurepip's wheels of root's interpreter seed the venv (pip is pure Python: Debian 13's
@@ -205,82 +240,97 @@ def build_venv(ctx, version: str) -> None:
     box: dict = {}
 
     def helper() -> None:  # the pip configuration (root's, by the system's pip), then uv
-        box["conf"] = timed("pip_config", lambda: pip_config(host, boot, boot_seed.pip(boot)))
+        box["conf"] = clock.timed("pip_config", lambda: pip_config(host, boot, boot_seed.pip(boot)))
         if use_uv:
-            box["uv"] = timed("uv_bootstrap", lambda: find_uv(ctx, _env(ctx, box["conf"]), boot_seed, boot))
+            box["uv"] = clock.timed("uv_bootstrap", lambda: find_uv(ctx, _env(ctx, box["conf"]), boot_seed, boot))
     thread = threading.Thread(target=helper, daemon=True)
     thread.start()
     try:
         make_venv(ctx, venv, _env(ctx, {}), with_pip=not seed.wheels, python=interp.path)
-        phases["venv"] = round(host.monotonic() - t0, 2)
+        clock.phases["venv"] = round(host.monotonic() - clock.t0, 2)
     finally:
         thread.join()
-    phase("setup")  # wall time of venv ∥ pip configuration + uv bootstrap
-    conf = box.get("conf") or {}
-    env = _env(ctx, conf)
-    python = os.path.join(venv, "bin", "python")
-    uv = box.get("uv")
-    if use_uv and uv is None and w.installer == "uv":
-        safefs.remove_tree(venv)
-        raise JobError("webui.installer is uv, but uv is not on PATH and could not be pip-installed; "
-                       "set webui.installer: auto or pip")
+    clock.phase("setup")  # wall time of venv ∥ pip configuration + uv bootstrap
+    return box.get("uv"), box.get("conf") or {}, seed
+
+
+def _seed(ctx, version: str, venv: str, interp, uv, seed: Seed, env: dict, clock: _Clock) -> None:
+    """pip (and setuptools) into a venv made without: uv installs ensurepip's wheels (ensurepip
+    when that fails); without uv, the venv is made anew with its own pip."""
     if uv and seed.wheels:
-        r = host.sandboxed([uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps",
-                            *seed.wheels], venv_jail(ctx, version), env, 300)
+        python = os.path.join(venv, "bin", "python")
+        r = ctx.host.sandboxed([uv, "pip", "install", "--quiet", "--python", python, "--no-index", "--no-deps",
+                                *seed.wheels], venv_jail(ctx, version), env, 300)
         if not r.ok:
             ctx.rep.warn("cannot seed the venv with ensurepip's wheels: using ensurepip",
                          detail=" | ".join(r.tail[-3:]))
             make_venv(ctx, venv, env, with_pip=True, python=interp.path)
-        phase("seed")
+        clock.phase("seed")
     elif seed.wheels:  # uv wanted but unavailable: pip installs, and the venv needs its own pip
         make_venv(ctx, venv, env, with_pip=True, python=interp.path)
-        phase("venv_pip")
-    spec = f"{DISTRIBUTION}=={version}"
-    tool = "uv" if uv else "pip"
+        clock.phase("venv_pip")
+
+
+def _install(ctx, version: str, venv: str, uv, conf: dict, env: dict, clock: _Clock) -> dict[str, int]:
+    """Open WebUI `version` into the venv as the service user, its progress reported line by line;
+    a failure removes the venv. The installer's package counts."""
+    w, spec, tool = ctx.config.webui, f"{DISTRIBUTION}=={version}", "uv" if uv else "pip"
     counts: dict[str, int] = {}
     last_text = [""]
 
     def on_line(line: str) -> None:
         m = UV_SUMMARY.match(line)
         if m:  # uv's own phase times: "Resolved 262 packages in 1.52s", "Prepared …", "Installed …"
-            phases["uv_" + m.group(1).lower()] = uv_seconds(m.group(2))
+            clock.phases["uv_" + m.group(1).lower()] = uv_seconds(m.group(2))
             ctx.rep.say("uv: " + line.strip())
         text = installer_progress(line, counts)
         if text and text != last_text[0]:
             last_text[0] = text
             ctx.rep.progress("running", f"installing Open WebUI {version} with {tool}: {text}")
 
+    argv = _install_argv(ctx, version, os.path.join(venv, "bin", "python"), uv, conf, spec)
+    ctx.rep.step(f"installing Open WebUI {version} with {tool}", 0.05)
+    ctx.rep.say("installing Open WebUI", version=version, installer=tool, venv=venv, user=SERVICE_USER,
+                wheels_only=not w.allow_source_builds)
+    r = ctx.host.sandboxed(argv, venv_jail(ctx, version), env, w.install_timeout, on_line)
+    if not r.ok:
+        hint = space_hint(ctx, venv)
+        safefs.remove_tree(venv)
+        raise JobError(f"installing {spec} with {tool} failed: {last_error(r.tail)}{hint}", r.tail)
+    clock.phase("install")
+    return counts
+
+
+def _install_argv(ctx, version: str, python: str, uv, conf: dict, spec: str) -> list[str]:
+    """The installer's command line: uv (torch left out unless webui.torch) or pip, the indexes'
+    flags, wheels only unless allowed."""
     if uv:
         # An upgrade compiles the byte code while the old version still serves (measured: the new
         # version's first start 8.6 s instead of 13 s, the outage 8 s). A first install does not:
         # compiling every module takes longer (22 s vs 7 s) than the start compiling what it
         # imports, and nothing is serving meanwhile. pip compiles anyway.
-        compile_ = ["--compile-bytecode"] if current_version(layout) not in (None, version) else []
-        argv = [uv, "pip", "install", "--python", python, *compile_, *uv_args(ctx.config, conf)[0],
+        compile_ = ["--compile-bytecode"] if current_version(ctx.layout) not in (None, version) else []
+        return [uv, "pip", "install", "--python", python, *compile_, *uv_args(ctx.config, conf)[0],
                 *slim(ctx), spec]
-    else:
-        argv = [python, "-m", "pip", "install", "--progress-bar", "off", *pip_flags(ctx.config), spec]
-    ctx.rep.step(f"installing Open WebUI {version} with {tool}", 0.05)
-    ctx.rep.say("installing Open WebUI", version=version, installer=tool, venv=venv, user=SERVICE_USER,
-                wheels_only=not w.allow_source_builds)
-    r = host.sandboxed(argv, venv_jail(ctx, version), env, w.install_timeout, on_line)
-    if not r.ok:
-        hint = space_hint(ctx, venv)
-        safefs.remove_tree(venv)
-        raise JobError(f"installing {spec} with {tool} failed: {last_error(r.tail)}{hint}", r.tail)
-    phase("install")
+    return [python, "-m", "pip", "install", "--progress-bar", "off", *pip_flags(ctx.config), spec]
+
+
+def _complete(ctx, version: str, venv: str, interp, uv, counts: dict[str, int], clock: _Clock) -> None:
+    """The venv holds `version` (else it goes): the completion marker, with what was built how and
+    the phases' times, written last."""
     got = venv_version(venv)
     if got != version:
         safefs.remove_tree(venv)
         raise JobError(f"the venv holds open-webui {got}, not {version}")
-    phase("verify")
-    elapsed = host.monotonic() - t0
+    clock.phase("verify")
+    elapsed = ctx.host.monotonic() - clock.t0
     n = counts.get("installed") or counts.get("installing") or counts.get("resolved")
+    w, phases = ctx.config.webui, clock.phases
     ctx.timings.update(phases)
-    doc = {"version": version, "installer": tool, "python": interp.path, "managed_python": interp.managed,
-           "torch": bool(ctx.config.webui.torch or not uv), "packages": n, "user": SERVICE_USER,
-           "wheels_only": not w.allow_source_builds, "seconds": round(elapsed, 1), "phases": phases,
-           "built": time.time()}
+    doc = {"version": version, "installer": "uv" if uv else "pip", "python": interp.path,
+           "managed_python": interp.managed, "torch": bool(w.torch or not uv), "packages": n,
+           "user": SERVICE_USER, "wheels_only": not w.allow_source_builds, "seconds": round(elapsed, 1),
+           "phases": phases, "built": time.time()}
     with safefs.directory(venv) as dfd:
         safefs.write(dfd, COMPLETE_MARKER, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o644)
     ctx.rep.say("Open WebUI venv ready", version=version, packages=n, seconds=f"{elapsed:.1f}",
