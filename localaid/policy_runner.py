@@ -9,9 +9,10 @@ alone, tell it from the two things that look like it:
   by BUSY_CPU of a core or more, or a GPU that holds one of Ollama's processes is busy. A long
   answer, a queue of requests (OLLAMA_NUM_PARALLEL=1 runs them one by one) or a long prompt
   keep a runner working: it is never called wedged while it works.
-- **a canary**: once runners that worked have been quiet for health.runner_watchdog.quiet, one
-  one-token request goes to each loaded model (act.py, keep_alive left as it was). Idle models
-  answer it at once; a wedged runner never does, and the requests queued behind it neither.
+- **a canary**: once runners that worked have been quiet for health.runner_watchdog.quiet, a
+  one-token request goes to each loaded model in turn (act.py, keep_alive left as it was), one
+  at a time so that one model's answer cannot count as work while another's request waits. Idle
+  models answer it at once; a wedged runner never does, and the requests queued behind it neither.
 
 Wedged = the canary timed out (health.runner_watchdog.canary_timeout) and the runners did no work
 while it was on its way. The repair is policy.py's kill-restart of ollama.service, with its
@@ -21,9 +22,10 @@ first `quiet` seconds: a load that hangs is Ollama's own load timeout's). A cana
 HTTP error, a model that cannot generate) proves nothing and is not acted on.
 
 Bound: a runner wedged at its last work is restarted quiet + canary_timeout + about one cycle
-later (46 s with the defaults), then healthy when Ollama has restarted and reloaded the model.
-Not caught: a runner that spins its CPU without producing anything (it looks busy), and a
-wedge while another model's runner keeps working (caught once that one rests).
+later (46 s with the defaults; plus the other loaded models' answers, asked first), then healthy
+when Ollama has restarted and reloaded the model. Not caught: a runner that spins its CPU without
+producing anything (it looks busy), and a wedge while another model's runner keeps working on
+chats (caught once that one rests).
 """
 
 from __future__ import annotations
@@ -56,12 +58,23 @@ def watch(config, obs: Observation, rh: RunnerHistory, now: float):
         return _judge(config, obs, rh, now)
     if rh.armed and rh.worked_at is not None and now - rh.worked_at >= config.health.runner_quiet \
             and not any(k.startswith("preload:") for k in obs.in_flight):
-        models = tuple((m.name, m.expires_at) for m in so.models)
-        action = Action("canary", ",".join(m[0] for m in models), "runner-watchdog",
-                        f"runners quiet for {fmt_seconds(now - rh.worked_at)} after working", service=OLLAMA,
-                        data={"models": models, "sent": now})
-        return [action], replace(rh, canary_sent=now, worked_during_canary=False), None
+        actions, rh = _ask(so, rh, now, tuple(m.name for m in so.models),
+                           f"runners quiet for {fmt_seconds(now - rh.worked_at)} after working")
+        return actions, rh, None
     return [], rh, None
+
+
+def _ask(so, rh: RunnerHistory, now: float, names: tuple[str, ...], why: str):
+    """The canary for the first of `names` still loaded; the others wait their turn. One model at
+    a time, so that one model's answer (work) cannot hide another's wedged runner."""
+    loaded = {m.name: m for m in so.models}
+    todo = [n for n in names if n in loaded]
+    if not todo:  # every loaded model answered: nothing owed until the runners work again
+        return [], replace(rh, canary_sent=None, pending=(), armed=False, worked_during_canary=False)
+    m = loaded[todo[0]]
+    action = Action("canary", m.name, "runner-watchdog", why, service=OLLAMA,
+                    data={"models": ((m.name, m.expires_at),), "sent": now})
+    return [action], replace(rh, canary_sent=now, pending=tuple(todo[1:]), worked_during_canary=False)
 
 
 def _sample(obs: Observation, rh: RunnerHistory, runners, now: float, loading: bool) -> RunnerHistory:
@@ -93,11 +106,11 @@ def _judge(config, obs: Observation, rh: RunnerHistory, now: float):
         if CANARY_KEY in obs.in_flight or now - rh.canary_sent < config.health.runner_canary_timeout + 5:
             return [], rh, None
         return [], replace(rh, canary_sent=None), None  # lost (localaid restarted its worker): start over
-    if c.ok:  # idle: nothing owed until they work again
-        return [], replace(rh, canary_sent=None, armed=False, worked_during_canary=False), None
-    if not c.timed_out or rh.worked_during_canary:
-        # An error proves nothing; work meanwhile means busy: ask again after the next quiet spell.
-        return [], replace(rh, canary_sent=None, armed=rh.worked_during_canary, worked_during_canary=False), None
+    if c.ok or not c.timed_out:  # idle (an error proves nothing either): the next model, if any
+        actions, rh = _ask(obs.services[OLLAMA], rh, now, rh.pending, "the next loaded model")
+        return actions, rh, None
+    if rh.worked_during_canary:  # busy: ask again after the next quiet spell
+        return [], replace(rh, canary_sent=None, pending=(), armed=True, worked_during_canary=False), None
     last = rh.worked_at if rh.worked_at is not None else rh.canary_sent
     evidence = (f"no work by {_names(obs)} for {fmt_seconds(now - last)} (CPU and GPU), and {c.detail}; "
                 f"Ollama's API still answers")

@@ -276,6 +276,7 @@ class RunnerHistory:
     worked_at: float | None = None  # last time they were seen working (CPU, or the GPU busy)
     armed: bool = False  # they worked since the last canary answered: one canary is owed once quiet
     canary_sent: float | None = None  # the canary on its way (its `now`), None when none
+    pending: tuple[str, ...] = ()  # loaded models still to be asked this round, one at a time
     worked_during_canary: bool = False  # they worked while it was on its way: busy, not wedged
     wedged: str | None = None  # the evidence, once called wedged: kept until they work or are replaced
 

@@ -172,14 +172,22 @@ class Host:
         return self.sd.state(unit)
 
     def start(self, unit: str) -> None:
-        if self.unit_state(unit).active_state == "failed":
-            self.sd.reset_failed(unit)  # a crash-looped unit hit its start limit: a fresh start
+        self._fresh(unit)
         self.sd.start(unit)
 
     def restart(self, unit: str) -> None:
-        if self.unit_state(unit).active_state == "failed":
-            self.sd.reset_failed(unit)
+        self._fresh(unit)
         self.sd.restart(unit)
+
+    def _fresh(self, unit: str) -> None:
+        """A planned start (a set-up or upgrade step) is not a crash loop: clear a failed state and
+        systemd's start rate limit, which counts every start (5 in 10 s by default, a quick
+        upgrade and its rollback included), and would refuse this one with start-limit-hit."""
+        from localaid.adapters.systemd import SystemdError
+        try:
+            self.sd.reset_failed(unit)
+        except SystemdError:
+            pass  # not loaded yet: nothing to clear
 
     def stop(self, unit: str, timeout: float = 90) -> None:
         """Stop `unit` and wait until systemd has it inactive with no job left."""

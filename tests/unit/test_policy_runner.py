@@ -28,13 +28,14 @@ class Box:
         self.canary = None
         self.in_flight = frozenset()
         self.gpu = GpuObs(state="none")
+        self.models = (MODEL,)
         self.decisions = []
         for _ in range(16):  # the model loaded a while ago (a load's own work asks for nothing)
             self.cycle()
 
     def obs(self) -> Observation:
         runners = RunnerObs(self.pids, self.cpu, ("llama-server",) * len(self.pids))
-        services = {OLLAMA: ServiceObs(OLLAMA, unit("ollama.service"), None, OK, models=(MODEL,), runners=runners),
+        services = {OLLAMA: ServiceObs(OLLAMA, unit("ollama.service"), None, OK, models=self.models, runners=runners),
                     WEBUI: ServiceObs(WEBUI, unit("open-webui.service"), None, OK, ready=OK)}
         return Observation(now=self.now, services=MappingProxyType(services), gpu=self.gpu,
                            jobs=MappingProxyType(jobs_idle()), in_flight=self.in_flight, canary=self.canary)
@@ -55,9 +56,9 @@ class Box:
 
     def answer(self, ok: bool, timed_out: bool = False):
         """The canary sent last ends (act.py's outcome, seen by the next cycle)."""
-        sent = self.canaries()[-1].data["sent"]
-        self.canary = CanaryObs(sent, ok, timed_out, "" if ok else "a one-token request to qwen3:8b did not end "
-                                                                 "within 30 s")
+        last = self.canaries()[-1]
+        self.canary = CanaryObs(last.data["sent"], ok, timed_out,
+                                "" if ok else f"a one-token request to {last.target} did not end within 30 s")
 
 
 def work_then_quiet(box: Box, work: float = 5, quiet: int = 20):
@@ -217,3 +218,47 @@ def test_a_models_load_is_not_work_that_calls_for_a_canary():
     assert box.canaries() == []
     work_then_quiet(box)  # a request to it afterwards is work
     assert len(box.canaries()) == 1
+
+
+EMBED = LoadedModel("nomic-embed-text:latest", 3 * 10**8, 3 * 10**8, expires_at=1.7e9)
+
+
+def two_models_then_quiet() -> Box:
+    box = Box(pids=(4101, 4202))
+    box.models = (MODEL, EMBED)
+    for _ in range(16):  # both loaded a while ago
+        box.cycle()
+    work_then_quiet(box)
+    return box
+
+
+def test_with_two_models_each_is_asked_in_turn_and_a_wedge_behind_an_answer_is_found():
+    box = two_models_then_quiet()
+    [first] = box.canaries()
+    assert first.target == "qwen3:8b"
+    box.answer(ok=True)
+    box.cycle(cpu_per_s=0.05)  # its answer was work: it must not hide the second model's wedge
+    second = box.canaries()[-1]
+    assert second.target == "nomic-embed-text:latest" and len(box.canaries()) == 2
+    box.in_flight = frozenset({policy_runner.CANARY_KEY})
+    for _ in range(30):
+        box.cycle()
+    box.in_flight = frozenset()
+    box.answer(ok=False, timed_out=True)
+    box.cycle()
+    [restart] = box.restarts()
+    assert "nomic-embed-text:latest did not end within 30 s" in restart.evidence
+    assert "runner llama-server 4101, llama-server 4202" in restart.evidence
+
+
+def test_with_two_models_one_busy_the_other_idle_nothing_is_restarted():
+    box = two_models_then_quiet()
+    box.answer(ok=True)  # the pick answers
+    box.cycle()
+    for _ in range(30):  # the embedding model's request waits behind a long batch: its runner works
+        box.in_flight = frozenset({policy_runner.CANARY_KEY})
+        box.cycle(cpu_per_s=0.9)
+    box.in_flight = frozenset()
+    box.answer(ok=False, timed_out=True)
+    box.cycle(cpu_per_s=0.9)
+    assert box.restarts() == [] and len(box.canaries()) == 2
