@@ -7,10 +7,18 @@ installs the .deb with apt, gives it a healthy stand-in Ollama (a tiny HTTP/1.1 
 /usr/local/bin/ollama with its unit) and Open WebUI disabled, waits for localaid to settle, then
 samples its main process (and systemd, PID 1 of the container) for a window.
 
+By default the stand-in holds one model loaded, as Ollama does on the shipped defaults (the pick is
+preloaded with keep_alive -1): /api/ps lists it, kept forever, and `ollama serve` keeps a sleeping
+runner child (named llama-server, as from Ollama 0.30) in its cgroup, so localaid's per-cycle
+reads of the runners (the wedged-runner watchdog) are part of what is measured; the runner never
+works, so no canary is sent. --no-model: nothing loaded and no child (the measurement before
+the watchdog existed).
+
     sudo bench/idle_footprint.py                      # builds the .deb and rootfs if needed
     sudo bench/idle_footprint.py --deb out/localaid_0.1.0_all.deb --seconds 60 --suite trixie
     sudo bench/idle_footprint.py --baseline HEAD~1    # and the build of HEAD~1, side by side
     sudo bench/idle_footprint.py --baseline-deb /path/to/previous/localaid_0.1.0_all.deb
+    sudo bench/idle_footprint.py --no-model           # no model loaded, no runner child
 
 With a baseline, both builds are measured one after the other in fresh containers of the same
 root file system with the same settings (the baseline first), and one table shows both.
@@ -37,15 +45,26 @@ from harness import Container, ContainerError  # noqa: E402
 
 STANDIN = r'''#!/usr/bin/python3
 """Stand-in for ollama: `ollama serve` answers the probes localaid makes; `ollama --version`."""
-import json, os, sys
+import ctypes, json, os, signal, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 if sys.argv[1:2] in (["--version"], ["-v"]):
     print("ollama version is 0.0.0-standin"); sys.exit(0)
 host, _, port = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rpartition(":")
+MODEL = os.environ.get("STANDIN_MODEL")  # loaded for good, with a sleeping runner child
+TAGS = [{"name": MODEL, "model": MODEL, "size": 637700138, "digest": "2644915ede35" * 5 + "abcd",
+         "modified_at": "2026-01-01T00:00:00Z", "details": {"format": "gguf", "parameter_size": "1B"}}] if MODEL else []
+PS = [{**TAGS[0], "expires_at": "2318-11-20T11:42:45.000000000+00:00", "size_vram": 0,
+       "context_length": 4096}] if MODEL else []
+if MODEL and os.fork() == 0:  # the runner: a child in the cgroup that never works
+    libc = ctypes.CDLL(None)
+    libc.prctl(15, b"llama-server", 0, 0, 0)  # PR_SET_NAME
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    while True:
+        signal.pause()
 BODIES = {"/": (b"Ollama is running", "text/plain"),
           "/api/version": (json.dumps({"version": "0.0.0-standin"}).encode(), "application/json"),
-          "/api/tags": (json.dumps({"models": []}).encode(), "application/json"),
-          "/api/ps": (json.dumps({"models": []}).encode(), "application/json")}
+          "/api/tags": (json.dumps({"models": TAGS}).encode(), "application/json"),
+          "/api/ps": (json.dumps({"models": PS}).encode(), "application/json")}
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # Go's net/http (Ollama) keeps connections open
     def do_GET(self):
@@ -65,10 +84,13 @@ After=network.target
 [Service]
 ExecStart=/usr/local/bin/ollama serve
 Environment=OLLAMA_HOST=127.0.0.1:{port}
+Environment=STANDIN_MODEL={model}
 Restart=always
 [Install]
 WantedBy=multi-user.target
 """
+
+MODEL = "llama3.2:1b"  # what the stand-in holds loaded (unless --no-model)
 
 # models: [] (the default before ollama.models: auto): the stand-in cannot pull, so an auto pick
 # would keep its set-up job failing and retrying; what is measured is the supervisor at rest.
@@ -111,12 +133,29 @@ def pid1_ticks(c: Container) -> int:
     return int(stat[11]) + int(stat[12])
 
 
+def ollama_processes(c: Container) -> str:
+    """ollama.service's processes (the server, and the runner a loaded model has) by name."""
+    cgroup = c.unit_property("ollama.service", "ControlGroup")
+    pids = c.run(["sh", "-c", f"cat /sys/fs/cgroup{cgroup}/cgroup.procs 2>/dev/null || "
+                  f"cat /sys/fs/cgroup/systemd{cgroup}/cgroup.procs"]).stdout.split()
+    return " + ".join(c.read(f"/proc/{p}/comm").strip() for p in pids)
+
+
+def canaries(c: Container) -> int:
+    """The wedged-runner watchdog's one-token requests among localaid's recent actions."""
+    try:
+        recent = json.loads(c.read("/run/localaid/status.json")).get("recent_actions", [])
+    except (ContainerError, ValueError):
+        return 0
+    return len([x for x in recent if x.get("kind") == "canary"])
+
+
 def measure(deb: Path, rootfs: Path, a) -> dict:
     """One build's idle footprint, in a fresh container."""
     port = free_port()
     with Container(rootfs, binds=[(deb, f"/mnt/{deb.name}", True)], name="bench-idle") as c:
         c.write("/usr/local/bin/ollama", STANDIN, mode=0o755)
-        c.write("/etc/systemd/system/ollama.service", UNIT.format(port=port))
+        c.write("/etc/systemd/system/ollama.service", UNIT.format(port=port, model="" if a.no_model else MODEL))
         c.systemctl("daemon-reload")
         c.systemctl("enable", "--now", "ollama.service")
         c.write("/etc/localaid/localaid.yaml", CONFIG.format(port=port))
@@ -151,6 +190,8 @@ def measure(deb: Path, rootfs: Path, a) -> dict:
             "fds": s1["fds"],
             "journal_lines_per_min": round((lines1 - lines0) * 60.0 / elapsed, 1),
             "tasks": c.unit_property("localaid", "TasksCurrent"),
+            "ollama_processes": ollama_processes(c),
+            "canaries_sent": canaries(c),
             "status": c.unit_property("localaid", "StatusText"),
             "apt_install_s": round(apt_s, 1),
         }
@@ -166,6 +207,8 @@ def main() -> int:
     ap.add_argument("--suite", default="bookworm", choices=["bookworm", "trixie"])
     ap.add_argument("--warmup", type=float, default=15.0, help="seconds to settle after active")
     ap.add_argument("--seconds", type=float, default=180.0, help="measurement window per build")
+    ap.add_argument("--no-model", action="store_true",
+                    help="the stand-in Ollama holds no model loaded and has no runner child")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -186,8 +229,10 @@ def main() -> int:
             print(json.dumps({"build": label, **r}))
         return 0
     first = results[0][1]
-    print(f"localaid idle footprint ({first['suite']}, Python {first['python']}, "
-          f"{a.seconds:g} s window after {a.warmup:g} s warm-up, one container per build)\n")
+    loaded = "nothing loaded" if a.no_model else f"stand-in Ollama with {MODEL} loaded and a sleeping runner"
+    print(f"localaid idle footprint ({first['suite']}, Python {first['python']}, {loaded}, "
+          f"{a.seconds:g} s window after {a.warmup:g} s warm-up, one container per build; "
+          f"CPUs shared with other work)\n")
     print("| metric | " + " | ".join(label for label, _ in results) + " |")
     print("| --- |" + " --- |" * len(results))
     for k in first:
