@@ -57,7 +57,8 @@ class State:
 
     def _expire(self):
         now = datetime.now(timezone.utc)
-        gone = [n for n, e in self.loaded.items() if e["expires"] <= now]
+        # a model with a request at work or waiting is not unloaded (Ollama stops its timer then)
+        gone = [n for n, e in self.loaded.items() if e["expires"] <= now and not e["queue"].locked()]
         for n in gone:
             stop_runner(self.loaded.pop(n))
         if gone:
@@ -72,7 +73,7 @@ class State:
                 out.append({"name": name, "model": name, "size": m["size"], "digest": m["digest"],
                             "details": m.get("details", {}), "expires_at": e["expires"].isoformat(),
                             "size_vram": 0 if cpu_fault else e["vram"], "context_length": 4096})
-        return out
+        return sorted(out, key=lambda m: m["expires_at"], reverse=True)  # longest left first, as Ollama
 
     def load(self, m, keep, slow=0.0):
         """Load (when not loaded) and set the expiry; returns the entry."""
