@@ -17,8 +17,8 @@ alone, tell it from the two things that look like it:
 Wedged = the canary timed out (health.runner_watchdog.canary_timeout) and the runners did no work
 while it was on its way. The repair is policy.py's kill-restart of ollama.service, with its
 budget and backoff. A canary goes only after a spell of work, so a box that is not used sends
-none; a canary's own work does not call for another one, nor does a model's load (new runners'
-first `quiet` seconds: a load that hangs is Ollama's own load timeout's). A canary that fails otherwise (an
+none, and a canary's own work does not call for another one (a model's load is work: one canary
+follows it). A canary that fails otherwise (an
 HTTP error, a model that cannot generate) proves nothing and is not acted on.
 
 Bound: a runner wedged at its last work is restarted quiet + canary_timeout + about one cycle
@@ -48,8 +48,8 @@ def watch(config, obs: Observation, rh: RunnerHistory, now: float):
             or not so.models or runners is None or not runners.pids):
         return [], RunnerHistory(), None  # nothing loaded, or Ollama itself not answering
     if runners.pids != rh.pids:  # a model loaded or unloaded, a new Ollama: start over
-        return [], RunnerHistory(pids=runners.pids, seen_at=now, cpu_sample=(now, runners.cpu_seconds)), None
-    rh = _sample(obs, rh, runners, now, loading=now - rh.seen_at < config.health.runner_quiet)
+        return [], RunnerHistory(pids=runners.pids, cpu_sample=(now, runners.cpu_seconds)), None
+    rh = _sample(obs, rh, runners, now)
     if rh.wedged is not None:  # until the restart replaces them (budget and backoff permitting)
         if rh.worked_at == now:
             return [], replace(rh, wedged=None, armed=False), None  # it came back by itself
@@ -77,10 +77,10 @@ def _ask(so, rh: RunnerHistory, now: float, names: tuple[str, ...], why: str):
     return [action], replace(rh, canary_sent=now, pending=tuple(todo[1:]), worked_during_canary=False)
 
 
-def _sample(obs: Observation, rh: RunnerHistory, runners, now: float, loading: bool) -> RunnerHistory:
+def _sample(obs: Observation, rh: RunnerHistory, runners, now: float) -> RunnerHistory:
     """Note whether the runners worked since the last look; work re-arms the watchdog, except
-    while a canary is on its way (its own work must not call for the next one) and in new
-    runners' first moments (loading a model: a load that hangs is Ollama's load timeout's)."""
+    while a canary is on its way (its own work must not call for the next one). A model's load
+    is work too: a chat's first answer follows it at once, and may be the one that wedges."""
     worked = _gpu_busy(obs)
     if rh.cpu_sample is not None:
         then, cpu = rh.cpu_sample
@@ -90,7 +90,7 @@ def _sample(obs: Observation, rh: RunnerHistory, runners, now: float, loading: b
         return rh
     if rh.canary_sent is not None:
         return replace(rh, worked_at=now, worked_during_canary=True)
-    return replace(rh, worked_at=now, armed=rh.armed or not loading)
+    return replace(rh, worked_at=now, armed=True)
 
 
 def _gpu_busy(obs: Observation) -> bool:
@@ -114,8 +114,8 @@ def _judge(config, obs: Observation, rh: RunnerHistory, now: float):
     last = rh.worked_at if rh.worked_at is not None else rh.canary_sent
     evidence = (f"no work by {_names(obs)} for {fmt_seconds(now - last)} (CPU and GPU), and {c.detail}; "
                 f"Ollama's API still answers")
-    return [], RunnerHistory(pids=rh.pids, seen_at=rh.seen_at, cpu_sample=rh.cpu_sample, worked_at=last,
-                             wedged=evidence), (last, evidence)
+    return [], RunnerHistory(pids=rh.pids, cpu_sample=rh.cpu_sample, worked_at=last, wedged=evidence), \
+        (last, evidence)
 
 
 def _names(obs: Observation) -> str:

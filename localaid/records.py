@@ -271,7 +271,6 @@ class NodeHistory:
 class RunnerHistory:
     """What the wedged-runner watchdog (policy_runner) remembers of Ollama's runners."""
     pids: tuple[int, ...] = ()  # the runners these samples are of (a change starts over)
-    seen_at: float = 0.0  # when these runners were first seen: their first moments are a model's load
     cpu_sample: tuple[float, float] | None = None  # (when, their CPU seconds) at the last look
     worked_at: float | None = None  # last time they were seen working (CPU, or the GPU busy)
     armed: bool = False  # they worked since the last canary answered: one canary is owed once quiet

@@ -229,9 +229,17 @@ def test_gpu_lost_after_start_fails_requests_then_is_healed(make_container, nvml
     log = journal(c, "localaid.service")
     assert "restart ollama.service: ok cause=cpu-fallback" in log, log
 
-    # again, nobody asking: /api/ps still shows the model in VRAM, the GPU says otherwise (a
-    # model's load is not work the wedged-runner watchdog asks about: no canary comes either)
+    # again, nobody asking: /api/ps still shows the model in VRAM, the GPU says otherwise. The
+    # wedged-runner watchdog asks a model for a token once its runner rests after work (the
+    # reload, a chat): let it have done so first, or its request would find the CUDA error.
     seen_warm(c)
+    chat = json.loads(c.run(["curl", "-s", "http://127.0.0.1:11434/api/chat", "-d", json.dumps(
+        {"model": "tinyllama", "stream": False, "messages": [{"role": "user", "content": "hi"}]})]).stdout)
+    assert chat["message"]["content"] == "fake answer", chat
+    asked = time.time()
+    wait_for(lambda: [a for a in json.loads(c.read("/run/localaid/status.json"))["recent_actions"]
+                      if a["kind"] == "canary" and a["at"] > asked and a["outcome"].startswith("ok")],
+             timeout=40, message="the runner watchdog's canary after the chat, answered")
     faults(c, cuda_error="unspecified launch failure")
     wait_for(lambda: "runner is no longer a GPU compute process" in journal(c, "localaid.service"), timeout=60)
     warm_on_gpu(c)

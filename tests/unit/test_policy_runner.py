@@ -30,7 +30,7 @@ class Box:
         self.gpu = GpuObs(state="none")
         self.models = (MODEL,)
         self.decisions = []
-        for _ in range(16):  # the model loaded a while ago (a load's own work asks for nothing)
+        for _ in range(16):  # the model loaded a while ago
             self.cycle()
 
     def obs(self) -> Observation:
@@ -208,15 +208,13 @@ def test_the_quiet_and_timeout_keys_set_the_bound():
     assert History().runner == policy_runner.RunnerHistory()
 
 
-def test_a_models_load_is_not_work_that_calls_for_a_canary():
+def test_a_models_load_is_work_the_first_answer_after_it_may_wedge():
     box = Box()
-    box.pids = (4101, 4202)  # a second model loads: its runner works for a few seconds, then rests
+    box.pids = (4101, 4202)  # a second model loads (its runner works), its first answer wedges
     for _ in range(5):
         box.cycle(cpu_per_s=0.9)
-    for _ in range(60):
+    for _ in range(15):
         box.cycle()
-    assert box.canaries() == []
-    work_then_quiet(box)  # a request to it afterwards is work
     assert len(box.canaries()) == 1
 
 
