@@ -6,7 +6,7 @@ runner` before). A wedged runner leaves every chat waiting forever while `GET /`
 alone, tell it from the two things that look like it:
 
 - **work**: the runners' CPU time (observe reads it every cycle while a model is loaded) grows
-  by BUSY_CPU of a core or more, or a GPU that holds one of Ollama's processes is busy. A long
+  by BUSY_CPU of a core or more, or a GPU that holds one of Ollama's processes is BUSY_GPU % busy. A long
   answer, a queue of requests (OLLAMA_NUM_PARALLEL=1 runs them one by one) or a long prompt
   keep a runner working: it is never called wedged while it works.
 - **a canary**: once runners that worked have been quiet for health.runner_watchdog.quiet, a
@@ -36,6 +36,9 @@ from localaid.quantity import fmt_seconds
 from localaid.records import OLLAMA, Action, Observation, RunnerHistory
 
 BUSY_CPU = 0.01  # of a core: below this, runners count as quiet
+# Percent: NVML's utilisation is the whole card's, and a desktop or another program keeps a few
+# percent on it; a model computing keeps it far above.
+BUSY_GPU = 10
 CANARY_KEY = "canary"  # its key in Observation.in_flight while act.py runs it
 CAUSE = "wedged runner"
 
@@ -94,9 +97,10 @@ def _sample(obs: Observation, rh: RunnerHistory, runners, now: float) -> RunnerH
 
 
 def _gpu_busy(obs: Observation) -> bool:
-    """A GPU that runs one of Ollama's processes reports some utilisation."""
+    """A GPU that runs one of Ollama's processes is busy (BUSY_GPU percent or more)."""
     mine = set(obs.gpu.ollama_pids)
-    return any(d.utilization and d.compute_pids and mine.intersection(d.compute_pids) for d in obs.gpu.devices)
+    return any((d.utilization or 0) >= BUSY_GPU and d.compute_pids and mine.intersection(d.compute_pids)
+               for d in obs.gpu.devices)
 
 
 def _judge(config, obs: Observation, rh: RunnerHistory, now: float):

@@ -260,3 +260,11 @@ def test_with_two_models_one_busy_the_other_idle_nothing_is_restarted():
     box.answer(ok=False, timed_out=True)
     box.cycle(cpu_per_s=0.9)
     assert box.restarts() == [] and len(box.canaries()) == 2
+
+
+def test_a_few_percent_of_gpu_from_a_desktop_is_not_work():
+    box = Box()
+    box.gpu = GpuObs(state="ok", ollama_pids=PIDS, devices=(
+        GpuDevice(0, "RTX", "GPU-1", 12 * 2**30, 6 * 2**30, utilization=3, compute_pids=PIDS),))
+    work_then_quiet(box)
+    assert len(box.canaries()) == 1
