@@ -51,7 +51,11 @@ def watch(config, obs: Observation, rh: RunnerHistory, now: float):
             or not so.models or runners is None or not runners.pids):
         return [], RunnerHistory(), None  # nothing loaded, or Ollama itself not answering
     if runners.pids != rh.pids:  # a model loaded or unloaded, a new Ollama: start over
-        return [], RunnerHistory(pids=runners.pids, cpu_sample=(now, runners.cpu_seconds)), None
+        # A new runner has just loaded its model: that was work (its CPU time before this look
+        # is not seen), and the answer that follows a load may be the one that wedges.
+        new = bool(set(runners.pids) - set(rh.pids))
+        return [], RunnerHistory(pids=runners.pids, cpu_sample=(now, runners.cpu_seconds),
+                                 worked_at=now if new else None, armed=new), None
     rh = _sample(obs, rh, runners, now)
     if rh.wedged is not None:  # until the restart replaces them (budget and backoff permitting)
         if rh.worked_at == now:

@@ -30,8 +30,18 @@ class Box:
         self.gpu = GpuObs(state="none")
         self.models = (MODEL,)
         self.decisions = []
-        for _ in range(16):  # the model loaded a while ago
+        self.settle()
+
+    def settle(self):
+        """The runners loaded a while ago (a load is work: its canary went and was answered);
+        what the test does starts from here."""
+        for _ in range(16):
             self.cycle()
+        while self.hist.runner.canary_sent is not None or self.hist.runner.armed:
+            if self.canaries():
+                self.answer(ok=True)
+            self.cycle()
+        self.decisions, self.canary = [], None
 
     def obs(self) -> Observation:
         runners = RunnerObs(self.pids, self.cpu, ("llama-server",) * len(self.pids))
@@ -176,10 +186,12 @@ def test_a_runner_that_works_again_by_itself_is_left_alone():
 def test_new_runners_start_over_and_nothing_is_watched_without_a_loaded_model():
     box = Box()
     work_then_quiet(box, quiet=10)
-    box.pids = (4101, 4202)  # the embedding model loaded: its samples begin again
-    for _ in range(20):
+    box.pids = (4101, 4202)  # the embedding model loaded: the samples begin again, its load is work
+    for _ in range(15):
         box.cycle()
     assert box.canaries() == []
+    box.cycle()
+    assert len(box.canaries()) == 1
     assert policy_runner.watch(box.config, replace(box.obs(), services=MappingProxyType({})), box.hist.runner,
                                box.now) == ([], policy_runner.RunnerHistory(), None)
 
@@ -210,10 +222,12 @@ def test_the_quiet_and_timeout_keys_set_the_bound():
 
 def test_a_models_load_is_work_the_first_answer_after_it_may_wedge():
     box = Box()
-    box.pids = (4101, 4202)  # a second model loads (its runner works), its first answer wedges
-    for _ in range(5):
-        box.cycle(cpu_per_s=0.9)
-    for _ in range(15):
+    box.pids = (4101, 4202)  # a second model loads and answers at once (no work seen after the
+    for _ in range(16):      # first look at its runner), and that answer wedges
+        box.cycle()
+    assert len(box.canaries()) == 1
+    box.pids = (4101,)  # a model unloaded: nothing new worked
+    for _ in range(30):
         box.cycle()
     assert len(box.canaries()) == 1
 
@@ -224,8 +238,7 @@ EMBED = LoadedModel("nomic-embed-text:latest", 3 * 10**8, 3 * 10**8, expires_at=
 def two_models_then_quiet() -> Box:
     box = Box(pids=(4101, 4202))
     box.models = (MODEL, EMBED)
-    for _ in range(16):  # both loaded a while ago
-        box.cycle()
+    box.settle()
     work_then_quiet(box)
     return box
 
