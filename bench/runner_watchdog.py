@@ -145,6 +145,11 @@ def settle(c) -> None:
     t = time.time()
     wait_for(lambda: [a for a in actions(c) if a["kind"] == "canary" and a["at"] > t and a["outcome"].startswith("ok")],
              timeout=QUIET + CANARY_TIMEOUT + 10, interval=0.5, message="the canary after a short answer, answered")
+    # The round asks every loaded model in turn: let it end, and a cycle pass after its last answer
+    # (work within a cycle of a canary's answer is taken for the canary's own: policy_runner.py).
+    wait_for(lambda: not [a for a in actions(c)[-1:] if a["kind"] == "canary" and time.time() - a["at"] < 3],
+             timeout=QUIET + CANARY_TIMEOUT + 10, interval=0.5, message="the canary round over")
+    time.sleep(2)
 
 
 def wait_for_budget(restarts: list[float], paced: bool) -> float:
@@ -196,7 +201,8 @@ def not_repaired(c, n: int, last_work: float) -> tuple[None, None, str, float]:
                      "--no-pager"]).stdout.splitlines()
     canaries = [x for x in journal if x.startswith("canary ")]
     log(f"run {n}: NOT repaired within {REPAIR_LIMIT:g} s of the last work; STATUS {status(c)!r}; "
-        f"{len(canaries)} canary lines, e.g. {canaries[-1] if canaries else '-'}")
+        f"{len(canaries)} canary lines, e.g. {canaries[-1] if canaries else '-'}; localaid's last actions: "
+        f"{[(round(a['at'] - last_work, 1), a['kind'], a['target'], a['outcome'][:60]) for a in actions(c)[-6:]]}")
     c.systemctl("restart", "ollama.service")
     return None, None, f"{len(canaries)} failed canaries, no restart", 0.0
 

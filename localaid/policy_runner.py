@@ -24,8 +24,9 @@ HTTP error, a model that cannot generate) proves nothing and is not acted on.
 Bound: a runner wedged at its last work is restarted quiet + canary_timeout + about one cycle
 later (46 s with the defaults; plus the other loaded models' answers, asked first), then healthy
 when Ollama has restarted and reloaded the model. Not caught: a runner that spins its CPU without
-producing anything (it looks busy), and a wedge while another model's runner keeps working on
-chats (caught once that one rests).
+producing anything (it looks busy); a wedge while another model's runner keeps working on chats
+(caught once that one rests); and a request that starts within a cycle of a canary's answer and
+wedges before the next look, since that cycle's work is taken for the canary's own.
 """
 
 from __future__ import annotations
