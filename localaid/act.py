@@ -134,28 +134,20 @@ class Actor:
         return f"failed: {detail or probe.error}"
 
     def _canary(self, a: Action, config) -> str:
-        """One token from each loaded model (an embedding model: one embedding), within
-        health.runner_watchdog.canary_timeout for them all; each model's unload time stays as it
-        was. The outcome goes to self.canary for the next cycle's observation."""
+        """One token from the model policy_runner asks (an embedding model: one embedding) within
+        health.runner_watchdog.canary_timeout; its unload time stays as it was. The outcome goes
+        to self.canary for the next cycle's observation."""
+        [(name, expires_at)] = a.data["models"]  # one model per canary: policy_runner asks them in turn
         limit = config.health.runner_canary_timeout
-        deadline = time.monotonic() + limit
         embedder = config.webui.embedding.model_name if config.embeds_with_ollama else None
-        timed_out, failed = False, []
-        for name, expires_at in a.data["models"]:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                failed.append(f"{name}: not asked in time")
-                break
-            path, body = canary_request(name, embedder, expires_at, time.time())
-            probe, answer = http.request(config.ollama.url + path, left, "POST", body)
-            if not probe.ok:
-                timed_out = timed_out or (probe.error or "").startswith("timeout")
-                detail = answer.get("error") if isinstance(answer, dict) else None
-                failed.append(f"a one-token request to {name} " + ("did not end within " + fmt_seconds(limit)
-                              if timed_out else f"failed: {detail or probe.error}"))
-        self.canary = CanaryObs(a.data["sent"], not failed, timed_out, "; ".join(failed))
-        return "failed: " + self.canary.detail if failed else "ok, every loaded model answered"
+        path, body = canary_request(name, embedder, expires_at, time.time())
+        probe, answer = http.request(config.ollama.url + path, limit, "POST", body)
+        timed_out = not probe.ok and (probe.error or "").startswith("timeout")
+        detail = answer.get("error") if isinstance(answer, dict) else None
+        failed = "" if probe.ok else f"a one-token request to {name} " + (
+            f"did not end within {fmt_seconds(limit)}" if timed_out else f"failed: {detail or probe.error}")
+        self.canary = CanaryObs(a.data["sent"], probe.ok, timed_out, failed)
+        return f"failed: {failed}" if failed else f"ok, answered in {probe.latency:.1f} s"
 
     def _node(self, a: Action, config) -> str:
         """Switch a UI host's Ollama node on or off in Open WebUI's connection settings."""
