@@ -313,21 +313,29 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "404 page not found", "text/plain")
 
-    def _pull(self, name, body, f):
-        if not name:
-            self._send(400, {"error": "model is required"})
-            return
-        stream = body.get("stream", True)
+    def _ndjson_head(self):
+        """200 and the headers of a streamed NDJSON answer (chunked, as Ollama sends it)."""
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
+    def _chunk(self, obj):
+        """One NDJSON line as one HTTP chunk, sent at once."""
+        data = (json.dumps(obj) + "\n").encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _pull(self, name, body, f):
+        if not name:
+            self._send(400, {"error": "model is required"})
+            return
+        stream = body.get("stream", True)
+        self._ndjson_head()
+
         def line(obj):
-            data = (json.dumps(obj) + "\n").encode()
             if stream is not False or "error" in obj or obj.get("status") == "success":
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
+                self._chunk(obj)
 
         try:
             line({"status": "pulling manifest"})
@@ -428,16 +436,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stream(self, piece, tokens, counted):
         """NDJSON chunks as the runner makes its tokens (the status line goes first, as Ollama's)."""
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-
-        def chunk(obj):
-            data = (json.dumps(obj) + "\n").encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-
+        self._ndjson_head()
+        chunk = self._chunk
         for word in tokens:
             counted.append(word)
             chunk(piece(word, False))
