@@ -39,6 +39,9 @@ WINDOW = (1280, 900)
 # Chromium 132 and later: plain --headless is the new headless mode and the
 # old one is gone; "=new" is still accepted and says what we mean.
 HEADLESS = "--headless=new"
+# Screenshots and other files a test keeps for people to look at after the run. Not under
+# the containers' work directory: harness.reap_stale removes unknown entries there.
+ARTEFACTS = Path(os.environ.get("LOCALAID_IT_ARTEFACTS", "/var/tmp/localaid-it-artefacts"))
 
 
 class BrowserError(RuntimeError):
