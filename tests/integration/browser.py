@@ -242,6 +242,7 @@ class Browser:
         """Make the HOME and NSS db, start Chromium and wait until it answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         home = self.workdir / "home"
+        shutil.rmtree(home, ignore_errors=True)  # a workdir used again starts clean
         make_home(home, self.trust_ca)
         to_r, to_w = os.pipe()
         from_r, from_w = os.pipe()

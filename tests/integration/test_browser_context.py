@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
 import ssl
 import struct
 import subprocess
@@ -220,3 +221,14 @@ def test_https_with_an_untrusted_ca_fails_with_a_certificate_error(urls, tmp_pat
         with pytest.raises(NavigationError) as err:
             b.open(urls["https"])
     assert err.value.error == "net::ERR_CERT_AUTHORITY_INVALID", err.value
+
+
+def test_a_refused_connection_is_a_navigation_error(tmp_path):
+    with socket.socket() as sock:
+        sock.bind((LAN_IP, 0))
+        url = f"http://{LAN_IP}:{sock.getsockname()[1]}/"  # bound, never listening
+        with Browser(workdir=tmp_path / "refused") as b:
+            with pytest.raises(NavigationError) as err:
+                b.open(url, timeout=10)
+    assert err.value.error == "net::ERR_CONNECTION_REFUSED", err.value
+    assert err.value.url == url
