@@ -31,6 +31,24 @@ def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
         raise
 
 
+def write_if_changed(path: str, text: str, mode: int) -> bool:
+    """Write `text` unless the file already holds it with `mode`; an empty text removes it."""
+    try:
+        with open(path) as f:
+            same = f.read() == text
+        if same and (os.stat(path).st_mode & 0o7777) == mode:
+            return False
+    except FileNotFoundError:
+        if not text:
+            return False
+    if not text:
+        os.unlink(path)
+        return True
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    atomic_write(path, text, mode=mode)
+    return True
+
+
 def write_json(path: str, obj: object, mode: int = 0o644) -> None:
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n", mode)
 

@@ -59,8 +59,7 @@ def _webui(config) -> dict | None:
     w = config.webui
     if not w.enabled:
         return None
-    host = "localhost" if w.host in ("127.0.0.1", "::1", "0.0.0.0", "::") else w.host
-    return {"url": f"http://{'[' + host + ']' if ':' in host else host}:{w.port}", "admin": w.admin.email,
+    return {"url": w.public_url, "admin": w.admin.email,
             "password_file": w.admin.password_file}
 
 
@@ -144,6 +143,10 @@ def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_secon
         metric("disk_level", "gauge", "0 ok, 1 below disk.warn_free, 2 below disk.critical_free.",
                [({"what": d.what, "path": d.path}, DISK_LEVELS[disk_level(config, d)]) for d in obs.disks
                 if d.free is not None])
+    if obs.tls is not None and obs.tls.not_after is not None:
+        metric("https_certificate_expiry_timestamp_seconds", "gauge", "When the certificate localaid-https.service "
+               "serves ends (webui.tls; source: local-ca or own).",
+               [({"source": "own" if obs.tls.own else "local-ca"}, f"{obs.tls.not_after:.0f}")])
     if obs.backup is not None:
         _backup_metrics(metric, obs.backup, config.backup.interval if config is not None else 86400.0)
     gpu = obs.gpu

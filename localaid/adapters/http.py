@@ -19,6 +19,7 @@ import json
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 from datetime import datetime
@@ -30,12 +31,33 @@ from localaid.records import LoadedModel, Probe
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
+def tls_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
+    """For https:// probes: trust only `ca_file` (localaid's own CA), or the system's CAs
+    (None); verify=False checks nothing (a certificate of the administrator's that may not
+    name the loopback address probed)."""
+    if not verify:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def _connection(parts, timeout: float, tls: ssl.SSLContext | None) -> http.client.HTTPConnection:
+    host = parts.hostname or "127.0.0.1"
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(host, parts.port or 443, timeout=timeout,
+                                           context=tls or ssl.create_default_context())
+    return http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
+
+
 def request(url: str, timeout: float, method: str = "GET", body: object | None = None,
-            host_header: str | None = None) -> tuple[Probe, object | None]:
-    """Returns (probe, parsed JSON body or None). Never raises."""
+            host_header: str | None = None, tls: ssl.SSLContext | None = None) -> tuple[Probe, object | None]:
+    """Returns (probe, parsed JSON body or None). Never raises. `tls`: for an https:// URL
+    (default: the system's CAs)."""
     parts = urlsplit(url)
     start = time.monotonic()
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    conn = _connection(parts, timeout, tls)
     try:
         probe, parsed, _ = _exchange(conn, method, parts, body, host_header, start, timeout, close=True)
         return probe, parsed
@@ -49,9 +71,10 @@ class Client:
     """One kept-alive HTTP/1.1 connection to `url`'s server, for a probe repeated every cycle.
     request() never raises and is thread-safe (one exchange at a time)."""
 
-    def __init__(self, url: str, host_header: str | None = None):
+    def __init__(self, url: str, host_header: str | None = None, tls: ssl.SSLContext | None = None):
         self.url = url
         self.host_header = host_header
+        self.tls = tls
         self._parts = urlsplit(url)
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -65,8 +88,7 @@ class Client:
                 self._discard()
             while True:
                 if self._conn is None:
-                    self._conn = http.client.HTTPConnection(self._parts.hostname or "127.0.0.1",
-                                                            self._parts.port or 80, timeout=timeout)
+                    self._conn = _connection(self._parts, timeout, self.tls)
                     self.connects += 1
                 try:
                     probe, parsed, keep = _exchange(self._conn, method, self._parts, body, self.host_header,
@@ -155,6 +177,8 @@ def _failure(e: BaseException, start: float, timeout: float) -> Probe:
         return Probe(False, latency, None, f"timeout after {timeout:g} s")
     if isinstance(e, ConnectionRefusedError):
         return Probe(False, latency, None, "connection refused")
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return Probe(False, latency, None, f"certificate not trusted: {e.verify_message or e}"[:120])
     if isinstance(e, (OSError, http.client.HTTPException)):
         return Probe(False, latency, None, (str(e) or type(e).__name__)[:120])
     return Probe(False, latency, None, f"{type(e).__name__}: {e}"[:120])

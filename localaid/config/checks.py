@@ -40,6 +40,9 @@ def _check_ports(cfg: Config, ctx: Ctx) -> None:
     binds = [("ollama.port", "ollama", cfg.ollama.host, cfg.ollama.port)]
     if cfg.webui.enabled:
         binds.append(("webui.listen", "webui.listen", cfg.webui.host, cfg.webui.port))
+        if cfg.webui.tls.enabled:
+            binds.append(("webui.tls.backend_port", "Open WebUI behind the HTTPS proxy (webui.tls.backend_port)",
+                          "127.0.0.1", cfg.webui.tls.backend_port))
     if cfg.metrics.listen:
         host, port = parse_listen(cfg.metrics.listen)
         binds.append(("metrics.listen", "metrics.listen", host, port))
@@ -83,4 +86,16 @@ def _check_ui_host(cfg: Config, ctx: Ctx) -> None:
                                      "nodes Open WebUI uses")
 
 
-CHECKS = (_check_disk, _check_http, _check_backoff, _check_ports, _check_torch, _check_exposed, _check_ui_host)
+def _check_tls(cfg: Config, ctx: Ctx) -> None:
+    """An own certificate comes with its key; names are for the local CA's certificate only."""
+    t = cfg.webui.tls
+    for key, other, mine, theirs in (("webui.tls.cert_file", "webui.tls.key_file", t.cert_file, t.key_file),
+                                     ("webui.tls.key_file", "webui.tls.cert_file", t.key_file, t.cert_file)):
+        if mine is not None and theirs is None and ctx.ok(key, other):
+            ctx.report(key, f"needs {other} as well (a certificate and its private key)")
+    if t.cert_file and t.names and ctx.ok("webui.tls.names", "webui.tls.cert_file"):
+        ctx.report("webui.tls.names", "names are for the local CA's certificate: with webui.tls.cert_file "
+                                      "your certificate's own names count; remove one of them")
+
+
+CHECKS = (_check_tls, _check_disk, _check_http, _check_backoff, _check_ports, _check_torch, _check_exposed, _check_ui_host)

@@ -147,6 +147,24 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSConfig:
+    enabled: bool = key(False, c.boolean, "serve Open WebUI over HTTPS on webui.listen through nginx; Open WebUI "
+                                          "moves to loopback (backend_port)")
+    names: tuple[str, ...] = key(
+        (), c.list_of(c.host, "host names or IP addresses"),
+        "names and addresses the local CA's server certificate is for; []: this host's name and addresses")
+    cert_file: str | None = key(None, c.path(), "your own certificate chain (PEM) instead of the local CA's; "
+                                                "needs key_file")
+    key_file: str | None = key(None, c.path(), "the private key (PEM) of cert_file")
+    backend_port: int = key(3080, c.integer(1, 65535), "loopback port Open WebUI listens on behind the proxy")
+
+    @property
+    def own_pair(self) -> bool:
+        """The administrator's certificate and key, not the local CA's."""
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True, slots=True)
 class WebUIConfig:
     enabled: bool = key(True, c.boolean, "install and supervise Open WebUI")
     version: str = key(DEFAULT_WEBUI_VERSION, c.string('a version such as "0.6.5"', c.PEP440, normalise=c.strip_v),
@@ -182,11 +200,31 @@ class WebUIConfig:
                                  "extra environment for open-webui.service, NAME: value")
     install_timeout: float = key(1800.0, c.duration(1 * MINUTE, 6 * HOUR),
                                  "how long building the virtual environment may take")
+    tls: TLSConfig = section(TLSConfig, "HTTPS through nginx in front of Open WebUI")
+
+    @property
+    def serve(self) -> tuple[str, int]:
+        """Where Open WebUI itself listens: webui.listen, or loopback behind the HTTPS proxy."""
+        return ("127.0.0.1", self.tls.backend_port) if self.tls.enabled else (self.host, self.port)
 
     @property
     def url(self) -> str:
-        """Base URL for probes ("http://127.0.0.1:3000")."""
-        return f"http://{_url_host(self.host)}:{self.port}"
+        """Base URL of Open WebUI itself, for probes and the admin API ("http://127.0.0.1:3000")."""
+        host, port = self.serve
+        return f"http://{_url_host(host)}:{port}"
+
+    @property
+    def proxy_url(self) -> str:
+        """Base URL of the HTTPS proxy, for its probe ("https://127.0.0.1:3000")."""
+        return f"https://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """The address people open ("https://localhost:3000"; a wildcard or loopback listen reads
+        localhost)."""
+        host = "localhost" if self.host in ("127.0.0.1", "::1", "0.0.0.0", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls.enabled else 'http'}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

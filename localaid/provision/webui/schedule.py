@@ -15,7 +15,8 @@ import os
 import time
 
 import localaid.provision.webui.backups as backups
-from localaid.provision.webui.service import unit_path, write_if_changed
+from localaid.fsutil import write_if_changed
+from localaid.provision.webui.service import unit_path
 
 TIMER = "localaid-backup.timer"
 SERVICE = "localaid-backup.service"

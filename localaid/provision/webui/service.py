@@ -15,6 +15,7 @@ import re
 import secrets
 
 from localaid import fsutil, procfs
+from localaid.fsutil import write_if_changed
 from localaid.policy import BUSY_CPU, BUSY_HOLD
 from localaid.provision import safefs
 from localaid.provision.job import JobError
@@ -35,10 +36,11 @@ def render_env(config, secret_key: str, admin_password: str | None) -> str:
     """The EnvironmentFile of open-webui.service (root-only: it holds the key, and the password
     until the admin exists)."""
     w = config.webui
+    host, port = w.serve
     env: dict[str, str] = {
         "DATA_DIR": w.data_dir,
-        "HOST": w.host,
-        "PORT": str(w.port),
+        "HOST": host,
+        "PORT": str(port),
         **({"OLLAMA_BASE_URLS": ";".join(config.ollama_nodes)} if config.webui.ollama_urls
            else {"OLLAMA_BASE_URL": config.ollama.url}),
         "WEBUI_SECRET_KEY": secret_key,
@@ -60,6 +62,9 @@ def render_env(config, secret_key: str, admin_password: str | None) -> str:
     # Plugin requirements are pip-installed by the service user into its own venv: no cache
     # outside its home (the data dir).
     env["PIP_CACHE_DIR"] = os.path.join(w.data_dir, ".cache", "pip")
+    if w.tls.enabled:  # reached through the HTTPS proxy: cookies only over HTTPS, links to it
+        env.update({"WEBUI_URL": w.public_url, "WEBUI_SESSION_COOKIE_SECURE": "true",
+                    "WEBUI_AUTH_COOKIE_SECURE": "true"})
     env.update(dict(w.environment))
     lines = ["# Written by `localaid provision webui` from the localaid configuration; edits are overwritten.",
              "# Change webui.* in /etc/localaid/localaid.yaml instead (extra variables: webui.environment)."]
@@ -145,24 +150,6 @@ def gpu_groups(config) -> list[str]:
     return out
 
 
-def write_if_changed(path: str, text: str, mode: int) -> bool:
-    """Write `text` unless the file already holds it with `mode`; an empty text removes it."""
-    try:
-        with open(path) as f:
-            same = f.read() == text
-        if same and (os.stat(path).st_mode & 0o7777) == mode:
-            return False
-    except FileNotFoundError:
-        if not text:
-            return False
-    if not text:
-        os.unlink(path)
-        return True
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    fsutil.atomic_write(path, text, mode=mode)
-    return True
-
-
 def write_env(ctx, with_password: bool) -> bool:
     """The environment file, with the admin password while no admin exists. True if changed."""
     key, password = ensure_secret(ctx), ensure_admin_password(ctx)
@@ -223,9 +210,8 @@ def configure(ctx) -> bool:
 
 # ---------------------------------------------------------------------------------- running
 def base_url(config) -> str:
-    w = config.webui
-    hostname = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(w.host, w.host)
-    return f"http://{'[' + hostname + ']' if ':' in hostname else hostname}:{w.port}"
+    """Open WebUI itself (behind the proxy when webui.tls is on)."""
+    return config.webui.url
 
 
 def start_timeout(config) -> float:
