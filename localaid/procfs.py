@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import ipaddress
 import os
 import re
 import stat
@@ -382,3 +383,24 @@ def host_facts(meminfo: str = "/proc/meminfo") -> HostFacts:
     except OSError:
         cores = os.cpu_count() or 1
     return HostFacts(int(m.group(1)) * 1024 if m else 0, cores)
+
+
+def local_addresses(proc: str = PROC) -> tuple[str, ...]:
+    """This host's own IPv4 and global IPv6 addresses, loopback and link-local left out (the
+    names a server certificate for a wildcard listen is for), in a stable order."""
+    v4: list[str] = []
+    last = ""
+    for line in _read(os.path.join(proc, "net/fib_trie")).splitlines():
+        text = line.strip()
+        if text.startswith("|--"):
+            last = text[3:].strip()
+        elif text.startswith("/32 host LOCAL") and last and not last.startswith("127.") and last not in v4:
+            v4.append(last)
+    v6: list[str] = []
+    for line in _read(os.path.join(proc, "net/if_inet6")).splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3] == "00":  # scope global
+            addr = str(ipaddress.IPv6Address(bytes.fromhex(fields[0])))
+            if addr not in v6:
+                v6.append(addr)
+    return tuple(v4 + v6)

@@ -168,6 +168,23 @@ COMMANDS: tuple[Command, ...] = (
             args=(arg("backup", nargs="?", metavar="BACKUP", help="name, number (1 = newest) or latest"),
                   arg("--force", action="store_true", help="restore a backup that has problems")),
             handler=".backup:restore"),
+    Command(("https",), "HTTPS for Open WebUI (webui.tls): its CA and certificate",
+            "HTTPS for Open WebUI (webui.tls): nginx serves it on webui.listen with a certificate of\n"
+            "localaid's own CA (or webui.tls.cert_file), set up by localaid's Open WebUI job.",
+            metavar="SUBCOMMAND"),
+    Command(("https", "ca"), "print the local CA's certificate, to trust it",
+            "Print the certificate of localaid's local CA (/etc/localaid/tls/ca.crt, PEM) on standard\n"
+            "output, and its SHA-256 fingerprint on standard error. Browsers and systems that trust it\n"
+            "accept the HTTPS certificate localaid issues for this host (and renews every 60 days). E.g.\n"
+            "  ssh HOST localaid https ca > localaid-ca.crt\n"
+            "then import localaid-ca.crt as a certificate authority (compare the fingerprint). The\n"
+            "same file is served at https://HOST:PORT/localaid-ca.crt. Exit status 1 without a CA.",
+            handler=".https:ca"),
+    Command(("https", "renew"), "(run by localaid-https-renew.timer) renew the certificate when due",
+            "Issue a new server certificate from the local CA when the served one ends within 30\n"
+            "days, or no longer carries the names webui.tls.names (or this host's) call for, and\n"
+            "restart localaid-https.service to serve it. localaid-https-renew.timer runs it daily.",
+            handler=".https:renew"),
     Command(("provision",), "(run by localaid's units) privileged set-up steps",
             "Privileged, idempotent set-up steps. localaid's daemon starts them as\n"
             "short-lived units (localaid-*.service); run by hand only to debug.", metavar="STEP"),

@@ -25,6 +25,7 @@ import sys
 import time
 
 from localaid import progress
+from localaid.provision.https import service as https
 from localaid.provision.job import JobError, Lock, Reporter
 from localaid.quantity import format_size
 from localaid.provision.webui.doctor import doctor_checks
@@ -58,6 +59,8 @@ def provision_main(args, config, ctx: Ctx | None = None) -> int:
     ctx = ctx or Ctx(config)
     try:
         with _lock(ctx):
+            if not config.webui.enabled or not config.webui.tls.enabled:
+                https.stop(ctx)  # first: Open WebUI may take webui.listen back
             if not config.webui.enabled:
                 return disable(ctx)
             ctx.rep.step("configuring Open WebUI", 0.0)
@@ -69,7 +72,10 @@ def provision_main(args, config, ctx: Ctx | None = None) -> int:
             rc = run(ctx)
             if rc is not None:
                 return rc
-            return install(ctx, wanted_version(config, ctx.layout), config.webui.version, restart=changed)
+            rc = install(ctx, wanted_version(config, ctx.layout), config.webui.version, restart=changed)
+            if rc == 0 and config.webui.tls.enabled:
+                https.start(ctx)
+            return rc
     except JobError as e:
         ctx.rep.failed(str(e), e.tail, e.blocked)
         return 1
