@@ -21,8 +21,9 @@ from types import MappingProxyType
 from localaid import fsutil, log, paths, procfs, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import NOT_FOUND, make_state
+from localaid.observe_tls import TlsWatch, answered
 from localaid.records import (
-    JOB_UNITS, OLLAMA, UNITS, WEBUI, BackupObs, DiskObs, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs,
+    HTTPS, JOB_UNITS, OLLAMA, UNITS, WEBUI, BackupObs, DiskObs, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs,
     UnitState,
 )
 
@@ -40,6 +41,7 @@ class Observer:
         self._clients: dict[str, http.Client] = {}  # probe key -> kept-alive connection
         self._conns: tuple[dict | None, str | None] = (None, None)  # Open WebUI's connections, last read
         self._version: tuple[float | None, str | None] = (None, None)  # (Ollama's start, its version)
+        self.tls = TlsWatch()  # webui.tls: the proxy probe's trust, the served certificate
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -55,13 +57,13 @@ class Observer:
         self._pending[key] = fut
         return fut
 
-    def _probe(self, key: str, url: str, timeout: float) -> Future | None:
+    def _probe(self, key: str, url: str, timeout: float, tls=None) -> Future | None:
         client = self._clients.get(key)
-        if client is None or client.url != url:
+        if client is None or client.url != url or client.tls is not tls:
             old = self._pending.get(key)
             if client is not None and (old is None or old.done()):
                 client.close()
-            client = self._clients[key] = http.Client(url)
+            client = self._clients[key] = http.Client(url, tls=tls)
         return self._submit(key, client.request, timeout)
 
     def _nodes(self, urls, probe) -> tuple[tuple[NodeObs, ...], str | None, bool]:
@@ -94,7 +96,9 @@ class Observer:
         hc = config.health
         started = self.clock()
         local = config.ollama.enabled  # false: a UI host, no Ollama of its own
-        units = ([UNITS[OLLAMA]] if local else []) + ([UNITS[WEBUI]] if config.webui.enabled else [])
+        tls_on = config.webui.enabled and config.webui.tls.enabled
+        units = ([UNITS[OLLAMA]] if local else []) + ([UNITS[WEBUI]] if config.webui.enabled else []) + \
+            ([UNITS[HTTPS]] if tls_on else [])
         jobs = list(JOB_UNITS.items())
         futs: dict[str, Future | None] = {
             "units": self._submit("units", self.units.states, units + [u for _, u in jobs], refresh)}
@@ -102,10 +106,13 @@ class Observer:
             futs["ollama"] = self._probe("ollama", config.ollama.url + "/", hc.timeout)
             futs["ps"] = self._probe("ps", config.ollama.url + "/api/ps", hc.timeout)
         if config.webui.enabled:
-            base = f"http://{_connect_host(config.webui.host)}:{config.webui.port}"
+            base = config.webui.url
             futs["webui"] = self._probe("webui", base + "/health", hc.timeout)
             if webui_starting:
                 futs["ready"] = self._probe("ready", base + "/ready", hc.timeout)
+        if tls_on:
+            futs["https"] = self._probe("https", config.webui.proxy_url + "/health", hc.timeout,
+                                        tls=self.tls.context(config))
         nodes = config.webui.ollama_urls if config.webui.enabled else ()
         for url in nodes:  # a UI host's Ollama nodes, and whether Open WebUI uses each
             futs[f"node:{url}"] = self._probe(f"node:{url}", url.rstrip("/") + "/api/version", hc.timeout)
@@ -139,7 +146,8 @@ class Observer:
         ps_probe, ps_body = probe("ps")
         wp, _ = probe("webui")
         rp, _ = probe("ready")
-        unit_states = self._refreshed(unit_states, ((OLLAMA, ollama_probe), (WEBUI, wp)), started)
+        hp = answered(probe("https")[0])
+        unit_states = self._refreshed(unit_states, ((OLLAMA, ollama_probe), (WEBUI, wp), (HTTPS, hp)), started)
         services = {}
         if local:
             unit = unit_states.get(UNITS[OLLAMA])
@@ -154,6 +162,8 @@ class Observer:
         if config.webui.enabled:
             unit = unit_states.get(UNITS[WEBUI])
             services[WEBUI] = ServiceObs(WEBUI, unit, unit_err, wp, rp, cpu_seconds=_cpu_if_failed(unit, wp))
+        if tls_on:
+            services[HTTPS] = ServiceObs(HTTPS, unit_states.get(UNITS[HTTPS]), unit_err, hp)
         node_obs, nodes_error, nodes_differ = self._nodes(nodes, probe)
         gpu_obs, gpu_err = result("gpu") if "gpu" in futs else (GpuObs(state="off"), None)
         if gpu_obs is None:
@@ -164,7 +174,7 @@ class Observer:
                            nodes=node_obs, nodes_error=nodes_error, nodes_differ=nodes_differ,
                            host=self._host_facts() if config.ollama.picks_model else None,
                            backup=backup_obs() if config.backup.enabled and config.webui.enabled else None,
-                           disks=disks_obs(config), canary=canary)
+                           disks=disks_obs(config), canary=canary, tls=self.tls.observe(config) if tls_on else None)
 
     def _refreshed(self, unit_states: dict, probes, started: float) -> dict:
         """A failed probe of a unit not read from systemd this cycle: read it now. A quick restart
@@ -373,14 +383,6 @@ def _cpu_if_failed(unit: UnitState | None, probe: Probe | None) -> float | None:
     if unit is None or probe is None or probe.ok or not unit.control_group:
         return None
     return procfs.cgroup_cpu_seconds(unit.control_group)
-
-
-def _connect_host(host: str) -> str:
-    if host in ("0.0.0.0", "", "*"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
 
 
 def _exposed(config) -> bool:

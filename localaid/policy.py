@@ -26,7 +26,7 @@ from localaid import (
 )
 from localaid.quantity import fmt_seconds
 from localaid.records import (
-    OLLAMA, UNITS, WEBUI, Action, Decision, History, Observation,
+    HTTPS, OLLAMA, UNITS, WEBUI, Action, Decision, History, Observation,
     ServiceHistory, ServiceObs, ServiceStatus,
 )
 
@@ -46,17 +46,25 @@ def backoff_delay(health, key: str, n: int) -> float:
     return min(health.backoff_max, base * jitter(key, n))
 
 
+HTTPS_START_GRACE = 10.0  # nginx answers within a second of its start
+
+
 def _grace(config, name: str) -> float:
+    if name == HTTPS:
+        return HTTPS_START_GRACE
     return config.health.ollama_start_grace if name == OLLAMA else config.health.webui_start_grace
 
 
 def _enabled_services(config) -> tuple[str, ...]:
-    """ollama.enabled: false is a UI host (its Ollamas are webui.ollama_urls' nodes)."""
-    return tuple(name for name, on in ((OLLAMA, config.ollama.enabled), (WEBUI, config.webui.enabled)) if on)
+    """ollama.enabled: false is a UI host (its Ollamas are webui.ollama_urls' nodes); webui.tls
+    adds the HTTPS proxy in front of Open WebUI."""
+    w = config.webui
+    return tuple(name for name, on in ((OLLAMA, config.ollama.enabled), (WEBUI, w.enabled),
+                                       (HTTPS, w.enabled and w.tls.enabled)) if on)
 
 
 # ------------------------------------------------------------------------------- services
-SETUP_JOB = {OLLAMA: "ollama-setup", WEBUI: "webui-setup"}
+SETUP_JOB = {OLLAMA: "ollama-setup", WEBUI: "webui-setup", HTTPS: "webui-setup"}
 
 
 class _Track:
@@ -247,6 +255,8 @@ def _repair(config, name: str, t: _Track, now: float, kind: str, cause: str, evi
 def _service_status(config, name: str, h: ServiceHistory, obs: Observation) -> ServiceStatus:
     detail = ""
     if name == WEBUI:
+        detail = f":{config.webui.serve[1]}"
+    elif name == HTTPS:
         detail = f":{config.webui.port}"
     elif name == OLLAMA:
         so = obs.services.get(OLLAMA)
@@ -334,7 +344,8 @@ def decide(config, obs: Observation, hist: History) -> Decision:
     hist = replace(hist, warm_attempts=attempts, warm_process=process)
 
     beside = {OLLAMA: [f for f in (obs.exposed and EXPOSED, gpu_fragment, model_fragment) if f],
-              WEBUI: [node_fragment] if node_fragment else []}
+              WEBUI: [node_fragment] if node_fragment else [],
+              HTTPS: [f for f in (policy_tls.tls_fragment(obs.tls),) if f]}
     line = _status_line(config, obs, statuses, beside, {j: jh for j, jh in jobs.items() if j not in folded})
     healthy = all(st.state == "ok" for st in statuses) and not model_fragment and not _pulling(obs) and \
         (not obs.nodes or any(h.state != "out" for h in node_hist.values()))  # a UI host needs a node

@@ -15,7 +15,8 @@ EMPTY: Mapping = MappingProxyType({})
 # Service keys used everywhere (status, history, config); the unit names they map to.
 OLLAMA = "ollama"
 WEBUI = "open-webui"
-UNITS = {OLLAMA: "ollama.service", WEBUI: "open-webui.service"}
+HTTPS = "https"  # nginx in front of Open WebUI (webui.tls)
+UNITS = {OLLAMA: "ollama.service", WEBUI: "open-webui.service", HTTPS: "localaid-https.service"}
 
 # What STATUS, `localaid status` and `localaid doctor` say about an NVIDIA card without its driver.
 NO_DRIVER = "NVIDIA GPU without driver: install nvidia-driver (non-free) and reboot"
@@ -199,6 +200,16 @@ class BackupObs:
 
 
 @dataclass(frozen=True)
+class TlsObs:
+    """The certificate localaid-https.service serves (wall-clock times, seconds since the epoch)."""
+    wall: float  # the time it was read
+    not_after: float | None = None  # None: no readable certificate
+    fingerprint: str | None = None  # SHA-256, "AB:CD:…"
+    own: bool = False  # the administrator's certificate (webui.tls.cert_file), not the local CA's
+    error: str | None = None  # why it could not be read
+
+
+@dataclass(frozen=True)
 class Observation:
     now: float
     services: Mapping[str, ServiceObs] = field(default_factory=lambda: EMPTY)
@@ -215,6 +226,7 @@ class Observation:
     backup: BackupObs | None = None  # None: backups are off (backup.enabled or webui.enabled false)
     disks: tuple[DiskObs, ...] = ()  # Ollama's models dir, Open WebUI's data dir
     canary: CanaryObs | None = None  # the runner canary that ended last (policy_runner)
+    tls: TlsObs | None = None  # None: webui.tls is off
 
 
 # ----------------------------------------------------------------------------------- decide

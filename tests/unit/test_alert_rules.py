@@ -12,7 +12,7 @@ import yaml
 
 from localaid import report
 from localaid.config import Config
-from localaid.records import BackupObs, Decision, DiskObs, History, NodeObs, Observation, Probe
+from localaid.records import BackupObs, Decision, DiskObs, History, NodeObs, Observation, Probe, TlsObs
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "etc" / "localaid.rules.yml"
@@ -43,7 +43,8 @@ def _written() -> dict[str, set[str]]:
     has every optional part (a backup, a UI host's node, a restart)."""
     obs = Observation(now=0, backup=BackupObs(wall=10.0, good_at=5.0, good_size=1, last_at=5.0, since=1.0),
                       nodes=(NodeObs("http://a:11434", Probe(True, 0.01), in_use=True),),
-                      disks=(DiskObs("models", "/usr/share/ollama/.ollama/models", 10**9, 10**11, 1),))
+                      disks=(DiskObs("models", "/usr/share/ollama/.ollama/models", 10**9, 10**11, 1),),
+                      tls=TlsObs(wall=10.0, not_after=2e9, fingerprint="AB", own=False))
     counts = {("ollama", "kill-restart", "hung"): 1}
     metrics = report.metrics_text(obs, Decision((), History(), "", True), counts, 0.01, Config())
     written: dict[str, set[str]] = {}
