@@ -32,7 +32,6 @@ import errno
 import ipaddress
 import os
 import re
-import secrets
 import stat
 import time
 from datetime import datetime, timedelta, timezone
@@ -221,31 +220,13 @@ def _tls_dir(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def _stage(dfd: int, name: str, data: bytes, mode: int) -> str:
-    """`data` in a new temporary file next to `name`, mode set before it is written; its name."""
-    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
-    try:
-        os.fchmod(fd, mode)
-        os.fchown(fd, OWNER, OWNER)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.unlink(tmp, dir_fd=dfd)
-        raise
-    finally:
-        os.close(fd)
-    return tmp
-
-
 def _write(dfd: int, files: list[tuple[str, bytes, int]]) -> None:
-    """Replace each (name, data, mode) in order: all staged first, then renamed one by one."""
+    """Replace each (name, data, mode) in order: all staged first (safefs.stage: O_EXCL,
+    O_NOFOLLOW, mode set before any byte, fsync), then renamed one by one."""
     staged: list[tuple[str, str]] = []
     try:
         for name, data, mode in files:
-            staged.append((_stage(dfd, name, data, mode), name))
+            staged.append((safefs.stage(dfd, name, data, mode, OWNER, OWNER), name))
         for tmp, name in staged:
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
