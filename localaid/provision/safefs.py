@@ -119,10 +119,11 @@ def _create_tmp(dfd: int, name: str, mode: int) -> tuple[int, str]:
     raise UnsafeFile(errno.EEXIST, "cannot create a temporary file next to it", name)
 
 
-def write(dfd: int, name: str, source: int | bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
-    """Replace `name` in `dfd` atomically with `source` (bytes, or a file descriptor read from
-    where it stands): a fresh temporary file, its mode and owner set on the descriptor, fsync,
-    renameat over `name` (a link there is replaced, not followed), fsync of the directory."""
+def stage(dfd: int, name: str, source: int | bytes, mode: int, uid: int = -1, gid: int = -1) -> str:
+    """`source` (bytes, or a file descriptor read from where it stands) in a fresh temporary
+    file next to `name`, its mode and owner set on the descriptor, fsync'ed; the temporary's
+    name, for the caller to rename (write() does; a caller replacing two files together stages
+    both first)."""
     fd, tmp = _create_tmp(dfd, name, mode)
     try:
         with os.fdopen(fd, "wb", closefd=False) as out:
@@ -136,13 +137,25 @@ def write(dfd: int, name: str, source: int | bytes, mode: int, uid: int = -1, gi
             if uid != -1 or gid != -1:
                 os.fchown(fd, uid, gid)
             os.fsync(fd)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dfd)
         raise
     finally:
         os.close(fd)
+    return tmp
+
+
+def write(dfd: int, name: str, source: int | bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """Replace `name` in `dfd` atomically with `source`: stage() it, renameat over `name` (a link
+    there is replaced, not followed), fsync of the directory."""
+    tmp = stage(dfd, name, source, mode, uid, gid)
+    try:
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
     os.fsync(dfd)
 
 

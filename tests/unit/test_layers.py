@@ -71,7 +71,7 @@ def _imports(module: str, path: Path) -> set[str]:
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
 PURE = {"localaid.records", "localaid.policy", "localaid.policy_gpu", "localaid.policy_gpu_ladder",
-        "localaid.policy_nodes", "localaid.policy_runner",
+        "localaid.policy_nodes", "localaid.policy_runner", "localaid.policy_tls",
         "localaid.policy_jobs",
         "localaid.policy_models", "localaid.policy_backup", "localaid.policy_disk", "localaid.driver_support",
         "localaid.catalog", "localaid.quantity", "localaid.vram", "localaid.distro"}
