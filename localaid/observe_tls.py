@@ -1,8 +1,9 @@
 """What observe needs of webui.tls: the TLS context its probe of the HTTPS proxy uses, and the
 served certificate's end (for STATUS, the metric and the alert).
 
-The certificate file is parsed again only when it changes (its mtime and size), so an idle
-cycle costs one stat(); python3-cryptography is imported only on hosts with webui.tls on.
+The certificate is described by the job that installs it (certificate.json, written by
+provision/https/service.py), so the daemon parses no certificate and imports no cryptography:
+an idle cycle costs a stat() of that file and of the CA certificate.
 """
 
 from __future__ import annotations
@@ -10,55 +11,45 @@ from __future__ import annotations
 import os
 import time
 
-from localaid import paths
+from localaid import fsutil, paths
 from localaid.adapters import http
 from localaid.records import Probe, TlsObs
 
 
-class TlsWatch:
-    def __init__(self, tls_dir: str = paths.TLS_DIR):
-        self.dir = tls_dir
-        self._context = (None, None)  # (key, ssl.SSLContext)
-        self._seen = (None, None)     # (key, TlsObs)
+def _key(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _key(self, name: str):
-        try:
-            st = os.stat(os.path.join(self.dir, name))
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+class TlsWatch:
+    def __init__(self, tls_dir: str = paths.TLS_DIR, state_file: str = paths.TLS_STATE_FILE):
+        self.ca = os.path.join(tls_dir, "ca.crt")
+        self.state_file = state_file
+        self._context = (None, None)  # (key, ssl.SSLContext)
+        self._seen = (None, None)     # (key, parsed certificate.json)
 
     def context(self, config):
         """The local CA's certificate trusted (and only it), checking the name probed; the
         administrator's certificate is not checked here (it need not name the loopback address)."""
         own = config.webui.tls.own_pair
-        key = ("own",) if own else ("ca", self._key("ca.crt"))
+        key = ("own",) if own else ("ca", _key(self.ca))
         if self._context[0] != key:
-            ca = os.path.join(self.dir, "ca.crt")
-            ctx = http.tls_context(verify=False) if own or key[1] is None else http.tls_context(ca)
-            self._context = (key, ctx)
+            verify = not own and key[1] is not None
+            self._context = (key, http.tls_context(self.ca) if verify else http.tls_context(verify=False))
         return self._context[1]
 
     def observe(self, config) -> TlsObs:
-        key = self._key("server.crt")
+        key = _key(self.state_file)
+        if self._seen[0] != key or key is None:
+            self._seen = (key, fsutil.read_json(self.state_file))
+        doc = self._seen[1]
         own = config.webui.tls.own_pair
-        old_key, old = self._seen
-        if old is not None and old_key == key and old.own == own:
-            return TlsObs(time.time(), old.not_after, old.fingerprint, own, old.error)
-        obs = _read(os.path.join(self.dir, "server.crt"), own)
-        self._seen = (key, obs)
-        return obs
-
-
-def _read(path: str, own: bool) -> TlsObs:
-    from localaid import certinfo  # python3-cryptography: only where webui.tls is on
-    try:
-        info = certinfo.read_cert(path)
-    except certinfo.CertError as e:
-        return TlsObs(time.time(), own=own, error=str(e))
-    if info is None:
-        return TlsObs(time.time(), own=own, error=f"{path} does not exist yet")
-    return TlsObs(time.time(), info.not_after, info.fingerprint, own)
+        if not isinstance(doc, dict) or not isinstance(doc.get("not_after"), (int, float)):
+            return TlsObs(time.time(), own=own, error="no certificate installed yet")
+        return TlsObs(time.time(), float(doc["not_after"]), str(doc.get("fingerprint") or ""), bool(doc.get("own")))
 
 
 def answered(probe: Probe | None) -> Probe | None:

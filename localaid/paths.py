@@ -20,4 +20,5 @@ MAINTENANCE_DIR = os.path.join(RUN_DIR, "maintenance")
 FIREWALL_FILE = os.path.join(RUN_DIR, "ollama-firewall.json")  # whether ollama.allow_from is enforced
 BACKUP_STATUS_FILE = os.path.join(STATE_DIR, "backup-status.json")  # the last backup's outcome
 MODEL_CHOICE_FILE = os.path.join(STATE_DIR, "model-choice.json")  # ollama.models: auto, the pick kept
-TLS_DIR = os.environ.get("LOCALAID_TLS_DIR", "/etc/localaid/tls")  # webui.tls: the local CA, the served pair
+TLS_DIR = "/etc/localaid/tls"  # webui.tls: the local CA, the served pair
+TLS_STATE_FILE = os.path.join(STATE_DIR, "https", "certificate.json")  # the served certificate, as installed

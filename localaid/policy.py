@@ -22,7 +22,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from localaid import (
-    policy_backup, policy_disk, policy_gpu, policy_jobs, policy_models, policy_nodes, policy_runner,
+    policy_backup, policy_disk, policy_gpu, policy_jobs, policy_models, policy_nodes, policy_runner, policy_tls,
 )
 from localaid.quantity import fmt_seconds
 from localaid.records import (

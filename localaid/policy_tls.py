@@ -20,6 +20,8 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
+from localaid.records import TlsObs
+
 DAY = 86400.0
 LIFETIME = 90 * DAY  # a server certificate's validity
 RENEW_BEFORE = 30 * DAY  # renewed this long before its end
@@ -151,9 +153,23 @@ def server_cert_action(info: CertInfo | None, wanted: tuple[str, ...], ca_finger
 def expiry_note(info: CertInfo | None, now: float) -> str | None:
     """A fragment for STATUS from WARN_BEFORE before the end on: "certificate expires in 5 days",
     "certificate expired 2 days ago"; None before then or without a certificate."""
-    if info is None or now < info.not_after - WARN_BEFORE:
+    return None if info is None else _ending(info.not_after, now)
+
+
+def _ending(not_after: float, now: float) -> str | None:
+    if now < not_after - WARN_BEFORE:
         return None
-    left = info.not_after - now
+    left = not_after - now
     if left > 0:
         return f"certificate expires in {_span(left)}"
     return f"certificate expired {_span(-left)} ago"
+
+
+def tls_fragment(tls: TlsObs | None) -> str | None:
+    """What STATUS says beside the HTTPS proxy about the certificate it serves (None: nothing
+    to say, or webui.tls off)."""
+    if tls is None:
+        return None
+    if tls.not_after is None:
+        return tls.error
+    return _ending(tls.not_after, tls.wall)

@@ -25,7 +25,7 @@ def main(args) -> int:
 
 # Modules whose doctor_checks(config) run after the core checks, in this order.
 AREAS = ("localaid.provision.devices", "localaid.provision.ollama", "localaid.provision.webui",
-         "localaid.provision.https")
+         "localaid.provision.https.doctor")
 
 
 def core_checks(config) -> list[Check]:

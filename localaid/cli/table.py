@@ -180,7 +180,7 @@ COMMANDS: tuple[Command, ...] = (
             "then import localaid-ca.crt as a certificate authority (compare the fingerprint). The\n"
             "same file is served at https://HOST:PORT/localaid-ca.crt. Exit status 1 without a CA.",
             handler=".https:ca"),
-    Command(("https", "renew"), "(run by localaid-https-renew.timer) renew the certificate when due",
+    Command(("https", "renew"), "renew the certificate when due (the daily timer runs it)",
             "Issue a new server certificate from the local CA when the served one ends within 30\n"
             "days, or no longer carries the names webui.tls.names (or this host's) call for, and\n"
             "restart localaid-https.service to serve it. localaid-https-renew.timer runs it daily.",

@@ -208,8 +208,10 @@ class Browser:
     """
 
     def __init__(self, trust_ca: str | os.PathLike | None = None,
-                 workdir: str | os.PathLike | None = None, timeout: float = 30):
-        self.trust_ca, self.timeout = trust_ca, timeout
+                 workdir: str | os.PathLike | None = None, timeout: float = 30, netns_of: int | None = None):
+        """netns_of: a PID whose network namespace Chromium runs in (a container's leader: the
+        browser is then a client on the container's network, with this host's files)."""
+        self.trust_ca, self.timeout, self.netns_of = trust_ca, timeout, netns_of
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="localaid-browser-"))
         self.log_path = self.workdir / "chromium.log"
@@ -251,6 +253,8 @@ class Browser:
         env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
                "XDG_CACHE_HOME": str(home / ".cache")}
         argv = ["bash", "-c", _ON_FDS_3_4, "chromium-pipe", *map(str, child_fds), *self.argv()]
+        if self.netns_of is not None:
+            argv = ["nsenter", "-t", str(self.netns_of), "--net", *argv]
         try:
             with open(self.log_path, "wb") as log:
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,

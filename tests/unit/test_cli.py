@@ -256,6 +256,7 @@ def test_doctor_runs_each_area_by_name_and_survives_a_broken_one(monkeypatch):
                         SimpleNamespace(doctor_checks=lambda config: [Check("gpu", True, f"seen {config}")]))
     monkeypatch.setitem(sys.modules, "localaid.provision.ollama", SimpleNamespace(doctor_checks=crash))
     monkeypatch.setitem(sys.modules, "localaid.provision.webui", SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "localaid.provision.https.doctor", SimpleNamespace())
     checks = doctor_cli.run("CFG")
     assert [(c.name, c.ok, c.message) for c in checks] == [
         ("config", True, "valid"), ("gpu", True, "seen CFG"), ("ollama", False, "check crashed: RuntimeError('boom')")]

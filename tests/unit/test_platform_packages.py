@@ -27,7 +27,7 @@ TABLES = Path(__file__).resolve().parent / "platforms"
 PYTHON3_DEBIAN_NAMES = {"pydbus": "python3-pydbus", "httpx": "python3-httpx", "PyYAML": "python3-yaml"}
 RELEASES = {"bookworm": ("main",), "trixie": ("main",), "noble": ("main", "universe")}
 # what the noble table could not verify (its comment says why); any other "?" fails
-UNREAD_ON_NOBLE = {"python3-pip"}
+UNREAD_ON_NOBLE = {"python3-pip", "python3-cryptography", "nginx"}
 FIELDS = ("Depends", "Recommends", "Suggests")
 
 

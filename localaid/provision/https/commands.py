@@ -50,6 +50,7 @@ def renew_main(args, config, ctx: Ctx | None = None) -> int:
             info = service.certificate(ctx, time.time())
             if info.fingerprint != before and ctx.host.unit_state(UNIT).active_state == "active":
                 ctx.host.restart(UNIT)
+                service.wait_answering(ctx)
     except JobError as e:
         ctx.rep.failed(str(e))
         return 1

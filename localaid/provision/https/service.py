@@ -16,7 +16,7 @@ import os
 import socket
 import time
 
-from localaid import fsutil, policy_tls, procfs
+from localaid import fsutil, paths, policy_tls, procfs
 from localaid.provision.https import certs
 from localaid.provision.https.nginx import CONF, UNIT, render
 from localaid.provision.job import JobError
@@ -64,14 +64,21 @@ def _local_ca_certificate(ctx, now: float) -> certs.CertInfo:
 
 
 def certificate(ctx, now: float) -> certs.CertInfo:
-    """The certificate nginx is to serve, in place: the administrator's, or the local CA's."""
+    """The certificate nginx is to serve, in place (the administrator's, or the local CA's), and
+    described in certificate.json for the daemon (STATUS, the expiry metric)."""
     t = ctx.config.webui.tls
     try:
         if t.own_pair:
-            return certs.install_pair(tls_dir(ctx), ctx.layout.p(t.cert_file), ctx.layout.p(t.key_file))
-        return _local_ca_certificate(ctx, now)
+            info = certs.install_pair(tls_dir(ctx), ctx.layout.p(t.cert_file), ctx.layout.p(t.key_file))
+        else:
+            info = _local_ca_certificate(ctx, now)
     except certs.CertError as e:
         raise JobError(str(e), blocked="the HTTPS certificate needs the administrator") from None
+    state = ctx.layout.p(paths.TLS_STATE_FILE)
+    os.makedirs(os.path.dirname(state), mode=0o755, exist_ok=True)
+    fsutil.write_json(state, {"not_after": info.not_after, "fingerprint": info.fingerprint, "names": info.names,
+                              "own": t.own_pair})
+    return info
 
 
 def served_fingerprint(ctx) -> str | None:
@@ -120,11 +127,11 @@ def start(ctx) -> None:
         host.restart(UNIT)
     elif not running:
         host.start(UNIT)
-    _wait_answering(ctx)
+    wait_answering(ctx)
     ctx.rep.say("HTTPS serving", url=ctx.config.webui.public_url)
 
 
-def _wait_answering(ctx) -> None:
+def wait_answering(ctx) -> None:
     """Until the proxy answers over TLS (any HTTP status: Open WebUI behind it is judged apart)."""
     host, url = ctx.host, ctx.config.webui.proxy_url + "/health"
     deadline = host.monotonic() + ANSWER_TIMEOUT
