@@ -10,10 +10,10 @@ On this machine, no container: a stand-in for the streaming backend on 127.0.0.1
 websocket, the way Open WebUI streams a chat to the browser over socket.io: after the upgrade, each
 frame from the client starts a chat answered one frame a token at the same rate), and each proxy
 on 127.0.0.1 serving HTTPS with a server certificate of a throw-away CA (python3-cryptography; the
-client trusts that CA and nothing else). The proxies are configured as a streaming front needs:
-nginx with proxy_buffering off, HTTP/1.1, the Upgrade header passed on (websockets) and Connection
-emptied otherwise (not "close": a keep-alive upstream must stay open); Caddy's reverse_proxy with
-flush_interval -1. nginx runs one worker. The backend sets TCP_NODELAY, as Ollama's Go server does.
+client trusts that CA and nothing else). nginx runs localaid's own configuration, the one
+localaid-https.service serves (localaid/provision/https/nginx.py: one worker, proxy_buffering
+off, HTTP/1.1 to a kept-alive upstream, websockets passed), its paths moved into a temporary
+directory; Caddy's reverse_proxy with flush_interval -1. The backend sets TCP_NODELAY, as Ollama's Go server does.
 
 Each run is one chat over each transport on a connection already open (a browser's keep-alive or
 websocket: the TLS handshake is measured apart, a fresh connection's first request): time to first
@@ -50,6 +50,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # localaid's nginx.conf
 from common import print_table  # noqa: E402
 
 from cryptography import x509  # noqa: E402
@@ -57,36 +58,21 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
-    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}  # '' keeps the upstream alive
-    upstream app {{ server 127.0.0.1:{backend}; keepalive 8; }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {d}/server.crt;
-        ssl_certificate_key {d}/server.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
-            proxy_buffering off;
-            proxy_read_timeout 1h;
-        }}
-    }}
-}}
-"""
+def nginx_conf(d: Path, port: int, backend: int) -> str:
+    """localaid's own nginx.conf for webui.tls (localaid/provision/https/nginx.py: what
+    localaid-https.service runs), its run-time paths moved into `d` and daemon off."""
+    from dataclasses import replace
+
+    from localaid.config import Config
+    from localaid.provision.https import nginx
+    c = Config()
+    tls = replace(c.webui.tls, enabled=True, backend_port=backend)
+    c = replace(c, webui=replace(c.webui, host="127.0.0.1", port=port, tls=tls))
+    text = nginx.render(c, local_ca=False)
+    for path in (nginx.CREDENTIALS, nginx.CACHE, nginx.RUNTIME):
+        text = text.replace(path, str(d))
+    return text.replace("error_log stderr warn;", "daemon off;\nerror_log stderr warn;")
+
 
 CADDYFILE = """\
 {{
@@ -214,9 +200,7 @@ def make_certs(d: Path) -> None:
 # ------------------------------------------------------------------ the proxies
 def start_proxy(kind: str, binary: str, d: Path, port: int, backend: int) -> subprocess.Popen:
     if kind == "nginx":
-        for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
-            (d / sub).mkdir(exist_ok=True)
-        (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port, backend=backend))
+        (d / "nginx.conf").write_text(nginx_conf(d, port, backend))
         argv = [binary, "-p", str(d), "-c", str(d / "nginx.conf")]
     else:
         (d / "Caddyfile").write_text(CADDYFILE.format(d=d, port=port, backend=backend))

@@ -659,3 +659,82 @@ def test_ui_host_failover_through_the_real_admin_api(container):
     finally:
         c.run(["rm", "-f", "/etc/localaid/conf.d/70-ui-host.yaml"])
         c.systemctl("reload", "localaid")
+
+
+# ------------------------------------------------------------------------- HTTPS, a browser
+LAN = "10.77.0.1"  # the container's own "LAN" address (a veth pair): not loopback, for the browser
+SOCKET_IO = """new Promise((resolve, reject) => {
+  const ws = new WebSocket(`wss://${location.host}/ws/socket.io/?EIO=4&transport=websocket`);
+  const got = [];
+  setTimeout(() => reject('no socket.io connect in 15 s: ' + JSON.stringify(got)), 15000);
+  ws.onerror = () => reject('websocket error after ' + JSON.stringify(got));
+  ws.onmessage = (e) => {
+    got.push(String(e.data).slice(0, 80));
+    if (String(e.data).startsWith('0{')) ws.send('40' + JSON.stringify({token: localStorage.token}));
+    else if (String(e.data).startsWith('40')) { ws.close(); resolve(got); }
+  };
+})"""
+STREAMED_CHAT = """(async () => {
+  const r = await fetch('/api/chat/completions', {method: 'POST', headers: {'Content-Type': 'application/json',
+    Authorization: 'Bearer ' + localStorage.token}, body: JSON.stringify({model: 'llama3.2:latest', stream: true,
+    messages: [{role: 'user', content: 'Say hello in five words.'}]})});
+  const reader = r.body.getReader(); let chunks = 0, text = '';
+  for (;;) { const {done, value} = await reader.read(); if (done) break; chunks++; text += new TextDecoder().decode(value); }
+  return {status: r.status, chunks, text: text.slice(0, 2000)};
+})()"""
+DISMISS_NEWS = """(() => { const b = [...document.querySelectorAll('button')].find(
+  (b) => b.textContent.includes("Let's Go")); if (b) b.click(); return !!b; })()"""
+SIGN_IN = """fetch('/api/v1/auths/signin', {method: 'POST', headers: {'Content-Type': 'application/json'},
+  body: JSON.stringify({email: %s, password: %s})}).then(r => r.json()).then(j => { localStorage.token = j.token;
+  return !!j.token; })"""
+
+
+def test_https_in_a_browser(container, tmp_path):
+    """The real Open WebUI on the network: over plain HTTP a browser has no secure context (no
+    microphone); with webui.tls the page is served by nginx with the local CA's certificate,
+    Chromium (trusting that CA through its own verifier) gets a secure context and
+    navigator.mediaDevices, signs in, connects socket.io over wss:// through the proxy and
+    streams a chat through it; plain http:// is redirected. A screenshot of the signed-in page is
+    kept (browser.ARTEFACTS)."""
+    from browser import ARTEFACTS, Browser, available
+    if available():
+        pytest.skip(available())
+    c = container
+    c.sh(f"ip link add lan0 type veth peer name lan1 && ip addr add {LAN}/24 dev lan0 && ip link set lan1 up "
+         f"&& ip link set lan0 up")
+    c.write("/etc/localaid/conf.d/80-lan.yaml", f"webui:\n  listen: 0.0.0.0:{PORT}\n")
+    c.systemctl("reload", "localaid")
+    wait_for(lambda: "open-webui ok" in json.loads(c.read("/run/localaid/status.json"))["status_line"]
+             and c.run(["curl", "-sf", "-m", "2", f"http://{LAN}:{PORT}/health"], check=False).returncode == 0,
+             timeout=180, interval=0.5, message="Open WebUI on the LAN address over plain HTTP")
+    with Browser(workdir=tmp_path / "plain", netns_of=c.leader) as b:
+        page = b.open(f"http://{LAN}:{PORT}/auth")
+        assert page.eval("window.isSecureContext") is False
+        assert page.eval("typeof navigator.mediaDevices") == "undefined"
+
+    c.write("/etc/localaid/conf.d/80-lan.yaml", f"webui:\n  listen: 0.0.0.0:{PORT}\n  tls:\n    enabled: true\n")
+    t0 = time.monotonic()
+    c.systemctl("reload", "localaid")
+    wait_for(lambda: (lambda d: d["healthy"] and f"https ok :{PORT}" in d["status_line"])(
+        json.loads(c.read("/run/localaid/status.json"))), timeout=240, interval=0.5, message="HTTPS in STATUS")
+    print(f"\nwebui.tls on: HTTPS ok in STATUS {time.monotonic() - t0:.1f} s after the reload")
+    ca = tmp_path / "ca.crt"
+    ca.write_text(c.read("/etc/localaid/tls/ca.crt"))
+    with Browser(trust_ca=ca, workdir=tmp_path / "tls", netns_of=c.leader) as b:
+        page = b.open(f"http://{LAN}:{PORT}/auth")  # plain HTTP: redirected
+        assert page.url.startswith(f"https://{LAN}:{PORT}/auth"), page.url
+        assert page.eval("window.isSecureContext") is True
+        assert page.eval("typeof navigator.mediaDevices") == "object"
+        password = c.read("/etc/localaid/webui-admin-password").strip()
+        assert page.eval(SIGN_IN % (json.dumps(ADMIN), json.dumps(password))) is True
+        page.navigate(f"https://{LAN}:{PORT}/")
+        page.wait_for("!!document.querySelector('#chat-input')", timeout=60)
+        page.eval(DISMISS_NEWS)
+        time.sleep(0.5)
+        shot = page.screenshot(ARTEFACTS / "real-webui-https-signed-in.png")
+        got = page.eval(SOCKET_IO, timeout=20)
+        chat = page.eval(STREAMED_CHAT, timeout=60)
+    print(f"socket.io over wss through nginx: {got}; streamed chat: {chat['chunks']} chunks, HTTP {chat['status']}; "
+          f"screenshot {shot}")
+    assert got[0].startswith("0{") and got[-1].startswith("40")
+    assert chat["status"] == 200 and chat["chunks"] >= 2 and "data:" in chat["text"]

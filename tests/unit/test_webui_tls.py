@@ -114,6 +114,8 @@ def test_status_warns_as_the_certificate_ends():
 # ---------------------------------------------------------------------------- TLS probes
 def _serve(cert: str, key: str):
     class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # kept alive, as nginx does
+
         def do_GET(self):  # noqa: N802
             self.send_response(502)
             self.send_header("Content-Length", "0")
@@ -140,6 +142,7 @@ def test_the_probe_trusts_the_local_ca_and_names_an_untrusted_certificate(tmp_pa
         assert probe.status == 502 and answered(probe).ok
         client = http.Client(url, tls=http.tls_context(f"{d}/ca.crt"))
         assert client.request(2.0)[0].status == 502 and client.request(2.0)[0].status == 502
+        assert client.connects == 1  # kept alive over TLS: no handshake a cycle
         client.close()
         refused, _ = http.request(url, 2.0)  # the system's CAs do not know this one
         assert refused.status is None and refused.error.startswith("certificate not trusted: ")
