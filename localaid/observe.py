@@ -96,7 +96,7 @@ class Observer:
         hc = config.health
         started = self.clock()
         local = config.ollama.enabled  # false: a UI host, no Ollama of its own
-        tls_on = config.webui.enabled and config.webui.tls.enabled
+        tls_on = config.proxy_probe is not None  # webui.tls, or a GPU node's ollama.expose
         units = ([UNITS[OLLAMA]] if local else []) + ([UNITS[WEBUI]] if config.webui.enabled else []) + \
             ([UNITS[HTTPS]] if tls_on else [])
         jobs = list(JOB_UNITS.items())
@@ -111,7 +111,7 @@ class Observer:
             if webui_starting:
                 futs["ready"] = self._probe("ready", base + "/ready", hc.timeout)
         if tls_on:
-            futs["https"] = self._probe("https", config.webui.proxy_url + "/health", hc.timeout,
+            futs["https"] = self._probe("https", config.proxy_probe, hc.timeout,
                                         tls=self.tls.context(config))
         nodes = config.webui.ollama_urls if config.webui.enabled else ()
         for url in nodes:  # a UI host's Ollama nodes, and whether Open WebUI uses each

@@ -57,10 +57,9 @@ def _grace(config, name: str) -> float:
 
 def _enabled_services(config) -> tuple[str, ...]:
     """ollama.enabled: false is a UI host (its Ollamas are webui.ollama_urls' nodes); webui.tls
-    adds the HTTPS proxy in front of Open WebUI."""
-    w = config.webui
-    return tuple(name for name, on in ((OLLAMA, config.ollama.enabled), (WEBUI, w.enabled),
-                                       (HTTPS, w.enabled and w.tls.enabled)) if on)
+    adds the HTTPS proxy in front of Open WebUI, ollama.expose in front of a GPU node's Ollama."""
+    return tuple(name for name, on in ((OLLAMA, config.ollama.enabled), (WEBUI, config.webui.enabled),
+                                       (HTTPS, config.proxy_probe is not None)) if on)
 
 
 # ------------------------------------------------------------------------------- services
@@ -257,7 +256,8 @@ def _service_status(config, name: str, h: ServiceHistory, obs: Observation) -> S
     if name == WEBUI:
         detail = f":{config.webui.serve[1]}"
     elif name == HTTPS:
-        detail = f":{config.webui.port}"
+        detail = f":{config.webui.port}" if config.webui.enabled and config.webui.tls.enabled else \
+            f":{config.ollama.expose.rpartition(':')[2]}"
     elif name == OLLAMA:
         so = obs.services.get(OLLAMA)
         if so is not None and so.models:

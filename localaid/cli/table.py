@@ -185,6 +185,36 @@ COMMANDS: tuple[Command, ...] = (
             "days, or no longer carries the names webui.tls.names (or this host's) call for, and\n"
             "restart localaid-https.service to serve it. localaid-https-renew.timer runs it daily.",
             handler=".https:renew"),
+    Command(("node",), "GPU nodes that only this UI host can use (TLS and a token)",
+            "A GPU node serves Ollama to the network through nginx over TLS (ollama.expose), answering\n"
+            "only requests with its token. The UI host's CA signs each node's certificate:\n"
+            "  on the UI host:  localaid node add gpu-a 192.168.1.21\n"
+            "  on gpu-a:        localaid node join gpu-a.localaid-node\n"
+            "then list https://192.168.1.21:11443 in the UI host's webui.ollama_urls.",
+            metavar="SUBCOMMAND"),
+    Command(("node", "add"), "(on the UI host) a certificate and a token for a GPU node",
+            "Issue a certificate for the node NAME and its ADDRESSes (IP addresses or DNS names the UI\n"
+            "host uses for it) from this host's CA (made when missing), valid two years, and a new\n"
+            "token. Writes NAME.localaid-node (0600, never overwritten): copy it to the node and run\n"
+            "`localaid node join` there, then delete it. This host keeps the token in\n"
+            "/etc/localaid/tls/nodes/NAME.json (0600) and gives it to Open WebUI and to its own\n"
+            "probes. Run it again to renew the certificate or replace the token.",
+            args=(arg("name", metavar="NAME", help="the node's host name, e.g. gpu-a"),
+                  arg("addresses", metavar="ADDRESS", nargs="+",
+                      help="its IP addresses or DNS names, as the UI host reaches it"),
+                  arg("--port", type=int, default=11443, metavar="PORT",
+                      help="the port ollama.expose serves on (default: %(default)s)"),
+                  arg("--output", metavar="FILE", complete="file",
+                      help="where to write the bundle (default: NAME.localaid-node)")),
+            handler=".node:add"),
+    Command(("node", "join"), "(on a GPU node) install the bundle of localaid node add",
+            "Check BUNDLE (the key is the certificate's, the UI host's CA signed it), install the\n"
+            "certificate, the CA and the token in /etc/localaid/tls (keys 0600), write\n"
+            "/etc/localaid/conf.d/50-node.yaml (ollama.expose, webui.enabled: false) unless it\n"
+            "exists, and reload localaid: nginx then serves Ollama on the network over TLS, with\n"
+            "the token. Refused on a host with a CA of its own (a UI host).",
+            args=(arg("bundle", metavar="BUNDLE", complete="file", help="the file localaid node add wrote"),),
+            handler=".node:join"),
     Command(("provision",), "(run by localaid's units) privileged set-up steps",
             "Privileged, idempotent set-up steps. localaid's daemon starts them as\n"
             "short-lived units (localaid-*.service); run by hand only to debug.", metavar="STEP"),

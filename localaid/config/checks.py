@@ -38,6 +38,9 @@ def _check_disk(cfg: Config, ctx: Ctx) -> None:
 
 def _check_ports(cfg: Config, ctx: Ctx) -> None:
     binds = [("ollama.port", "ollama", cfg.ollama.host, cfg.ollama.port)]
+    if cfg.ollama.enabled and cfg.ollama.expose and ctx.ok("ollama.expose"):
+        host, port = parse_listen(cfg.ollama.expose)
+        binds.append(("ollama.expose", "ollama.expose", host, port))
     if cfg.webui.enabled:
         binds.append(("webui.listen", "webui.listen", cfg.webui.host, cfg.webui.port))
         if cfg.webui.tls.enabled:
@@ -71,10 +74,19 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _check_exposed(cfg: Config, ctx: Ctx) -> None:
-    """Ollama's API has no authentication: listening beyond loopback needs an allow-list."""
+    """Ollama's API has no authentication: the network reaches it through ollama.expose (TLS and
+    a token); plain on a non-loopback ollama.host only when asked for, and with an allow-list."""
     o = cfg.ollama
-    if o.enabled and o.host not in LOOPBACK and not o.host.startswith("127.") and not o.allow_from \
-            and ctx.ok("ollama.host", "ollama.allow_from"):
+    if not o.enabled or o.host in LOOPBACK or o.host.startswith("127.") or not ctx.ok("ollama.host"):
+        return
+    if o.expose and ctx.ok("ollama.expose"):
+        ctx.report("ollama.host", f"with ollama.expose, Ollama itself stays on loopback (127.0.0.1): "
+                                  f"its TLS proxy serves the network at {o.expose}")
+    elif not o.allow_plain_lan and ctx.ok("ollama.allow_plain_lan"):
+        ctx.report("ollama.host", f"Ollama's API has no authentication and no encryption: serve it to the "
+                                  f"network with ollama.expose (TLS and a token, see localaid node add), not on "
+                                  f"{o.host}; or set ollama.allow_plain_lan: true with ollama.allow_from")
+    elif not o.allow_from and ctx.ok("ollama.allow_from"):
         ctx.report("ollama.host", f"Ollama's API has no authentication: listening on {o.host} needs "
                                   f"ollama.allow_from, the addresses that may use it (e.g. the UI host's)")
 

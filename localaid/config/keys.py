@@ -75,6 +75,11 @@ class OllamaConfig:
     allow_from: tuple[str, ...] = key(
         (), c.list_of(c.cidr, "IP addresses or networks"),
         "who else may reach Ollama's API (IPAddressAllow=; loopback always may)")
+    expose: str | None = key(None, c.listen_string("0.0.0.0:11443"),   # normalised "host:port"
+                             'serve Ollama to the network at "host:port" over TLS with a token (a GPU node, '
+                             'after localaid node join); null: loopback only')
+    allow_plain_lan: bool = key(False, c.boolean, "let a non-loopback ollama.host serve Ollama's API without TLS "
+                                                  "and a token (a network secured otherwise); needs allow_from")
     models_dir: str | None = key(None, c.path(directory=True),
                                  "directory holding the models (OLLAMA_MODELS); null: Ollama's default")
     keep_alive: str | None = key(                # "forever" or a Go duration ("5m", "1h30m", "0s")
@@ -101,6 +106,14 @@ class OllamaConfig:
     def url(self) -> str:
         """Base URL for clients and probes ("http://127.0.0.1:11434")."""
         return f"http://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def expose_url(self) -> str | None:
+        """The node's TLS proxy, for its own probe ("https://127.0.0.1:11443")."""
+        if self.expose is None:
+            return None
+        host, _, port = self.expose.rpartition(":")
+        return f"https://{_url_host(host.strip('[]'))}:{port}"
 
     @property
     def bind(self) -> str:
@@ -319,6 +332,16 @@ class Config:
     def ollama_nodes(self) -> tuple[str, ...]:
         """The Ollama base URLs Open WebUI uses: webui.ollama_urls, or this host's own."""
         return self.webui.ollama_urls or ((self.ollama.url,) if self.ollama.enabled else ())
+
+    @property
+    def proxy_probe(self) -> str | None:
+        """What the HTTPS proxy's probe asks (Open WebUI's /health through it, or on a GPU node
+        Ollama's /api/version); None: no proxy here (webui.tls off and no ollama.expose)."""
+        if self.webui.enabled and self.webui.tls.enabled:
+            return self.webui.proxy_url + "/health"
+        if self.ollama.enabled and self.ollama.expose:
+            return self.ollama.expose_url + "/api/version"
+        return None
 
     @property
     def embeds_with_ollama(self) -> bool:

@@ -1,15 +1,19 @@
 """A fleet of three hosts on one network: a UI host and two GPU nodes, each a booted Debian 12 with
-localaid installed from the .deb. A node that drops off the network, hangs or stops is taken out
-of Open WebUI's use by the UI host's localaid and put back when it answers; a node's Ollama API
-answers only the UI host where systemd enforces ollama.allow_from.
+localaid installed from the .deb, set up as README's node recipe says. A node that drops off the
+network, hangs, stops, refuses the UI host's token or shows a certificate its CA did not sign is
+taken out of Open WebUI's use by the UI host's localaid and put back when it answers; a node
+serves Ollama to the LAN only over TLS, only with its token, and only to the UI host where
+systemd enforces ollama.allow_from.
 
-    ui     10.213.0.10  ollama.enabled: false, webui.ollama_urls: [node1, node2], the fake Open
-                        WebUI (tests/fakes/open_webui, from its wheelhouse)
-    node1  10.213.0.11  the GPU-node role: ollama.host 0.0.0.0, allow_from [ui], webui.enabled:
-    node2  10.213.0.12  false; the fake Ollama (tests/fakes/ollama) laid out as its release is
+    ui     10.213.0.10  ollama.enabled: false, webui.ollama_urls: [https://node1:11443,
+                        https://node2:11443], the fake Open WebUI (tests/fakes/open_webui, from
+                        its wheelhouse); `localaid node add` makes each node's bundle here
+    node1  10.213.0.11  the GPU-node role: `localaid node join` with that bundle (ollama.expose
+    node2  10.213.0.12  0.0.0.0:11443 through Debian's nginx, webui.enabled: false), allow_from
+                        [ui]; the fake Ollama (tests/fakes/ollama) laid out as its release is
                         (/usr/local/bin/ollama, /usr/local/lib/ollama) with the install script's
-                        ollama.service, so localaid's set-up job finds it installed and only
-                        writes its drop-in (OLLAMA_HOST, IPAddressAllow=/IPAddressDeny=any)
+                        ollama.service on loopback, so localaid's set-up job finds it installed and
+                        only writes its drop-in
 
 The network (Fleet): a network namespace of its own (`ip netns add`) holding a bridge and
 nothing else. Each container boots with --private-network (its own network namespace, loopback
@@ -55,18 +59,19 @@ from test_nodes import chats, in_use, status, token, ui_host_config  # the same 
 SUBNET = "10.213.0"
 ADDR = {"ui": f"{SUBNET}.10", "node1": f"{SUBNET}.11", "node2": f"{SUBNET}.12"}
 NODES = ("node1", "node2")
-URLS = [f"http://{ADDR[n]}:11434" for n in NODES]
+NODE_PORT = 11443  # ollama.expose: nginx, TLS and the token; Ollama itself on the node's loopback
+URLS = [f"https://{ADDR[n]}:{NODE_PORT}" for n in NODES]
+BUNDLE = "/root/{}.localaid-node"
 BRIDGE = "br0"
 NETNS_PREFIX = "lafleet-"
 OLLAMA_VERSION = "0.9.0"
 
+# What the admin writes on a node before it joins; `localaid node join` adds ollama.expose (and
+# webui.enabled: false) in conf.d/50-node.yaml. allow_from stays, as the proxy's firewall.
 NODE_CONFIG = f"""\
 ollama:
-  host: 0.0.0.0
   allow_from: [{ADDR["ui"]}]
   install_script: /nonexistent/install.sh
-webui:
-  enabled: false
 gpu:
   devices:
     mode: "off"
@@ -208,6 +213,7 @@ class Fleet:
                 self._boot(role)
                 self._join(role)
             self.timings["boot"] = time.monotonic() - t0
+            self._bundles()
             with concurrent.futures.ThreadPoolExecutor(3) as pool:
                 for f in [pool.submit(self._setup_node, n) for n in NODES] + [pool.submit(self._setup_ui)]:
                     f.result()
@@ -239,29 +245,37 @@ class Fleet:
         c.run(["ip", "addr", "add", f"{ADDR[role]}/24", "dev", "fleet0"])
         c.run(["ip", "link", "set", "fleet0", "up"])
 
+    def _bundles(self) -> None:
+        """The UI host's part of the node recipe: localaid installed, then `localaid node add`
+        for each node; its bundle is copied into the node (as scp would: 0600)."""
+        ui = self.c["ui"]
+        ui.write("/etc/pip.conf", "[global]\nno-index = true\n")
+        install_deb(ui, self.deb, config=UI_CONFIG)
+        for n in NODES:
+            ui.run(["localaid", "node", "add", n, ADDR[n], "--output", BUNDLE.format(n)])
+            self.c[n].write(BUNDLE.format(n), ui.read_bytes(BUNDLE.format(n)), mode=0o600)
+            ui.run(["rm", BUNDLE.format(n)])
+
     def _setup_node(self, role: str) -> None:
         c = self.c[role]
         install_fake_ollama(c, OLLAMA_VERSION)
         install_deb(c, self.deb, config=NODE_CONFIG)
-        # the set-up job wrote the drop-in and restarted Ollama on 0.0.0.0
         try:
-            # (asked on loopback: with allow_from enforced, node1 itself is not the UI host)
-            wait_for(lambda: c.exists("/run/localaid/ollama-firewall.json")
-                     and "0.0.0.0:11434" in c.run(["ss", "-Hltn", "sport = :11434"], check=False).stdout
-                     and c.run(["curl", "-sf", "-m", "1", "http://127.0.0.1:11434/api/version"],
-                               check=False).returncode == 0,
-                     timeout=120, message=f"{role}: Ollama set up by localaid, listening on 0.0.0.0:11434")
+            wait_for(lambda: c.run(["curl", "-sf", "-m", "1", "http://127.0.0.1:11434/api/version"],
+                                   check=False).returncode == 0,
+                     timeout=120, message=f"{role}: Ollama set up by localaid, on loopback")
+            c.run(["curl", "-sf", "-m", "30", "http://127.0.0.1:11434/api/pull", "-d",
+                   '{"model": "tinyllama", "stream": false}'])
+            c.run(["localaid", "node", "join", BUNDLE.format(role)])
+            wait_for(lambda: f"https ok :{NODE_PORT}" in status(c), timeout=120, interval=0.5,
+                     message=f"{role}: serving Ollama over TLS (https ok in STATUS)")
         except TimeoutError:
-            raise RuntimeError(f"{role}: {status(c)}\n{c.journal('localaid-ollama-setup.service', lines=60)}\n"
-                               f"{c.journal('ollama.service', lines=30)}") from None
-        c.run(["curl", "-sf", "-m", "30", "http://127.0.0.1:11434/api/pull", "-d",
-               '{"model": "tinyllama", "stream": false}'])
+            raise RuntimeError(f"{role}: {status(c)}\n{c.journal('localaid-webui-setup.service', lines=60)}\n"
+                               f"{c.journal('localaid-https.service', lines=30)}") from None
         self.log(f"{role}: ready: {status(c)}")
 
     def _setup_ui(self) -> None:
-        c = self.c["ui"]
-        c.write("/etc/pip.conf", "[global]\nno-index = true\n")
-        install_deb(c, self.deb, config=UI_CONFIG)
+        c = self.c["ui"]  # installed by _bundles
         try:
             wait_for(lambda: "open-webui ok" in status(c), timeout=300, interval=1,
                      message="open-webui ok in the UI host's STATUS")
@@ -290,10 +304,18 @@ class Fleet:
             atexit.unregister(self.stop)
 
 
-def reach(c: Container, url: str, seconds: float = 3) -> str:
-    """curl's verdict from inside `c`: "200", or "rc=N" (7 refused, 28 timed out)."""
-    r = c.run(["curl", "-s", "-o", "/dev/null", "-m", str(seconds), "-w", "%{http_code}", url], check=False)
+def reach(c: Container, url: str, seconds: float = 3, ca: str | None = None, token: str | None = None) -> str:
+    """curl's verdict from inside `c`: "200", "401", or "rc=N" (7 refused, 28 timed out, 60 the
+    certificate not trusted). ca: a CA file in `c` to trust; token: sent as a bearer token."""
+    argv = ["curl", "-s", "-o", "/dev/null", "-m", str(seconds), "-w", "%{http_code}"]
+    argv += ["--cacert", ca] if ca else []
+    argv += ["-H", f"Authorization: Bearer {token}"] if token else []
+    r = c.run(argv + [url], check=False)
     return r.stdout.strip() if r.returncode == 0 else f"rc={r.returncode}"
+
+
+def node_token(ui: Container, role: str) -> str:
+    return json.loads(ui.read(f"/etc/localaid/tls/nodes/{role}.json"))["token"]
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -331,14 +353,14 @@ def test_healthy_fleet(fleet):
     both_in_use(fleet, tok)  # (taken out while the nodes were being set up: back by now)
     backends = chats(ui, tok, 12)
     assert set(backends) <= set(URLS) and len(backends) == 12, backends
-    for n in NODES:  # the GPU-node role: Ollama on 0.0.0.0 behind localaid's drop-in
-        dropin = fleet[n].read("/etc/systemd/system/ollama.service.d/50-localaid.conf")
-        assert "OLLAMA_HOST=0.0.0.0:11434" in dropin and \
-            f"IPAddressAllow=localhost {ADDR['ui']}\nIPAddressDeny=any\n" in dropin, dropin
+    for n in NODES:  # the GPU-node role: Ollama on loopback, nginx in front with allow_from as its firewall
+        dropin = fleet[n].read("/etc/systemd/system/localaid-https.service.d/50-localaid.conf")
+        assert f"IPAddressAllow=localhost {ADDR['ui']}\nIPAddressDeny=any\n" in dropin, dropin
+        assert "OLLAMA_HOST=127.0.0.1:11434" in fleet[n].read("/etc/systemd/system/ollama.service.d/50-localaid.conf")
 
     def rows():  # localaid's view of Open WebUI's flags trails them by a few seconds
         out = ui.run(["localaid", "status"], check=False).stdout
-        return [(r[0], r[1], r[4]) for r in (ln.split(None, 5) for ln in out.splitlines() if ln.startswith("http://"))
+        return [(r[0], r[1], r[4]) for r in (ln.split(None, 5) for ln in out.splitlines() if ln.startswith("https://"))
                 if len(r) > 4]  # URL, state, "12 ms", in use, then the node's version and models
     want = [(URLS[0], "ok", "yes"), (URLS[1], "ok", "yes")]
     try:
@@ -446,26 +468,84 @@ def test_node2_out_of_use_and_back(fleet, fault):
     assert len(after) == 12 and set(after) <= set(URLS), after
 
 
-def test_allow_from(fleet):
-    """node1's Ollama answers the UI host and loopback, never node2 on the same bridge: these
-    containers run the unified hierarchy with bpf() allowed, where systemd enforces IPAddressDeny=,
-    and localaid must say so. (test_ollama.py covers the "not enforced" path, in containers whose
-    system call filter denies bpf().)"""
+CA = "/etc/localaid/tls/ca.crt"  # the site CA: the UI host's, on each node since it joined
+
+
+def test_a_node_answers_only_over_tls_with_its_token(fleet):
+    """node1's Ollama on the LAN: only over TLS with a certificate of the UI host's CA, only with
+    its token; Ollama's own port is closed to the LAN; allow_from is the proxy's firewall too
+    (these containers run the unified hierarchy with bpf() allowed, where systemd enforces it;
+    test_ollama.py covers the "not enforced" path)."""
     node1, node2, ui = fleet["node1"], fleet["node2"], fleet["ui"]
+    api, tok = f"{URLS[0]}/api/version", node_token(ui, "node1")
+    got = {"token": reach(ui, api, ca=CA, token=tok), "no token": reach(ui, api, ca=CA),
+           "another token": reach(ui, api, ca=CA, token="x" * 43), "CA not trusted": reach(ui, api, token=tok),
+           "plain to Ollama's port": reach(ui, f"http://{ADDR['node1']}:11434/api/version"),
+           "plain to the TLS port": reach(ui, f"http://{ADDR['node1']}:{NODE_PORT}/api/version"),
+           "node2 (not allowed)": reach(node2, api, ca=CA, token=tok),
+           "node2 to a closed port": reach(node2, f"http://{ADDR['node1']}:9/")}
     verdict = fleet.firewall("node1")
-    assert verdict["allow_from"] == [ADDR["ui"]], verdict
-    api = f"http://{ADDR['node1']}:11434/api/version"
-    from_ui, from_node2 = reach(ui, api), reach(node2, api)
-    control = reach(node2, f"http://{ADDR['node1']}:9/")  # a closed port on node1: the path is there
-    doctor = node1.run(["localaid", "doctor"], check=False).stdout
-    line = next(x for x in doctor.splitlines() if "ollama allow_from" in x)
-    st = status(node1)
-    print(f"\nallow_from on node1: {verdict['words']}\n  from ui: {from_ui}; from node2: {from_node2} "
-          f"(node2 to a closed port of node1: {control})\n  doctor: {line}\n  STATUS: {st}")
-    assert from_ui == "200" and reach(node1, "http://127.0.0.1:11434/api/version") == "200"
-    assert control == "rc=7"  # refused: node2 reaches node1; only Ollama's unit drops it
-    assert from_node2 == "rc=28", from_node2  # dropped by the unit's BPF filter, not refused: a timeout
-    # ... and localaid says so, not "could not be checked" or "open to the network"
-    assert verdict["enforced"] is True, f"the filter holds, but localaid's verdict is {verdict}"
-    assert line.startswith("[ok  ]") and "enforced" in line and "not enforced" not in line, line
-    assert "open to the network" not in st, st
+    exposure = node1.run(["systemd-analyze", "security", "--no-pager", "localaid-https.service"]).stdout
+    score = float(exposure.rsplit("Overall exposure level for localaid-https.service: ", 1)[1].split()[0])
+    print(f"\nnode1 from the LAN: {got}\n  allow_from: {verdict['words']}; exposure {score}; "
+          f"STATUS: {status(node1)}")
+    assert got == {"token": "200", "no token": "401", "another token": "401", "CA not trusted": "rc=60",
+                   "plain to Ollama's port": "rc=7", "plain to the TLS port": "400",
+                   "node2 (not allowed)": "rc=28", "node2 to a closed port": "rc=7"}, got
+    assert verdict["allow_from"] == [ADDR["ui"]] and verdict["enforced"] is True, verdict
+    assert score <= 2.0
+    for c in (ui, node1):  # the token: in 0600 files only, never on a command line or in the journal
+        assert tok not in c.journal() and tok not in c.sh("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").stdout
+    modes = node1.run(["stat", "-c", "%a %U %n", "/etc/localaid/tls/node-token.map", "/etc/localaid/tls/server.key",
+                       "/etc/localaid/tls/node.json"]).stdout.split("\n")[:3]
+    assert all(m.startswith("600 root ") for m in modes), modes
+    assert ui.run(["stat", "-c", "%a %U", "/etc/localaid/tls/nodes/node1.json"]).stdout.strip() == "600 root"
+
+
+def _swap(node: Container, path: str, text: str | None) -> None:
+    """Replace (or, text None, put back) one of the node's TLS files and restart its proxy."""
+    if text is None:
+        node.run(["mv", f"{path}.kept", path])
+    else:
+        node.run(["cp", "-p", path, f"{path}.kept"])
+        node.write(path, text, mode=0o600)
+    node.systemctl("restart", "localaid-https.service")
+
+
+@pytest.mark.parametrize("refusal", ["token", "certificate"])
+def test_a_node_refusing_the_token_or_not_trusted_is_out_and_back(fleet, refusal):
+    """node2 answers, but with a token the UI host does not have (401), or with a certificate
+    the UI host's CA did not sign: taken out of Open WebUI's use, STATUS says which, and back once
+    it is right again. node2's own localaid is stopped meanwhile (it would repair its proxy)."""
+    ui, node2 = fleet["ui"], fleet["node2"]
+    tok = token(ui)
+    both_in_use(fleet, tok)
+    ui.systemctl("restart", "localaid")  # a fresh node history (module docstring)
+    both_in_use(fleet, tok)
+    node2.systemctl("stop", "localaid")
+    if refusal == "token":
+        path, words = "/etc/localaid/tls/node-token.map", "token refused (HTTP 401)"
+        _swap(node2, path, '"Bearer ' + "y" * 43 + '" 1;\n')
+    else:
+        path, words = "/etc/localaid/tls/server.crt", "certificate not trusted"
+        node2.run(["cp", "-p", "/etc/localaid/tls/server.key", "/etc/localaid/tls/server.key.kept"])
+        node2.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                   "-subj", "/CN=node2", "-addext", f"subjectAltName=IP:{ADDR['node2']}", "-days", "2",
+                   "-keyout", "/etc/localaid/tls/server.key", "-out", "/tmp/self.crt"])
+        _swap(node2, path, node2.read("/tmp/self.crt"))
+    t0 = time.monotonic()
+    try:
+        wait_for(lambda: in_use(ui, tok) == [True, False], timeout=15, interval=0.2, message="node2 out of use")
+        out_after = time.monotonic() - t0
+        line = wait_for(lambda: (t := status(ui)) and words in t and t, timeout=10, message=f"{words!r} in STATUS")
+        assert chats(ui, tok, 6) == [URLS[0]] * 6
+    finally:
+        if refusal == "certificate":
+            node2.run(["mv", "/etc/localaid/tls/server.key.kept", "/etc/localaid/tls/server.key"])
+        _swap(node2, path, None)
+        t1 = time.monotonic()
+        node2.systemctl("start", "localaid")
+    wait_for(lambda: in_use(ui, tok) == [True, True], timeout=20, interval=0.2, message="node2 back in use")
+    print(f"\nnode2 {refusal} refused: out of use after {out_after:.1f} s, back {time.monotonic() - t1:.1f} s "
+          f"after it was put right; STATUS: {line}")
+    assert out_after <= 10

@@ -210,9 +210,36 @@ BAD = [
      """
      ollama:
        host: 0.0.0.0
+       allow_plain_lan: true
      """, None,
      ["@/localaid.yaml:2: ollama.host: Ollama's API has no authentication: listening on 0.0.0.0 needs "
       "ollama.allow_from, the addresses that may use it (e.g. the UI host's)"]),
+
+    ("plain-api-on-the-network",
+     """
+     ollama:
+       host: 0.0.0.0
+       allow_from: [10.0.0.5]
+     """, None,
+     ["@/localaid.yaml:2: ollama.host: Ollama's API has no authentication and no encryption: serve it to the "
+      "network with ollama.expose (TLS and a token, see localaid node add), not on 0.0.0.0; or set "
+      "ollama.allow_plain_lan: true with ollama.allow_from"]),
+
+    ("expose-keeps-ollama-on-loopback",
+     """
+     ollama:
+       host: 192.168.1.21
+       expose: 0.0.0.0:11443
+     """, None,
+     ["@/localaid.yaml:2: ollama.host: with ollama.expose, Ollama itself stays on loopback (127.0.0.1): its "
+      "TLS proxy serves the network at 0.0.0.0:11443"]),
+
+    ("expose-port-taken",
+     """
+     ollama:
+       expose: 0.0.0.0:11434
+     """, None,
+     ["@/localaid.yaml:2: ollama.expose: port 11434 is already used by ollama"]),
 
     ("ui-host-without-nodes",
      """
@@ -716,7 +743,8 @@ def test_keep_alive_becomes_a_go_duration(tmp_path, text, expected):
 
 
 def test_wildcard_bind_is_probed_on_loopback(tmp_path):
-    cfg = _load(tmp_path, "ollama:\n  host: 0.0.0.0\n  allow_from: [10.0.0.0/24]\nwebui:\n  listen: \"0.0.0.0:3000\"\n")
+    cfg = _load(tmp_path, "ollama:\n  host: 0.0.0.0\n  allow_plain_lan: true\n  allow_from: [10.0.0.0/24]\n"
+                          "webui:\n  listen: \"0.0.0.0:3000\"\n")
     assert (cfg.ollama.url, cfg.ollama.bind, cfg.webui.url) == (
         "http://127.0.0.1:11434", "0.0.0.0:11434", "http://127.0.0.1:3000")
 

@@ -306,7 +306,8 @@ def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def _server_cert(key, ca_cert: x509.Certificate, ca_key, names: tuple[str, ...], now: float) -> x509.Certificate:
+def _server_cert(key, ca_cert: x509.Certificate, ca_key, names: tuple[str, ...], now: float,
+                 lifetime: float = LIFETIME) -> x509.Certificate:
     start = datetime.fromtimestamp(now - SKEW, timezone.utc)
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
@@ -316,7 +317,7 @@ def _server_cert(key, ca_cert: x509.Certificate, ca_key, names: tuple[str, ...],
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + timedelta(seconds=LIFETIME))
+            .not_valid_before(start).not_valid_after(start + timedelta(seconds=lifetime))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(usage, critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -11,7 +11,7 @@ import time
 from localaid import policy_tls
 from localaid.provision.https import certs
 from localaid.provision.https.nginx import UNIT
-from localaid.provision.https.service import NGINX, NGINX_MISSING, RENEW_TIMER
+from localaid.provision.https.service import NGINX, NGINX_MISSING, RENEW_TIMER, source, wanted
 from localaid.records import Check
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -44,7 +44,8 @@ def _certificate(config, d: str, now: float) -> list[Check]:
         return [Check("https certificate", False, "none yet", "systemctl start localaid-webui-setup")]
     left = info.not_after - now
     until = time.strftime("%Y-%m-%d", time.gmtime(info.not_after))
-    who = "your own (webui.tls.cert_file)" if config.webui.tls.own_pair else "issued by the local CA"
+    who = {"own": "your own (webui.tls.cert_file)", "local-ca": "issued by the local CA",
+           "node": "this node's, from the UI host's CA"}[source(config)]
     text = f"{who}, for {', '.join(info.names) or info.subject}; valid until {until} ({int(left // 86400)} days)"
     if left <= 0:
         return [Check("https certificate", False, text, _renew_advice(config))]
@@ -53,13 +54,15 @@ def _certificate(config, d: str, now: float) -> list[Check]:
 
 
 def _renew_advice(config) -> str:
+    if source(config) == "node":
+        return "on the UI host: localaid node add NAME ADDRESS... again; here: localaid node join BUNDLE"
     if config.webui.tls.own_pair:
         return "renew webui.tls.cert_file, then systemctl reload localaid"
     return f"localaid https renew; journalctl -u {RENEW_TIMER.replace('.timer', '.service')}"
 
 
 def _ca(config, d: str) -> list[Check]:
-    if config.webui.tls.own_pair:
+    if source(config) != "local-ca":
         return []
     try:
         ca = certs.read_cert(os.path.join(d, certs.CA_CRT))
@@ -102,10 +105,8 @@ def _nginx() -> list[Check]:
 
 
 def doctor_checks(config, tls_dir: str | None = None) -> list[Check]:
-    if not config.webui.enabled:
-        return []
-    if not config.webui.tls.enabled:
-        return _off(config)
+    if not wanted(config):
+        return _off(config) if config.webui.enabled else []
     d = tls_dir or certs.TLS_DIR
     if os.geteuid() != 0:
         return [Check("https", None, "the certificates are root's", skipped=True)]

@@ -1,4 +1,4 @@
-"""The nginx configuration of localaid-https.service, rendered from webui.* keys.
+"""The nginx configuration of localaid-https.service, rendered from webui.tls and ollama.expose.
 
 nginx runs as a dynamic user with no access to /etc/localaid/tls: systemd hands it the server
 certificate and key as credentials (LoadCredential=, copied at each start under
@@ -14,6 +14,10 @@ certificate and key as credentials (LoadCredential=, copied at each start under
   X-Forwarded-Proto https    Open WebUI builds its links for https
   /localaid-ca.crt           the local CA's certificate (public), for browsers to trust it
                              after checking its fingerprint (`localaid https ca`)
+
+A GPU node (ollama.expose) gets a second server: Ollama's API over TLS, a request without the
+node's token (Authorization: Bearer, compared by a map nginx reads from the credential
+token.map) answered 401, the token not passed on to Ollama.
 
 Measured (bench/proxy.py): +0.3–0.4 ms to a chat's first token, no loss of tokens/s, 5 MiB.
 """
@@ -46,14 +50,78 @@ def _ca_location(local_ca: bool) -> list[str]:
             "        }"]
 
 
-def render(config, local_ca: bool) -> str:
-    """nginx.conf for webui.tls (local_ca: the certificate comes from localaid's own CA, whose
-    certificate is then served too)."""
+def _tls(host: str, port: int) -> list[str]:
+    return [f"        {listen_directive(host, port)}",
+            f"        ssl_certificate {CREDENTIALS}/server.crt;",
+            f"        ssl_certificate_key {CREDENTIALS}/server.key;",
+            "        ssl_protocols TLSv1.2 TLSv1.3;"]
+
+
+def _streaming() -> list[str]:
+    return ["            proxy_http_version 1.1;",
+            "            proxy_buffering off;",
+            "            proxy_request_buffering off;",
+            "            proxy_read_timeout 1h;",
+            "            proxy_send_timeout 1h;"]
+
+
+def _webui_server(config, local_ca: bool) -> list[str]:
     w = config.webui
     backend_host, backend_port = w.serve
+    return [
+        f"    upstream open_webui {{ server {backend_host}:{backend_port}; keepalive 16; }}",
+        "    server {",
+        *_tls(w.host, w.port),
+        "        error_page 497 =301 https://$host:$server_port$request_uri;",
+        *_ca_location(local_ca),
+        "        location / {",
+        "            proxy_pass http://open_webui;",
+        "            proxy_set_header Upgrade $http_upgrade;",
+        "            proxy_set_header Connection $connection_upgrade;",
+        "            proxy_set_header Host $http_host;",
+        "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "            proxy_set_header X-Forwarded-Proto https;",
+        *_streaming(),
+        "        }",
+        "    }",
+    ]
+
+
+def _ollama_server(config) -> list[str]:
+    """A GPU node (ollama.expose): Ollama's API for requests with the node's token only. The
+    token is compared by a map read from a credential (token.map); it is not passed on."""
+    host, _, port = config.ollama.expose.rpartition(":")
+    return [
+        f"    map $http_authorization $node_token_ok {{ default 0; include {CREDENTIALS}/token.map; }}",
+        f"    upstream ollama {{ server 127.0.0.1:{config.ollama.port}; keepalive 8; }}",
+        "    server {",
+        *_tls(host.strip("[]"), int(port)),
+        "        location / {",
+        "            if ($node_token_ok = 0) { return 401; }",
+        "            proxy_pass http://ollama;",
+        "            proxy_set_header Connection '';",
+        "            proxy_set_header Host 127.0.0.1;  # Ollama on loopback answers local Host names only",
+        "            proxy_set_header Authorization '';",
+        *_streaming(),
+        "        }",
+        "    }",
+    ]
+
+
+def serves_webui(config) -> bool:
+    return config.webui.enabled and config.webui.tls.enabled
+
+
+def serves_ollama(config) -> bool:
+    return config.ollama.enabled and config.ollama.expose is not None
+
+
+def render(config, local_ca: bool) -> str:
+    """nginx.conf for webui.tls and/or ollama.expose (local_ca: Open WebUI's certificate comes
+    from localaid's own CA, whose certificate is then served too)."""
     temps = " ".join(f"{t}_temp_path {CACHE}/{t.split('_')[0]};" for t in _TEMPS)
     lines = [
-        "# Written by localaid from /etc/localaid/localaid.yaml (webui.tls); edits are overwritten.",
+        "# Written by localaid from /etc/localaid/localaid.yaml (webui.tls, ollama.expose); edits are overwritten.",
         "worker_processes 1;",
         f"pid {RUNTIME}/nginx.pid;",
         "error_log stderr warn;",
@@ -63,30 +131,11 @@ def render(config, local_ca: bool) -> str:
         "    server_tokens off;",
         f"    {temps}",
         "    client_max_body_size 0;",
+        "    ssl_session_cache shared:tls:1m;",
+        "    map_hash_bucket_size 128;  # a node's token map: \"Bearer <token>\" is longer than the default's 64",
         "    map $http_upgrade $connection_upgrade { default upgrade; '' ''; }",
-        f"    upstream open_webui {{ server {backend_host}:{backend_port}; keepalive 16; }}",
-        "    server {",
-        f"        {listen_directive(w.host, w.port)}",
-        f"        ssl_certificate {CREDENTIALS}/server.crt;",
-        f"        ssl_certificate_key {CREDENTIALS}/server.key;",
-        "        ssl_protocols TLSv1.2 TLSv1.3;",
-        "        ssl_session_cache shared:tls:1m;",
-        "        error_page 497 =301 https://$host:$server_port$request_uri;",
-        *_ca_location(local_ca),
-        "        location / {",
-        "            proxy_pass http://open_webui;",
-        "            proxy_http_version 1.1;",
-        "            proxy_set_header Upgrade $http_upgrade;",
-        "            proxy_set_header Connection $connection_upgrade;",
-        "            proxy_set_header Host $http_host;",
-        "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
-        "            proxy_set_header X-Forwarded-Proto https;",
-        "            proxy_buffering off;",
-        "            proxy_request_buffering off;",
-        "            proxy_read_timeout 1h;",
-        "            proxy_send_timeout 1h;",
-        "        }",
-        "    }",
+        *(_webui_server(config, local_ca) if serves_webui(config) else []),
+        *(_ollama_server(config) if serves_ollama(config) else []),
         "}",
     ]
     return "\n".join(lines) + "\n"

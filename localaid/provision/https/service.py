@@ -17,8 +17,8 @@ import socket
 import time
 
 from localaid import fsutil, paths, policy_tls, procfs
-from localaid.provision.https import certs
-from localaid.provision.https.nginx import CONF, UNIT, render
+from localaid.provision.https import certs, nodejoin
+from localaid.provision.https.nginx import CONF, UNIT, render, serves_ollama, serves_webui
 from localaid.provision.job import JobError
 
 NGINX = "/usr/sbin/nginx"
@@ -63,12 +63,29 @@ def _local_ca_certificate(ctx, now: float) -> certs.CertInfo:
     return certs.issue_server(d, wanted(ctx.config), now)
 
 
+def source(config) -> str:
+    """Whose certificate nginx serves: "node" (a GPU node's, from the UI host's CA through
+    localaid node join), "own" (webui.tls.cert_file) or "local-ca" (this host's CA)."""
+    if serves_ollama(config):
+        return "node"
+    return "own" if config.webui.tls.own_pair else "local-ca"
+
+
+def _node_certificate(ctx) -> certs.CertInfo:
+    info = certs.read_cert(os.path.join(tls_dir(ctx), certs.SERVER_CRT))
+    if info is None or not os.path.exists(os.path.join(tls_dir(ctx), nodejoin.NODE_FILE)):
+        raise JobError(nodejoin.NOT_JOINED, blocked="this node has not joined (localaid node join)")
+    return info
+
+
 def certificate(ctx, now: float) -> certs.CertInfo:
-    """The certificate nginx is to serve, in place (the administrator's, or the local CA's), and
-    described in certificate.json for the daemon (STATUS, the expiry metric)."""
-    t = ctx.config.webui.tls
+    """The certificate nginx is to serve, in place, and described in certificate.json for the
+    daemon (STATUS, the expiry metric)."""
+    t, kind = ctx.config.webui.tls, source(ctx.config)
     try:
-        if t.own_pair:
+        if kind == "node":
+            info = _node_certificate(ctx)
+        elif kind == "own":
             info = certs.install_pair(tls_dir(ctx), ctx.layout.p(t.cert_file), ctx.layout.p(t.key_file))
         else:
             info = _local_ca_certificate(ctx, now)
@@ -77,7 +94,7 @@ def certificate(ctx, now: float) -> certs.CertInfo:
     state = ctx.layout.p(paths.TLS_STATE_FILE)
     os.makedirs(os.path.dirname(state), mode=0o755, exist_ok=True)
     fsutil.write_json(state, {"not_after": info.not_after, "fingerprint": info.fingerprint, "names": info.names,
-                              "own": t.own_pair})
+                              "own": kind != "local-ca", "source": kind})
     return info
 
 
@@ -89,12 +106,28 @@ def served_fingerprint(ctx) -> str | None:
     return info.fingerprint if info else None
 
 
+def _ports(config) -> list[int]:
+    ports = [config.webui.port] if serves_webui(config) else []
+    if serves_ollama(config):
+        ports.append(int(config.ollama.expose.rpartition(":")[2]))
+    return ports
+
+
 def render_dropin(config) -> str:
-    """A port below 1024 (webui.listen: 0.0.0.0:443) needs CAP_NET_BIND_SERVICE, and only then."""
-    if config.webui.port >= 1024:
+    """What the shipped unit lacks here: CAP_NET_BIND_SERVICE for a port below 1024, and only
+    then; on a GPU node, the token's map as a credential, and ollama.allow_from as the proxy's
+    firewall (a second layer behind the token; not when it serves Open WebUI too)."""
+    out = []
+    if any(p < 1024 for p in _ports(config)):
+        out += ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
+    if serves_ollama(config):
+        out.append(f"LoadCredential=token.map:{certs.TLS_DIR}/{nodejoin.TOKEN_MAP}")
+        if config.ollama.allow_from and not serves_webui(config):
+            out += ["IPAddressAllow=localhost " + " ".join(config.ollama.allow_from), "IPAddressDeny=any"]
+    if not out:
         return ""
-    return ("# Written by localaid: webui.listen is a privileged port.\n[Service]\n"
-            "AmbientCapabilities=CAP_NET_BIND_SERVICE\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n")
+    return "# Written by localaid from webui.tls and ollama.expose; edits are overwritten.\n[Service]\n" + \
+        "\n".join(out) + "\n"
 
 
 def configure(ctx) -> bool:
@@ -104,7 +137,7 @@ def configure(ctx) -> bool:
     before = served_fingerprint(ctx)
     info = certificate(ctx, time.time())
     changed = info.fingerprint != before
-    conf = render(ctx.config, local_ca=not ctx.config.webui.tls.own_pair)
+    conf = render(ctx.config, local_ca=source(ctx.config) == "local-ca")
     changed |= fsutil.write_if_changed(ctx.layout.p(CONF), conf, 0o644)
     if fsutil.write_if_changed(ctx.layout.p(DROPIN), render_dropin(ctx.config), 0o644):
         ctx.host.daemon_reload()
@@ -119,7 +152,7 @@ def start(ctx) -> None:
     if not os.path.exists(ctx.layout.p(MARKER)):
         host.enable(UNIT)
         fsutil.atomic_write(ctx.layout.p(MARKER), f"localaid enabled {UNIT}\n")
-    _renewal(ctx, on=not ctx.config.webui.tls.own_pair)
+    _renewal(ctx, on=source(ctx.config) == "local-ca")
     st = host.unit_state(UNIT)
     running = st.active_state in ("active", "activating", "reloading")
     if changed and running:
@@ -128,12 +161,13 @@ def start(ctx) -> None:
     elif not running:
         host.start(UNIT)
     wait_answering(ctx)
-    ctx.rep.say("HTTPS serving", url=ctx.config.webui.public_url)
+    ctx.rep.say("HTTPS serving", url=ctx.config.webui.public_url if serves_webui(ctx.config)
+                else f"https://{ctx.config.ollama.expose}")
 
 
 def wait_answering(ctx) -> None:
     """Until the proxy answers over TLS (any HTTP status: Open WebUI behind it is judged apart)."""
-    host, url = ctx.host, ctx.config.webui.proxy_url + "/health"
+    host, url = ctx.host, ctx.config.proxy_probe
     deadline = host.monotonic() + ANSWER_TIMEOUT
     while True:
         status, _ = host.get(url)
@@ -141,7 +175,7 @@ def wait_answering(ctx) -> None:
             return
         st = host.unit_state(UNIT)
         if st.active_state == "failed" or host.monotonic() >= deadline:
-            raise JobError(f"{UNIT} does not answer on {ctx.config.webui.proxy_url} "
+            raise JobError(f"{UNIT} does not answer on {url} "
                            f"({st.active_state}; `journalctl -u {UNIT}` says why)")
         host.sleep(0.2)
 
@@ -157,10 +191,27 @@ def _renewal(ctx, on: bool) -> None:
         ctx.host.disable(RENEW_TIMER)
 
 
+def wanted(config) -> bool:
+    return serves_webui(config) or serves_ollama(config)
+
+
+def before_webui(ctx) -> None:
+    """Before Open WebUI is configured: stop the proxy when it is no longer wanted, or when it
+    holds webui.listen, which Open WebUI is to take back (webui.tls off on a GPU node)."""
+    try:
+        with open(ctx.layout.p(CONF)) as f:
+            holds_listen = "upstream open_webui" in f.read()
+    except FileNotFoundError:
+        holds_listen = False
+    if not wanted(ctx.config) or (holds_listen and not serves_webui(ctx.config)):
+        stop(ctx)
+
+
 def stop(ctx) -> None:
-    """webui.tls is off (or Open WebUI is): stop and disable the proxy localaid started."""
+    """webui.tls and ollama.expose are off (or the proxy must let webui.listen go): stop and
+    disable the proxy localaid started."""
     if os.path.exists(ctx.layout.p(MARKER)):
-        ctx.rep.say(f"webui.tls is off: stopping and disabling {UNIT}")
+        ctx.rep.say(f"stopping and disabling {UNIT}")
         ctx.host.stop(UNIT)
         ctx.host.disable(UNIT)
         _renewal(ctx, on=False)

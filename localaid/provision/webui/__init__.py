@@ -59,10 +59,12 @@ def provision_main(args, config, ctx: Ctx | None = None) -> int:
     ctx = ctx or Ctx(config)
     try:
         with _lock(ctx):
-            if not config.webui.enabled or not config.webui.tls.enabled:
-                https.stop(ctx)  # first: Open WebUI may take webui.listen back
+            https.before_webui(ctx)  # first: Open WebUI may take webui.listen back
             if not config.webui.enabled:
-                return disable(ctx)
+                rc = disable(ctx)
+                if https.wanted(config):  # a GPU node's ollama.expose
+                    https.start(ctx)
+                return rc
             ctx.rep.step("configuring Open WebUI", 0.0)
             changed = configure(ctx)
             configure_schedule(ctx)
@@ -73,7 +75,7 @@ def provision_main(args, config, ctx: Ctx | None = None) -> int:
             if rc is not None:
                 return rc
             rc = install(ctx, wanted_version(config, ctx.layout), config.webui.version, restart=changed)
-            if rc == 0 and config.webui.tls.enabled:
+            if rc == 0 and https.wanted(config):
                 https.start(ctx)
             return rc
     except JobError as e:
