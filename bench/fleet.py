@@ -8,7 +8,8 @@ The fleet of tests/integration/test_fleet.py (Fleet): three booted Debian 12 con
 bridge in a network namespace of their own (10.213.0.0/24, no way out): the UI host (localaid,
 ollama.enabled false, webui.ollama_urls [node1, node2], the fake Open WebUI 0.12 that sends each
 chat to a random enabled connection with its 300 s client timeout) and two GPU nodes (localaid,
-the fake Ollama on 0.0.0.0:11434, allow_from the UI host).
+the fake Ollama on loopback, served to the UI host by nginx over TLS with the node's token:
+ollama.expose after `localaid node join`, allow_from the UI host).
 
 Each run partitions node2 (its bridge port down) for --down seconds, then brings it back. A
 driver inside the UI host sends chats through Open WebUI's API at a steady --rate per second
