@@ -49,7 +49,8 @@ class TlsWatch:
         own = config.webui.tls.own_pair
         if not isinstance(doc, dict) or not isinstance(doc.get("not_after"), (int, float)):
             return TlsObs(time.time(), own=own, error="no certificate installed yet")
-        return TlsObs(time.time(), float(doc["not_after"]), str(doc.get("fingerprint") or ""), bool(doc.get("own")))
+        return TlsObs(time.time(), float(doc["not_after"]), str(doc.get("fingerprint") or ""), bool(doc.get("own")),
+                      source=str(doc.get("source") or ("own" if doc.get("own") else "local-ca")))
 
 
 def answered(probe: Probe | None) -> Probe | None:

@@ -205,8 +205,9 @@ class TlsObs:
     wall: float  # the time it was read
     not_after: float | None = None  # None: no readable certificate
     fingerprint: str | None = None  # SHA-256, "AB:CD:…"
-    own: bool = False  # the administrator's certificate (webui.tls.cert_file), not the local CA's
+    own: bool = False  # not this host's CA's: the administrator's (webui.tls.cert_file) or a node's
     error: str | None = None  # why it could not be read
+    source: str = "local-ca"  # local-ca | own | node (provision/https/service.py source())
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,8 @@ def metrics_text(obs: Observation, decision: Decision, counts: dict, cycle_secon
                 if d.free is not None])
     if obs.tls is not None and obs.tls.not_after is not None:
         metric("https_certificate_expiry_timestamp_seconds", "gauge", "When the certificate localaid-https.service "
-               "serves ends (webui.tls; source: local-ca or own).",
-               [({"source": "own" if obs.tls.own else "local-ca"}, f"{obs.tls.not_after:.0f}")])
+               "serves ends (webui.tls, ollama.expose; source: local-ca, own or node).",
+               [({"source": obs.tls.source}, f"{obs.tls.not_after:.0f}")])
     if obs.backup is not None:
         _backup_metrics(metric, obs.backup, config.backup.interval if config is not None else 86400.0)
     gpu = obs.gpu
