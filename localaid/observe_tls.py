@@ -50,7 +50,8 @@ class TlsWatch:
         if not isinstance(doc, dict) or not isinstance(doc.get("not_after"), (int, float)):
             return TlsObs(time.time(), own=own, error="no certificate installed yet")
         return TlsObs(time.time(), float(doc["not_after"]), str(doc.get("fingerprint") or ""), bool(doc.get("own")),
-                      source=str(doc.get("source") or ("own" if doc.get("own") else "local-ca")))
+                      source=str(doc.get("source") or ("own" if doc.get("own") else "local-ca")),
+                      ca_fingerprint=doc.get("ca_fingerprint") if isinstance(doc.get("ca_fingerprint"), str) else None)
 
 
 def answered(probe: Probe | None) -> Probe | None:

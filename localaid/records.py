@@ -208,6 +208,7 @@ class TlsObs:
     own: bool = False  # not this host's CA's: the administrator's (webui.tls.cert_file) or a node's
     error: str | None = None  # why it could not be read
     source: str = "local-ca"  # local-ca | own | node (provision/https/service.py source())
+    ca_fingerprint: str | None = None  # SHA-256 of the CA to trust (local-ca, node), for `localaid status`
 
 
 @dataclass(frozen=True)

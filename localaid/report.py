@@ -47,11 +47,21 @@ def state_document(config, obs: Observation, decision: Decision, recent: list[di
         "nodes": [_node(n, decision.history.nodes.get(n.url, NodeHistory(state="unknown"))) for n in obs.nodes],
         "models": _models(config),
         "webui": _webui(config),
+        "https": _https(config, obs.tls),
         "backup": _backup(config, obs),
         "disks": [{"what": d.what, "path": d.path, "free": d.free, "size": d.total,
                    "level": DISK_LEVELS[disk_level(config, d)]} for d in obs.disks],
         "recent_actions": recent,
     }
+
+
+def _https(config, tls) -> dict | None:
+    """The served certificate, and the CA to trust with its fingerprint (`localaid status`)."""
+    if tls is None:
+        return None
+    return {"source": tls.source, "not_after": tls.not_after, "error": tls.error,
+            "ca_fingerprint": tls.ca_fingerprint,
+            "ca_url": f"{config.webui.public_url}/localaid-ca.crt" if tls.source == "local-ca" else None}
 
 
 def _webui(config) -> dict | None:

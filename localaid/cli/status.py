@@ -67,6 +67,7 @@ def render(doc, age: float | None, daemon: str) -> str:
     w = doc.get("webui")
     if w:
         lines.append(f"Open WebUI: {w['url']}, sign in as {w['admin']} (password: sudo cat {w['password_file']})")
+    lines.extend(_https_lines(doc.get("https")))
     lines.extend(_backup_lines(doc.get("backup")))
     lines.extend(_disk_lines(doc.get("disks") or []))
     models = [m for s in doc.get("services", []) for m in s.get("models", [])]
@@ -95,6 +96,22 @@ def node_detail(url: str, timeout: float = 1.0) -> str:
     except OllamaError as e:
         return str(e)
     return f"Ollama {version}, {len(models)} models" + (f" ({', '.join(m.name for m in loaded)})" if loaded else "")
+
+
+def _https_lines(h: dict | None) -> list[str]:
+    """ "HTTPS: certificate of the local CA, valid until 2027-03-06; trust the CA: …"."""
+    if not h:
+        return []
+    if h.get("not_after") is None:
+        return [f"HTTPS: {h.get('error') or 'no certificate yet'}"]
+    until = time.strftime("%Y-%m-%d", time.gmtime(h["not_after"]))
+    who = {"local-ca": "of the local CA", "own": "your own (webui.tls.cert_file)",
+           "node": "of this node, from the UI host's CA"}.get(h.get("source"), "")
+    line = f"HTTPS: certificate {who}, valid until {until}"
+    if h.get("ca_fingerprint") and h.get("source") == "local-ca":
+        line += (f"; browsers trust the CA: sudo localaid https ca > localaid-ca.crt, or "
+                 f"{h.get('ca_url')} (SHA-256 {h['ca_fingerprint']})")
+    return [line]
 
 
 def _disk_lines(disks: list[dict]) -> list[str]:

@@ -130,6 +130,12 @@ def test_plain_http_is_redirected_and_an_untrusting_client_is_refused(container,
     assert ca.get("status") == 200 and ca["body"].startswith("-----BEGIN CERTIFICATE-----")
     out = c.run(["localaid", "https", "ca"])
     assert out.stdout == c.read("/etc/localaid/tls/ca.crt") and "SHA-256 fingerprint:" in out.stderr
+    fingerprint = out.stderr.split("SHA-256 fingerprint: ")[1].split()[0]
+    said = c.run(["localaid", "status"], check=False).stdout
+    line = next(x for x in said.splitlines() if x.startswith("HTTPS: "))
+    print(f"\nlocaldaid status: {line}")
+    assert "certificate of the local CA, valid until" in line and fingerprint in line, line
+    assert f"https://localhost:{PORT}/localaid-ca.crt" in line
 
 
 def test_keys_stay_root_and_the_proxy_is_sandboxed(container):

@@ -93,8 +93,10 @@ def certificate(ctx, now: float) -> certs.CertInfo:
         raise JobError(str(e), blocked="the HTTPS certificate needs the administrator") from None
     state = ctx.layout.p(paths.TLS_STATE_FILE)
     os.makedirs(os.path.dirname(state), mode=0o755, exist_ok=True)
+    ca = None if kind == "own" else certs.read_cert(os.path.join(tls_dir(ctx), certs.CA_CRT))
     fsutil.write_json(state, {"not_after": info.not_after, "fingerprint": info.fingerprint, "names": info.names,
-                              "own": kind != "local-ca", "source": kind})
+                              "own": kind != "local-ca", "source": kind,
+                              "ca_fingerprint": ca.fingerprint if ca else None})
     return info
 
 
