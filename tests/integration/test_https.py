@@ -133,7 +133,7 @@ def test_plain_http_is_redirected_and_an_untrusting_client_is_refused(container,
     fingerprint = out.stderr.split("SHA-256 fingerprint: ")[1].split()[0]
     said = c.run(["localaid", "status"], check=False).stdout
     line = next(x for x in said.splitlines() if x.startswith("HTTPS: "))
-    print(f"\nlocaldaid status: {line}")
+    print(f"\nlocalaid status: {line}")
     assert "certificate of the local CA, valid until" in line and fingerprint in line, line
     assert f"https://localhost:{PORT}/localaid-ca.crt" in line
 
