@@ -3,6 +3,7 @@ service, its probe over TLS, and the set-up job's steps against a fake host."""
 
 from __future__ import annotations
 
+import json
 import ssl
 import threading
 import time
@@ -181,3 +182,18 @@ def test_the_job_refuses_without_nginx_for_the_administrator(tmp_path):
     with pytest.raises(JobError) as e:
         https.start(ctx)
     assert "apt install nginx" in str(e.value) and e.value.blocked
+
+
+def test_the_job_issues_a_certificate_once_and_describes_it(tmp_path):
+    """The local CA's certificate through the job's own step: made, described for the daemon,
+    kept on the next run, issued again when the names change."""
+    ctx = Ctx(tls_config(), Layout(root=str(tmp_path)), FakeHost())
+    first = https.certificate(ctx, time.time())
+    described = json.loads((tmp_path / "var/lib/localaid/https/certificate.json").read_text())
+    assert described["fingerprint"] == first.fingerprint and described["source"] == "local-ca"
+    assert described["ca_fingerprint"] == certs.read_cert(str(tmp_path / "etc/localaid/tls/ca.crt")).fingerprint
+    assert {"localhost", "127.0.0.1"} <= set(first.names)
+    assert https.certificate(ctx, time.time()).fingerprint == first.fingerprint
+    renamed = Ctx(tls_config(names=("chat.example.lan",)), Layout(root=str(tmp_path)), FakeHost())
+    again = https.certificate(renamed, time.time())
+    assert again.fingerprint != first.fingerprint and "chat.example.lan" in again.names

@@ -38,7 +38,7 @@ def ca_name() -> str:
     return f"localaid CA {socket.gethostname()}"
 
 
-def wanted(config) -> tuple[str, ...]:
+def cert_names(config) -> tuple[str, ...]:
     """The names the local CA's server certificate is for."""
     w = config.webui
     return policy_tls.wanted_names(w.tls.names, socket.gethostname(), w.host, procfs.local_addresses())
@@ -56,11 +56,11 @@ def _local_ca_certificate(ctx, now: float) -> certs.CertInfo:
         ctx.rep.warn(f"replacing an unreadable server certificate: {e}")
         info = None
     trusted = info is not None and certs.ca_matches(d, info)
-    action, why = policy_tls.server_cert_action(info, wanted(ctx.config), trusted, now)
+    action, why = policy_tls.server_cert_action(info, cert_names(ctx.config), trusted, now)
     if action == "keep":
         return info
     ctx.rep.say(f"issuing the HTTPS server certificate: {why}")
-    return certs.issue_server(d, wanted(ctx.config), now)
+    return certs.issue_server(d, cert_names(ctx.config), now)
 
 
 def source(config) -> str:
