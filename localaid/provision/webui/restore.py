@@ -192,7 +192,7 @@ def run(ctx, j: dict | None = None) -> int | None:
     backups.prune(_store(ctx), ctx.config, time.time(), ctx.rep.say)  # webui.keep_backups counts what restores keep
     down = time.time() - j["stopped_at"] if j.get("stopped_at") else None
     ctx.rep.done(f"restored {j['backup']}; Open WebUI {current_version(ctx.layout)} serving on "
-                 f"{ctx.config.webui.url}", outage=f"{down:.1f}s" if down is not None else None,
+                 f"{ctx.config.webui.public_url}", outage=f"{down:.1f}s" if down is not None else None,
                  kept=j.get("kept"))
     return 0
 

@@ -238,7 +238,7 @@ def run(ctx, j: dict | None = None) -> int | None:
     downtime = time.time() - j["stopped_at"] if j.get("stopped_at") and frm else None
     ctx.rep.say("Open WebUI upgraded" if frm else "Open WebUI installed", version=j["to"], previous=frm,
                 downtime=f"{downtime:.1f}s" if downtime is not None else None, phases=phase_text(ctx.timings))
-    ctx.rep.done(f"Open WebUI {j['to']} serving on {ctx.config.webui.url}")
+    ctx.rep.done(f"Open WebUI {j['to']} serving on {ctx.config.webui.public_url}")
     return 0
 
 
@@ -266,7 +266,7 @@ def install(ctx, version: str, config_version: str, restart: bool = False) -> in
                 return _failed(ctx, why)
         settle_admin(ctx, version)
         settle_stored(ctx)
-        ctx.rep.done(f"Open WebUI {version} serving on {ctx.config.webui.url}")
+        ctx.rep.done(f"Open WebUI {version} serving on {ctx.config.webui.public_url}")
         return 0
     j = {"to": version, "from": cur if cur and is_complete(layout, cur) else None, "step": "build",
          "config_version": config_version, "pid": os.getpid(), "started": time.time()}
