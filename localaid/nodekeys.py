@@ -177,6 +177,16 @@ def token_for(url: str, keys) -> str | None:
     return k.token if k else None
 
 
+def tokens(urls, keys) -> dict[str, str]:
+    """{URL without its trailing "/": token} for the https:// node URLs that have one."""
+    out = {}
+    for u in urls:
+        token = token_for(u, keys)
+        if token:
+            out[u.rstrip("/")] = token
+    return out
+
+
 def auth_headers(url: str, keys) -> dict[str, str] | None:
     """{"Authorization": "Bearer …"} for a node URL with a token, else None."""
     token = token_for(url, keys)
