@@ -56,10 +56,11 @@ class WebUIAdmin:
         """Open WebUI's document-embedding settings (GET /api/v1/retrieval/embedding)."""
         return self._call("GET", "/api/v1/retrieval/embedding")
 
-    def set_embedding(self, engine: str, model: str, ollama_url: str | None) -> None:
+    def set_embedding(self, engine: str, model: str, ollama_url: str | None, key: str = "") -> None:
+        """`key`: the node's bearer token when `ollama_url` is an https:// GPU node."""
         body: dict = {"RAG_EMBEDDING_ENGINE": engine, "RAG_EMBEDDING_MODEL": model}
         if ollama_url:
-            body["ollama_config"] = {"url": ollama_url, "key": ""}
+            body["ollama_config"] = {"url": ollama_url, "key": key}
         self._call("POST", "/api/v1/retrieval/embedding/update", body)
 
     def models_config(self) -> dict:

@@ -168,3 +168,84 @@ def test_sync_without_tokens_is_as_before():
                        "OLLAMA_API_CONFIGS": {"0": {"enable": False}}})
     admin.sync((a, b))
     assert admin.doc["OLLAMA_API_CONFIGS"] == {"1": {"enable": False}}
+
+
+# ------------------------------------------------ Open WebUI's trust: AIOHTTP_CLIENT_SSL_CERT_FILE
+from test_webui_upgrade import FakeHost, config, provision  # noqa: E402
+from localaid import paths  # noqa: E402
+from localaid.provision import webui  # noqa: E402
+
+SYSTEM_CAS = "-----BEGIN CERTIFICATE-----\nU1lTVEVN\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture
+def uihost(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "PROGRESS_DIR", str(tmp_path / "run/localaid/progress"))
+    layout = webui.Layout(root=str(tmp_path), state_dir="/var/lib/localaid", run_dir="/run/localaid")
+    os.makedirs(layout.p("/etc/ssl/certs"))
+    with open(layout.p(nodekeys.SYSTEM_BUNDLE), "w") as f:
+        f.write(SYSTEM_CAS)
+    return layout, FakeHost(layout)
+
+
+def env_of(layout) -> dict:
+    with open(layout.env_file) as f:
+        return dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line and not line.startswith("#"))
+
+
+def test_open_webui_trusts_the_system_cas_and_the_site_ca_for_https_nodes(uihost):
+    layout, host = uihost
+    nodes = ("https://gpu-a:11443", "http://gpu-b:11434")
+    assert provision(layout, host, config(ollama_urls=nodes)) == 0
+    bundle = layout.p(nodekeys.CA_BUNDLE)
+    assert not os.path.exists(bundle) and "AIOHTTP_CLIENT_SSL_CERT_FILE" not in env_of(layout)  # no site CA yet
+    certs.ensure_ca(layout.p(paths.TLS_DIR), "localaid site CA (test)")
+    site = open(layout.p(nodekeys.SITE_CA)).read()
+    host.calls.clear()
+    assert provision(layout, host, config(ollama_urls=nodes)) == 0
+    assert env_of(layout)["AIOHTTP_CLIENT_SSL_CERT_FILE"] == nodekeys.CA_BUNDLE == "/etc/localaid/tls/ca-bundle.crt"
+    text = open(bundle).read()
+    assert text.startswith(SYSTEM_CAS) and text.endswith(site)  # it replaces the default bundle: both in it
+    assert oct(os.stat(bundle).st_mode & 0o777) == "0o644"  # Open WebUI's user reads it
+    assert ("start", "0.12.4") in host.calls  # restarted to read it
+
+    host.calls.clear()
+    assert provision(layout, host, config(ollama_urls=nodes)) == 0
+    assert [c for c in host.calls if c[0] in ("start", "stop")] == []  # nothing changed: no restart
+
+    with open(layout.p(nodekeys.SYSTEM_BUNDLE), "a") as f:  # ca-certificates upgraded
+        f.write(SYSTEM_CAS)
+    assert provision(layout, host, config(ollama_urls=nodes)) == 0
+    assert open(bundle).read().startswith(SYSTEM_CAS * 2) and ("start", "0.12.4") in host.calls
+
+
+def test_no_https_node_no_bundle(uihost):
+    layout, host = uihost
+    certs.ensure_ca(layout.p(paths.TLS_DIR), "localaid site CA (test)")
+    assert provision(layout, host, config(ollama_urls=("https://gpu-a:11443",))) == 0
+    assert os.path.exists(layout.p(nodekeys.CA_BUNDLE))
+    assert provision(layout, host, config(ollama_urls=("http://gpu-a:11434",))) == 0  # back to plain HTTP
+    assert not os.path.exists(layout.p(nodekeys.CA_BUNDLE))
+    assert "AIOHTTP_CLIENT_SSL_CERT_FILE" not in env_of(layout)
+
+
+def test_documents_are_embedded_through_the_first_node_with_its_token(uihost):
+    """Open WebUI's embedding connection (its own `key`, routers/retrieval.py) gets the node's
+    token too, and a new token is written again."""
+    from localaid.config import Config
+    import dataclasses
+    layout, host = uihost
+    tls = layout.p(paths.TLS_DIR)
+    certs.ensure_ca(tls, "localaid site CA (test)")
+    _key_file(tls, "gpu-a", OTHER, ["gpu-a"])
+    c = config(ollama_urls=("https://gpu-a:11443",))
+    c = dataclasses.replace(c, ollama=dataclasses.replace(Config().ollama, enabled=False),
+                            webui=dataclasses.replace(c.webui, embedding=dataclasses.replace(c.webui.embedding,
+                                                                                             engine="ollama")))
+    assert provision(layout, host, c) == 0
+    assert host.admin.updates[-1] == ("ollama", c.webui.embedding.model_name, "https://gpu-a:11443", OTHER)
+    _key_file(tls, "gpu-a", TOKEN, ["gpu-a"])  # `localaid node add gpu-a …` again: a new token
+    assert provision(layout, host, c) == 0
+    assert host.admin.updates[-1][-1] == TOKEN and len(host.admin.updates) == 2
+    assert provision(layout, host, c) == 0
+    assert len(host.admin.updates) == 2  # as configured: nothing written
