@@ -28,12 +28,17 @@ def _node(cert: str, key: str, token: str, seen: list):
         def do_GET(self):  # noqa: N802
             seen.append(self.headers.get("Authorization"))
             ok = self.headers.get("Authorization") == f"Bearer {token}"
-            body = json.dumps({"version": "0.12.0"} if ok else {"error": "unauthorized"}).encode()
+            body = json.dumps({"version": "0.12.0", "message": {"content": "hello"}} if ok
+                              else {"error": "unauthorized"}).encode()
             self.send_response(200 if ok else 401)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_POST(self):  # noqa: N802  /api/chat, for the fake Open WebUI
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()
 
         def log_message(self, *a):
             pass
@@ -249,3 +254,35 @@ def test_documents_are_embedded_through_the_first_node_with_its_token(uihost):
     assert host.admin.updates[-1][-1] == TOKEN and len(host.admin.updates) == 2
     assert provision(layout, host, c) == 0
     assert len(host.admin.updates) == 2  # as configured: nothing written
+
+
+# ------------------------------------- the fake Open WebUI reaches its nodes as the real one does
+@pytest.fixture
+def fake_webui(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "fakes", "open_webui"))
+    for m in [m for m in sys.modules if m == "open_webui" or m.startswith("open_webui.")]:
+        monkeypatch.delitem(sys.modules, m)
+    import open_webui
+    from open_webui import connections
+    db = open_webui.DB(tmp_path / "webui.db")
+    db.migrate({})
+    return connections, db
+
+
+def test_the_fake_open_webui_sends_the_key_and_trusts_only_its_bundle(site, fake_webui, monkeypatch):
+    connections, db = fake_webui
+    tls, url, seen = site
+    db.set_config("ollama.base_urls", json.dumps([url]))
+    db.set_config("ollama.api_configs", json.dumps({"0": {"enable": True}}))
+    monkeypatch.setenv("AIOHTTP_CLIENT_SSL_CERT_FILE", f"{tls}/ca.crt")
+    monkeypatch.setattr(connections, "_SSL", [])
+    status, doc = connections.chat(db, {"model": "m", "messages": []})
+    assert status == 500 and "HTTP 401" in doc["detail"] and seen[-1] is None  # no key: refused by the node
+    db.set_config("ollama.api_configs", json.dumps({"0": {"enable": True, "key": TOKEN}}))
+    status, doc = connections.chat(db, {"model": "m", "messages": []})
+    assert status == 200 and seen[-1] == f"Bearer {TOKEN}" and doc["choices"][0]["message"]["content"] == "hello"
+    monkeypatch.delenv("AIOHTTP_CLIENT_SSL_CERT_FILE")  # the default bundle: the site CA unknown
+    monkeypatch.setattr(connections, "_SSL", [])
+    status, doc = connections.chat(db, {"model": "m", "messages": []})
+    assert status == 500 and "CERTIFICATE_VERIFY_FAILED" in doc["detail"]
