@@ -2,6 +2,7 @@
 node double that is as strict as the node's nginx: TLS with a certificate the site CA signed,
 401 without the token); Open WebUI's stored connections get each token as their `key`."""
 
+import dataclasses
 import json
 import os
 import threading
@@ -28,7 +29,8 @@ def _node(cert: str, key: str, token: str, seen: list):
         def do_GET(self):  # noqa: N802
             seen.append(self.headers.get("Authorization"))
             ok = self.headers.get("Authorization") == f"Bearer {token}"
-            body = json.dumps({"version": "0.12.0", "message": {"content": "hello"}} if ok
+            body = json.dumps({"version": "0.12.0", "message": {"content": "hello"},
+                               "models": [{"name": "llama3:latest"}]} if ok
                               else {"error": "unauthorized"}).encode()
             self.send_response(200 if ok else 401)
             self.send_header("Content-Type", "application/json")
@@ -286,3 +288,51 @@ def test_the_fake_open_webui_sends_the_key_and_trusts_only_its_bundle(site, fake
     monkeypatch.setattr(connections, "_SSL", [])
     status, doc = connections.chat(db, {"model": "m", "messages": []})
     assert status == 500 and "CERTIFICATE_VERIFY_FAILED" in doc["detail"]
+
+
+# ------------------------------------------------------------------------------------ doctor
+def doctor(urls, tls, client_for=None):
+    from localaid.config import Config
+    from localaid.provision.webui.nodes import node_checks
+    c = Config()
+    c = dataclasses.replace(c, ollama=dataclasses.replace(c.ollama, enabled=False),
+                            webui=dataclasses.replace(c.webui, ollama_urls=tuple(urls)))
+    return {ch.name: ch for ch in node_checks(c, client_for, tls_dir=tls)}
+
+
+def test_doctor_reaches_an_https_node_with_the_site_ca_and_its_token(site):
+    tls, url, seen = site
+    node = f"node 127.0.0.1:{url.rsplit(':', 1)[1]}"
+    got = doctor([url], tls)
+    assert got[node + " token"].ok is False and "localaid node add NAME ADDR" in got[node + " token"].advice
+    assert got[node].ok is False and got[node].message.endswith("token refused (HTTP 401)")
+    _key_file(tls, "gpu-a", TOKEN, ["127.0.0.1"])
+    got = doctor([url], tls)
+    assert got[node].ok is True and got[node].message.endswith("answers, 1 models") and seen[-1] == f"Bearer {TOKEN}"
+    assert node + " token" not in got
+
+
+def test_doctor_names_an_untrusted_node_and_a_refused_token_file(site, tmp_path):
+    tls, url, _ = site
+    other = str(tmp_path / "other")
+    certs.ensure_ca(other, "another site's CA")
+    _key_file(other, "gpu-a", TOKEN, ["127.0.0.1"])
+    _key_file(other, "gpu-b", TOKEN, ["gpu-b"])
+    os.chmod(f"{other}/nodes/gpu-b.json", 0o644)
+    got = doctor([url], other)
+    n = got[f"node 127.0.0.1:{url.rsplit(':', 1)[1]}"]
+    assert n.ok is False and "certificate not trusted" in n.message and "site CA" in n.advice
+    assert got["node token files"].ok is False and "gpu-b.json is open to others" in got["node token files"].message
+
+
+def test_doctor_warns_of_plain_http_nodes_on_the_network(tmp_path):
+    from localaid.adapters.ollama import OllamaError
+
+    class Down:
+        def __init__(self, url):
+            raise OllamaError("cannot connect: Connection refused")
+    got = doctor(["http://192.168.1.21:1", "http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1"],
+                 str(tmp_path), Down)
+    warn = got["node 192.168.1.21:1 transport"]
+    assert warn.ok is None and "clear text, no token" in warn.message and "localaid node add" in warn.advice
+    assert [k for k in got if k.endswith("transport")] == ["node 192.168.1.21:1 transport"]  # loopback: fine
