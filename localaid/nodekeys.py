@@ -10,8 +10,9 @@ to it (`Authorization: Bearer`), from localaid's probes and from Open WebUI (the
 
 A token file is read without following a link, and only when it is root's and readable by no
 one else: any other is skipped, with words that say why (load(...).errors). The daemon asks
-every cycle: the answer is kept while the nodes directory is unchanged (one stat()), and a
-directory with a refused file is read again each time, so that a fix is seen at once.
+every cycle: the answer is kept while the nodes directory and its files are unchanged (a
+stat() each, no read), and a directory with a refused file is read again each time, so that a
+fix is seen at once.
 Nothing here ever writes a token to the journal: NodeKey's repr leaves it out.
 """
 
@@ -67,7 +68,7 @@ def _stat_key(path: str):
         st = os.lstat(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode, st.st_uid)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid)
 
 
 def _refusal(st: os.stat_result, what: str) -> str | None:
@@ -149,10 +150,24 @@ _cache: dict[str, tuple[object, Keys]] = {}
 _lock = threading.Lock()
 
 
-def load(tls_dir: str = paths.TLS_DIR) -> Keys:
-    """{node name: NodeKey} from `tls_dir`/nodes (empty without it); .errors: files skipped."""
-    nodes_dir = os.path.join(tls_dir, NODES)
+def _state(nodes_dir: str):
+    """What says the files changed: the directory's stat and each NAME.json's (a few µs)."""
     key = _stat_key(nodes_dir)
+    if key is None:
+        return None
+    try:
+        entries = sorted(e for e in os.listdir(nodes_dir) if e.endswith(".json") and not e.startswith("."))
+    except OSError:
+        return key
+    return key, tuple(_stat_key(os.path.join(nodes_dir, e)) for e in entries)
+
+
+def load(tls_dir: str = paths.TLS_DIR) -> Keys:
+    """{node name: NodeKey} from `tls_dir`/nodes (empty without it); .errors: files skipped.
+    Read again only when the directory or one of its files changed (rewritten in place too),
+    and every time while a file is refused."""
+    nodes_dir = os.path.join(tls_dir, NODES)
+    key = _state(nodes_dir)
     with _lock:
         hit = _cache.get(nodes_dir)
         if hit is not None and hit[0] == key and not hit[1].errors:

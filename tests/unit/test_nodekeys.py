@@ -117,6 +117,18 @@ def test_read_again_only_when_the_directory_changed_or_a_file_was_refused(tmp_pa
     assert "gpu-c" in nodekeys.load(str(tmp_path))
 
 
+def test_a_file_rewritten_in_place_is_read_again(tmp_path):
+    path = write(tmp_path, "gpu-a", names=["gpu-a"])
+    assert nodekeys.token_for("https://gpu-a:11443", nodekeys.load(str(tmp_path))) == TOKEN_A
+    with open(path, "r+") as f:  # the same inode, the directory untouched
+        doc = json.load(f)
+        f.seek(0)
+        f.write(json.dumps({**doc, "token": TOKEN_B}))
+        f.truncate()
+    os.utime(path, ns=(1, 1))  # even with an old time set back: size and ctime changed
+    assert nodekeys.token_for("https://gpu-a:11443", nodekeys.load(str(tmp_path))) == TOKEN_B
+
+
 def test_a_re_added_nodes_new_token_is_seen(tmp_path):
     write(tmp_path, "gpu-a", names=["gpu-a"])
     assert nodekeys.token_for("https://gpu-a:11443", nodekeys.load(str(tmp_path))) == TOKEN_A
