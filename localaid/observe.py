@@ -84,6 +84,15 @@ class Observer:
             nodes.append(NodeObs(u, probe(f"node:{u}")[0], in_use, ours))
         return tuple(nodes), error, differ(urls, conns, self.trust.tokens(urls))
 
+    def _probe_nodes(self, futs, urls, timeout: float, admin) -> None:
+        """A UI host's Ollama nodes, reached as Open WebUI reaches them (TLS, token), and its connections."""
+        self.trust.refresh(urls)
+        for url in urls:
+            futs[f"node:{url}"] = self._probe(f"node:{url}", url.rstrip("/") + "/api/version", timeout,
+                                              *self.trust.probe_args(url))
+        if urls and admin is not None:
+            futs["conns"] = self._submit("conns", admin.connections)
+
     def _drop_clients(self, keep) -> None:
         """Close the connections of probes not made this cycle (Open WebUI's /ready once it is up)."""
         for key in [k for k in self._clients if k not in keep]:
@@ -115,13 +124,7 @@ class Observer:
             futs["https"] = self._probe("https", config.webui.proxy_url + "/health", hc.timeout,
                                         tls=self.tls.context(config))
         nodes = config.webui.ollama_urls if config.webui.enabled else ()
-        if nodes:
-            self.trust.refresh()
-        for url in nodes:  # a UI host's Ollama nodes (TLS and token as Open WebUI has them), in use?
-            futs[f"node:{url}"] = self._probe(f"node:{url}", url.rstrip("/") + "/api/version", hc.timeout,
-                                              *self.trust.probe_args(url))
-        if nodes and admin is not None:
-            futs["conns"] = self._submit("conns", admin.connections)
+        self._probe_nodes(futs, nodes, hc.timeout, admin)
         if self.gpu is not None and config.gpu.watch:
             futs["gpu"] = self._submit("gpu", self.gpu.observe, ollama_cgroup)
         wait([f for f in futs.values() if f is not None], timeout=hc.timeout + 0.25)

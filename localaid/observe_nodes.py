@@ -18,8 +18,11 @@ class NodeTrust:
         self.keys = nodekeys.Keys()
         self._said: tuple[str, ...] = ()
 
-    def refresh(self) -> None:
-        """The node files as they are now (a stat() when unchanged); a refused file said once."""
+    def refresh(self, urls=None) -> None:
+        """The node files as they are now (a few stat() when unchanged); nothing for an empty
+        `urls` (no node configured). A refused file is said once in the journal."""
+        if urls is not None and not urls:
+            return
         self.keys = nodekeys.load(self.tls_dir)
         if self.keys.errors != self._said:
             for e in self.keys.errors:
