@@ -39,6 +39,7 @@ class NodeTrust:
         """{URL as Open WebUI stores it: token} for the https:// nodes that have one."""
         return nodekeys.tokens(urls, self.keys)
 
+
 def differ(urls, conns: dict | None, tokens: dict[str, str]) -> bool:
     """Open WebUI's connections (as last read: {url: (in use, ours, key)}) are not what localaid
     wants: another list, or an https:// node's stored key is not its token (a node added again
