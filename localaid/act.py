@@ -10,7 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from localaid import log, modelchoice, paths, policy_runner
+from localaid import log, modelchoice, nodekeys, paths, policy_runner
 from localaid.adapters import http
 from localaid.adapters.systemd import SystemdError
 from localaid.quantity import fmt_seconds
@@ -154,8 +154,9 @@ class Actor:
         if self.webui_admin is None:
             return "failed: no Open WebUI admin client"
         if a.kind == "nodes-sync":
-            self.webui_admin.sync(config.webui.ollama_urls)
-            return "ok, Open WebUI's Ollama connections are now webui.ollama_urls"
+            urls = config.webui.ollama_urls
+            self.webui_admin.sync(urls, nodekeys.tokens(urls, nodekeys.load()))
+            return "ok, Open WebUI's Ollama connections are now webui.ollama_urls, with the nodes' tokens"
         self.webui_admin.set_enabled(a.target, a.kind == "node-enable")
         return "ok, " + ("back in Open WebUI's use" if a.kind == "node-enable" else "out of Open WebUI's use")
 

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from localaid import fsutil, log, paths, procfs, progress
 from localaid.adapters import http
 from localaid.adapters.systemd import NOT_FOUND, make_state
+from localaid.observe_nodes import NodeTrust, differ
 from localaid.observe_tls import TlsWatch, answered
 from localaid.records import (
     HTTPS, JOB_UNITS, OLLAMA, UNITS, WEBUI, BackupObs, DiskObs, GpuObs, JobObs, NodeObs, Observation, Probe, ServiceObs,
@@ -42,6 +43,7 @@ class Observer:
         self._conns: tuple[dict | None, str | None] = (None, None)  # Open WebUI's connections, last read
         self._version: tuple[float | None, str | None] = (None, None)  # (Ollama's start, its version)
         self.tls = TlsWatch()  # webui.tls: the proxy probe's trust, the served certificate
+        self.trust = NodeTrust()  # a UI host's https:// nodes: the site CA, their tokens
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -57,13 +59,13 @@ class Observer:
         self._pending[key] = fut
         return fut
 
-    def _probe(self, key: str, url: str, timeout: float, tls=None) -> Future | None:
+    def _probe(self, key: str, url: str, timeout: float, tls=None, headers=None) -> Future | None:
         client = self._clients.get(key)
-        if client is None or client.url != url or client.tls is not tls:
+        if client is None or client.url != url or client.tls is not tls or client.headers != headers:
             old = self._pending.get(key)
             if client is not None and (old is None or old.done()):
                 client.close()
-            client = self._clients[key] = http.Client(url, tls=tls)
+            client = self._clients[key] = http.Client(url, tls=tls, headers=headers)
         return self._submit(key, client.request, timeout)
 
     def _nodes(self, urls, probe) -> tuple[tuple[NodeObs, ...], str | None, bool]:
@@ -78,10 +80,18 @@ class Observer:
         conns, error = self._conns if urls else (None, None)
         nodes = []
         for u in urls:
-            in_use, ours = (conns or {}).get(u, (None, False))  # (None, False): not among Open WebUI's
+            in_use, ours, _ = (conns or {}).get(u, (None, False, None))  # not among Open WebUI's
             nodes.append(NodeObs(u, probe(f"node:{u}")[0], in_use, ours))
-        nodes = tuple(nodes)
-        return nodes, error, conns is not None and list(conns) != [u.rstrip("/") for u in urls]
+        return tuple(nodes), error, differ(urls, conns, self.trust.tokens(urls))
+
+    def _probe_nodes(self, futs, urls, timeout: float, admin) -> None:
+        """A UI host's Ollama nodes, reached as Open WebUI reaches them (TLS, token), and its connections."""
+        self.trust.refresh(urls)
+        for url in urls:
+            futs[f"node:{url}"] = self._probe(f"node:{url}", url.rstrip("/") + "/api/version", timeout,
+                                              *self.trust.probe_args(url))
+        if urls and admin is not None:
+            futs["conns"] = self._submit("conns", admin.connections)
 
     def _drop_clients(self, keep) -> None:
         """Close the connections of probes not made this cycle (Open WebUI's /ready once it is up)."""
@@ -114,10 +124,7 @@ class Observer:
             futs["https"] = self._probe("https", config.proxy_probe, hc.timeout,
                                         tls=self.tls.context(config))
         nodes = config.webui.ollama_urls if config.webui.enabled else ()
-        for url in nodes:  # a UI host's Ollama nodes, and whether Open WebUI uses each
-            futs[f"node:{url}"] = self._probe(f"node:{url}", url.rstrip("/") + "/api/version", hc.timeout)
-        if nodes and admin is not None:
-            futs["conns"] = self._submit("conns", admin.connections)
+        self._probe_nodes(futs, nodes, hc.timeout, admin)
         if self.gpu is not None and config.gpu.watch:
             futs["gpu"] = self._submit("gpu", self.gpu.observe, ollama_cgroup)
         wait([f for f in futs.values() if f is not None], timeout=hc.timeout + 0.25)

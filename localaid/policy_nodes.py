@@ -30,13 +30,24 @@ RETURN_OKS = 2  # answered probes in a row before a node is used again
 FLAP_WINDOW, FLAP_COUNT = 600.0, 3  # a third outage within 10 minutes is flapping
 FLAP_HOLD_MIN, FLAP_HOLD_MAX = 15.0, 600.0
 NODE_KINDS = ("node-disable", "node-enable")
+NODE_PORTS = {"http": (None, 11434), "https": (None, 11434, 11443)}  # Ollama's; a node's over TLS
 
 
 def name(url: str) -> str:
-    """What STATUS calls a node: its host ("gpu-b"), with the port when it is not Ollama's."""
+    """What STATUS calls a node: its host ("gpu-b"), with the port when it is not Ollama's (or,
+    over https://, the port a GPU node serves it on)."""
     parts = urlsplit(url)
     host = parts.hostname or url
-    return host if parts.port in (None, 11434) else f"{host}:{parts.port}"
+    return host if parts.port in NODE_PORTS.get(parts.scheme, (None,)) else f"{host}:{parts.port}"
+
+
+def reason(probe) -> str:
+    """Why a node's probe failed, in STATUS's words: a 401 or 403 is the node's proxy refusing
+    this host's token (none, or an old one); the adapter's words otherwise ("certificate not
+    trusted: …", "timeout after 0.5 s", "connection refused")."""
+    if probe.status in (401, 403):
+        return f"token refused (HTTP {probe.status})"
+    return probe.error or f"HTTP {probe.status}"
 
 
 def _step(h: NodeHistory, ok: bool, error: str, now: float, failures: int) -> tuple[NodeHistory, str | None]:
@@ -72,14 +83,13 @@ def decide_nodes(config, obs: Observation, hist, now: float, in_flight=frozenset
     if obs.nodes_differ and "nodes:sync" not in in_flight:
         # Open WebUI keeps the list it was first started with (settings in its database)
         actions.append(Action("nodes-sync", "open-webui", "config", "Open WebUI's Ollama connections are not "
-                              "webui.ollama_urls"))
+                              "webui.ollama_urls with the nodes' tokens"))
     for node in obs.nodes:
         h = hist.get(node.url, NodeHistory())
         if node.ours and not h.ours:  # switched off by an earlier localaid (restart, reboot)
             h = replace(h, ours=True, state="out", since=h.since or now, reason=h.reason or "switched off earlier")
         if node.probe is not None:
-            h, note = _step(h, node.probe.ok, node.probe.error or f"HTTP {node.probe.status}", now,
-                            config.health.failures)
+            h, note = _step(h, node.probe.ok, reason(node.probe), now, config.health.failures)
             if note:
                 notes.append(f"node {name(node.url)}: {note}")
         want = h.state != "out"

@@ -99,6 +99,7 @@ class Supervisor:
             log.notice("configuration reloaded", sources=",".join(new.sources) or "defaults",
                        generation=self.generation)
         self.notifier.send(ready=1)
+        self._last_status = None  # STATUS says "reloading configuration": the next cycle's line replaces it
 
     def _take_pick(self, now: float) -> None:
         """A model pick just recorded (ollama.models: auto) is ollama.models from now on, as

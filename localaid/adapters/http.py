@@ -52,14 +52,16 @@ def _connection(parts, timeout: float, tls: ssl.SSLContext | None) -> http.clien
 
 
 def request(url: str, timeout: float, method: str = "GET", body: object | None = None,
-            host_header: str | None = None, tls: ssl.SSLContext | None = None) -> tuple[Probe, object | None]:
+            host_header: str | None = None, tls: ssl.SSLContext | None = None,
+            headers: dict[str, str] | None = None) -> tuple[Probe, object | None]:
     """Returns (probe, parsed JSON body or None). Never raises. `tls`: for an https:// URL
-    (default: the system's CAs)."""
+    (default: the system's CAs); `headers`: sent with the request (a node's Authorization)."""
     parts = urlsplit(url)
     start = time.monotonic()
     conn = _connection(parts, timeout, tls)
     try:
-        probe, parsed, _ = _exchange(conn, method, parts, body, host_header, start, timeout, close=True)
+        probe, parsed, _ = _exchange(conn, method, parts, body, host_header, start, timeout, close=True,
+                                     extra=headers)
         return probe, parsed
     except Exception as e:
         return _failure(e, start, timeout), None
@@ -71,10 +73,12 @@ class Client:
     """One kept-alive HTTP/1.1 connection to `url`'s server, for a probe repeated every cycle.
     request() never raises and is thread-safe (one exchange at a time)."""
 
-    def __init__(self, url: str, host_header: str | None = None, tls: ssl.SSLContext | None = None):
+    def __init__(self, url: str, host_header: str | None = None, tls: ssl.SSLContext | None = None,
+                 headers: dict[str, str] | None = None):
         self.url = url
         self.host_header = host_header
         self.tls = tls
+        self.headers = headers  # sent with each request; never logged
         self._parts = urlsplit(url)
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -92,7 +96,7 @@ class Client:
                     self.connects += 1
                 try:
                     probe, parsed, keep = _exchange(self._conn, method, self._parts, body, self.host_header,
-                                                    start, timeout, close=False)
+                                                    start, timeout, close=False, extra=self.headers)
                 except _STALE as e:
                     self._discard()
                     if reused and timeout - (time.monotonic() - start) > 0.05:
@@ -129,11 +133,11 @@ def _still_open(conn: http.client.HTTPConnection) -> bool:
 
 
 def _exchange(conn, method: str, parts, body, host_header, start: float, timeout: float,
-              close: bool) -> tuple[Probe, object | None, bool]:
+              close: bool, extra: dict[str, str] | None = None) -> tuple[Probe, object | None, bool]:
     """One request and its answer on `conn`, all of it within `timeout` from `start`.
     Returns (probe, parsed JSON or None, whether the connection may carry another request)."""
     payload = json.dumps(body).encode() if body is not None else None
-    headers = {"Host": host_header or parts.netloc}
+    headers = {"Host": host_header or parts.netloc, **(extra or {})}
     if close:
         headers["Connection"] = "close"
     if payload is not None:

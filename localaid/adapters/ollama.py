@@ -131,13 +131,15 @@ def installed_size(name: str, installed) -> int:
 
 class OllamaClient:
     def __init__(self, base_url: str, timeout: float = 5.0, load_timeout: float = 300.0,
-                 stall_timeout: float = 120.0):
+                 stall_timeout: float = 120.0, verify=True, headers: dict[str, str] | None = None):
+        """`verify`: an ssl.SSLContext for an https:// GPU node (the site CA trusted); `headers`:
+        its Authorization (never logged: errors name the URL only)."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.load_timeout = load_timeout
         self.stall_timeout = stall_timeout
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False,
-                                  headers={"User-Agent": "localaid"})
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False, verify=verify,
+                                  headers={"User-Agent": "localaid", **(headers or {})})
 
     def close(self) -> None:
         self._http.close()

@@ -39,8 +39,9 @@ class WebUIAdmin:
         self._token: str | None = None
         self._lock = threading.Lock()
 
-    def connections(self) -> dict[str, tuple[bool, bool]]:
-        """{base URL: (in use, switched off by localaid)} for Open WebUI's Ollama connections.
+    def connections(self) -> dict[str, tuple[bool, bool, str | None]]:
+        """{base URL: (in use, switched off by localaid, its key)} for Open WebUI's Ollama connections
+        (the key, a node's bearer token, is compared and never shown).
         localaid marks the connections it switches off in their own settings (MARK), so that
         it puts back only those, after a restart of its own or a reboot too."""
         doc = self._call("GET", "/ollama/config")
@@ -48,17 +49,18 @@ class WebUIAdmin:
         out = {}
         for i, url in enumerate(doc.get("OLLAMA_BASE_URLS") or []):
             c = configs.get(str(i)) or {}
-            out[url] = (bool(c.get("enable", True)), MARK in c)
+            out[url] = (bool(c.get("enable", True)), MARK in c, c.get("key") if isinstance(c.get("key"), str) else None)
         return out
 
     def embedding(self) -> dict:
         """Open WebUI's document-embedding settings (GET /api/v1/retrieval/embedding)."""
         return self._call("GET", "/api/v1/retrieval/embedding")
 
-    def set_embedding(self, engine: str, model: str, ollama_url: str | None) -> None:
+    def set_embedding(self, engine: str, model: str, ollama_url: str | None, key: str = "") -> None:
+        """`key`: the node's bearer token when `ollama_url` is an https:// GPU node."""
         body: dict = {"RAG_EMBEDDING_ENGINE": engine, "RAG_EMBEDDING_MODEL": model}
         if ollama_url:
-            body["ollama_config"] = {"url": ollama_url, "key": ""}
+            body["ollama_config"] = {"url": ollama_url, "key": key}
         self._call("POST", "/api/v1/retrieval/embedding/update", body)
 
     def models_config(self) -> dict:
@@ -75,17 +77,28 @@ class WebUIAdmin:
             form["DEFAULT_MODELS"] = model
             self._call("POST", "/api/v1/configs/models", form)
 
-    def sync(self, urls) -> None:
+    def sync(self, urls, tokens: dict[str, str] | None = None) -> None:
         """Make Open WebUI's connection list webui.ollama_urls (it seeds its settings from
-        OLLAMA_BASE_URLS at its first start only), keeping each URL's own settings."""
+        OLLAMA_BASE_URLS at its first start only), keeping each URL's own settings (its
+        `enable` flag among them). `tokens` ({URL without a trailing "/": token}): each https://
+        node's bearer token, stored as its connection's `key`, which Open WebUI 0.12 sends as
+        `Authorization: Bearer` (utils/headers.py)."""
+        tokens = tokens or {}
         with self._lock:
             doc = self._call("GET", "/ollama/config")
             old = list(doc.get("OLLAMA_BASE_URLS") or [])
             configs = doc.get("OLLAMA_API_CONFIGS") or {}
             by_url = {u: configs.get(str(i)) for i, u in enumerate(old) if configs.get(str(i))}
+            new = {}
+            for i, u in enumerate(urls):
+                c = dict(by_url.get(u) or {})
+                if u.rstrip("/") in tokens:
+                    c["key"] = tokens[u.rstrip("/")]
+                if c:
+                    new[str(i)] = c
             self._call("POST", "/ollama/config/update", {
                 "ENABLE_OLLAMA_API": doc.get("ENABLE_OLLAMA_API", True), "OLLAMA_BASE_URLS": list(urls),
-                "OLLAMA_API_CONFIGS": {str(i): by_url[u] for i, u in enumerate(urls) if u in by_url}})
+                "OLLAMA_API_CONFIGS": new})
 
     def set_enabled(self, url: str, enabled: bool) -> None:
         with self._lock:

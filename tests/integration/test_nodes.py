@@ -183,3 +183,128 @@ def test_a_changed_node_list_reaches_open_webui(uihost):
         c.run(["rm", "-f", "/etc/localaid/conf.d/60-one-node.yaml"])
         c.systemctl("reload", "localaid")
     wait_for(lambda: in_use(c, token(c)) == [True, True], timeout=30, interval=0.5)
+
+
+# ----------------------------------------------------------------- an https:// node behind a token
+TLS_PORT = 11503
+TLS_URL = f"https://127.0.0.1:{TLS_PORT}"
+SITE = "/etc/node-c"  # the stand-in node's certificate and key (a GPU node's proxy has its own)
+
+
+def node_proxy_conf(token: str) -> str:
+    """A stand-in for a GPU node's proxy (ollama.expose is test_fleet.py's): Debian's nginx,
+    TLS with a certificate the site CA signed, 401 without the bearer token, node a behind it."""
+    return (f"pid /run/node-c-nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n  access_log off;\n"
+            f"  server {{\n    listen 127.0.0.1:{TLS_PORT} ssl;\n    ssl_certificate {SITE}/server.crt;\n"
+            f"    ssl_certificate_key {SITE}/server.key;\n    location / {{\n"
+            f"      if ($http_authorization != \"Bearer {token}\") {{ return 401; }}\n"
+            f"      proxy_pass http://127.0.0.1:{NODES['a']};\n      proxy_buffering off;\n    }}\n  }}\n}}\n")
+
+
+def node_key(c, token: str) -> None:
+    """/etc/localaid/tls/nodes/node-c.json as `localaid node add` leaves it (root's 0600)."""
+    c.run(["install", "-d", "-m", "0700", "/etc/localaid/tls/nodes"])
+    c.write("/etc/localaid/tls/nodes/.node-c.tmp", json.dumps(
+        {"name": "node-c", "names": ["node-c", "127.0.0.1"], "token": token, "port": TLS_PORT,
+         "not_after": time.time() + 86400, "fingerprint": "-"}), mode=0o600)
+    c.run(["mv", "/etc/localaid/tls/nodes/.node-c.tmp", "/etc/localaid/tls/nodes/node-c.json"])
+
+
+def stored_keys(c, tok: str) -> list:
+    doc = json.loads(c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}",
+                            "http://127.0.0.1:3000/ollama/config"]).stdout)
+    return [(doc["OLLAMA_API_CONFIGS"].get(str(i)) or {}).get("key") for i in range(len(doc["OLLAMA_BASE_URLS"]))]
+
+
+def setup_done(c) -> bool:
+    return c.is_active("localaid-webui-setup.service") not in ("active", "activating", "reloading")
+
+
+def stored_urls(c, tok: str) -> list | None:
+    r = c.run(["curl", "-sf", "-H", f"Authorization: Bearer {tok}", "http://127.0.0.1:3000/ollama/config"],
+              check=False)
+    return json.loads(r.stdout)["OLLAMA_BASE_URLS"] if r.returncode == 0 else None
+
+
+def test_an_https_node_behind_a_token(uihost):
+    """The UI host's side of authenticated GPU nodes: the node's token from its file reaches
+    localaid's probes and Open WebUI's connection (`key`), Open WebUI trusts the site CA through
+    AIOHTTP_CLIENT_SSL_CERT_FILE, and a refused token or an untrusted certificate takes the node
+    out like a node that stopped, with the reason in STATUS, and back once it is accepted."""
+    import secrets
+    c = uihost
+    first, second = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    c.run(["install", "-d", "-m", "0755", SITE, "/etc/localaid/tls"])
+    c.run(["python3", "-c", "import sys, time; from localaid.provision.https import certs; "
+           "certs.ensure_ca(sys.argv[1], 'site CA (test_nodes)'); "
+           "certs.issue_server(sys.argv[1], ('127.0.0.1',), time.time())", SITE])
+    c.run(["cp", f"{SITE}/ca.crt", "/etc/localaid/tls/ca.crt"])
+    c.write(f"{SITE}/nginx.conf", node_proxy_conf(first), mode=0o600)
+    c.run(["systemd-run", "--unit", "node-c-proxy", "/usr/sbin/nginx", "-c", f"{SITE}/nginx.conf", "-g",
+           "daemon off;"])
+    node_key(c, first)
+    c.write("/etc/localaid/conf.d/60-tls-node.yaml", f"webui:\n  ollama_urls: [{URLS[0]}, {TLS_URL}]\n")
+    c.systemctl("reload", "localaid")
+    try:
+        # the set-up job writes the bundle and the environment, and restarts Open WebUI
+        wait_for(lambda: "AIOHTTP_CLIENT_SSL_CERT_FILE=/etc/localaid/tls/ca-bundle.crt\n" in
+                 c.read("/etc/localaid/open-webui.env") and setup_done(c), timeout=120, interval=0.5)
+        wait_for(lambda: stored_urls(c, token(c)) == [URLS[0], TLS_URL] and in_use(c, token(c)) == [True, True],
+                 timeout=90, interval=0.5)
+        tok = token(c)
+        wait_for(lambda: stored_keys(c, tok) == [None, first] and "nodes 2/2 ok" in status(c), timeout=30)
+        bundle = c.read("/etc/localaid/tls/ca-bundle.crt")
+        assert bundle.endswith(c.read("/etc/localaid/tls/ca.crt")) and bundle.count("BEGIN CERTIFICATE") > 10
+        backends = chats(c, tok, 16)
+        assert set(backends) == {URLS[0], TLS_URL}, backends  # through TLS with the key, and plain
+
+        # `localaid node add` again: a new token here, the node still has the old one
+        t0 = time.monotonic()
+        node_key(c, second)
+        line = wait_for(lambda: (t := status(c)) and f"127.0.0.1:{TLS_PORT} out" in t and t, timeout=15, interval=0.2)
+        assert "token refused (HTTP 401)" in line, line
+        wait_for(lambda: in_use(c, tok) == [True, False], timeout=10, interval=0.2)
+        out_after = time.monotonic() - t0
+        assert chats(c, tok, 8) == [URLS[0]] * 8
+        wait_for(lambda: stored_keys(c, tok) == [None, second], timeout=15)  # the new key written
+        t1 = time.monotonic()
+        c.write(f"{SITE}/nginx.conf", node_proxy_conf(second), mode=0o600)  # `localaid node join`
+        c.run(["/usr/sbin/nginx", "-c", f"{SITE}/nginx.conf", "-s", "reload"])
+        wait_for(lambda: in_use(c, tok) == [True, True], timeout=15, interval=0.2)
+        back_after = time.monotonic() - t1
+        assert set(chats(c, tok, 16)) == {URLS[0], TLS_URL}
+
+        # a certificate the site CA did not sign
+        c.run(["python3", "-c", "import sys; from localaid.provision.https import certs; "
+               "certs.ensure_ca(sys.argv[1], 'another CA')", "/root/other-ca"])
+        c.run(["cp", "/root/other-ca/ca.crt", "/etc/localaid/tls/ca.crt"])
+        untrusted = wait_for(lambda: (t := status(c)) and f"127.0.0.1:{TLS_PORT} out" in t and t, timeout=15,
+                             interval=0.2)
+        assert "certificate not trusted" in untrusted, untrusted
+        wait_for(lambda: in_use(c, tok) == [True, False], timeout=10, interval=0.2)
+        c.run(["cp", f"{SITE}/ca.crt", "/etc/localaid/tls/ca.crt"])
+        wait_for(lambda: in_use(c, tok) == [True, True], timeout=15, interval=0.2)
+        print(f"\nhttps node: token refused → out of Open WebUI's use after {out_after:.1f} s, back "
+              f"{back_after:.1f} s after the node took the new token; STATUS: {line} / {untrusted}")
+        assert out_after <= 10 and back_after <= 10
+
+        # the tokens: on no command line, in no journal, not in the daemon's status file
+        cmdlines = c.sh("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").stdout
+        journal = c.journal()
+        state = c.read("/run/localaid/status.json")
+        for t in (first, second):
+            assert t not in cmdlines and t not in journal and t not in state
+    finally:
+        c.run(["rm", "-f", "/etc/localaid/conf.d/60-tls-node.yaml", "/etc/localaid/tls/nodes/node-c.json",
+               "/etc/localaid/tls/ca.crt"])
+        c.systemctl("stop", "node-c-proxy", check=False)
+        c.systemctl("reload", "localaid")
+    wait_for(lambda: stored_urls(c, token(c)) == URLS and in_use(c, token(c)) == [True, True], timeout=60,
+             interval=0.5)
+    wait_for(lambda: not c.exists("/etc/localaid/tls/ca-bundle.crt") and setup_done(c), timeout=120, interval=0.5)
+    assert "AIOHTTP_CLIENT_SSL_CERT_FILE" not in c.read("/etc/localaid/open-webui.env")
+    try:
+        wait_for(lambda: in_use(c, token(c)) == [True, True] and "nodes 2/2 ok" in status(c), timeout=60,
+                 interval=0.5)
+    except TimeoutError:
+        raise AssertionError(f"{status(c)} / {in_use(c, token(c))} / {c.journal('localaid', lines=30)}") from None

@@ -75,7 +75,8 @@ PURE = {"localaid.records", "localaid.policy", "localaid.policy_gpu", "localaid.
         "localaid.policy_jobs",
         "localaid.policy_models", "localaid.policy_backup", "localaid.policy_disk", "localaid.driver_support",
         "localaid.catalog", "localaid.quantity", "localaid.vram", "localaid.distro"}
-DAEMON = {"localaid.supervisor", "localaid.observe", "localaid.observe_tls", "localaid.act", "localaid.report"}
+DAEMON = {"localaid.supervisor", "localaid.observe", "localaid.observe_tls", "localaid.observe_nodes", "localaid.act",
+          "localaid.report"}
 
 
 def _layer(m: str) -> str:

@@ -244,3 +244,23 @@ def test_cgroup_cpu_time_from_v2_hybrid_or_v1(tmp_path):
     assert procfs.cgroup_cpu_seconds("/missing.service", str(v2)) is None
     assert procfs.cgroup_cpu_seconds("/../../etc", str(v2)) is None
     assert procfs.cgroup_cpu_seconds("relative", str(v2)) is None
+
+
+def test_status_is_written_again_after_a_reload(tmp_path):
+    """A reload sets STATUS to "reloading configuration": the next cycle must write its own line
+    even when it is the same as before the reload (else systemctl status keeps saying reloading)."""
+    from localaid.supervisor import Supervisor
+
+    class Notes:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, **fields):
+            self.sent.append(fields)
+    (tmp_path / "localaid.yaml").write_text("{}\n")
+    sup = Supervisor.__new__(Supervisor)
+    sup.config_path, sup.conf_d, sup.notifier, sup.generation = str(tmp_path / "localaid.yaml"), None, Notes(), 1
+    sup._last_status = "ollama ok · open-webui ok :3000"
+    sup.reload()
+    assert sup.notifier.sent[0]["status"] == "reloading configuration" and sup.notifier.sent[-1] == {"ready": 1}
+    assert sup._last_status is None and sup.generation == 2

@@ -2,6 +2,8 @@
 answering, put back when they answer again, held out longer while they flap."""
 
 from dataclasses import replace
+
+import pytest
 from types import MappingProxyType
 
 from localaid import policy
@@ -123,3 +125,62 @@ def test_a_connection_localaid_switched_off_before_a_restart_is_put_back():
     ds = run([marked(100.0, REFUSED), marked(101.0, OK), marked(102.0, OK)])
     assert "nodes 1/2 ok (gpu-b out" in ds[0].status_line and node_actions(ds[0]) == []
     assert node_actions(ds[2]) == [("node-enable", B)]
+
+
+TA, TB = "https://gpu-a:11443", "https://gpu-b:11443"
+UNAUTHORISED = Probe(False, 0.01, 401, "HTTP 401")
+FORBIDDEN = Probe(False, 0.01, 403, "HTTP 403")
+UNTRUSTED = Probe(False, 0.01, None, "certificate not trusted: self-signed certificate in certificate chain")
+
+
+def tls_cfg() -> Config:
+    c = cfg()
+    return replace(c, webui=replace(c.webui, ollama_urls=(TA, TB)))
+
+
+def tls_simulate(probes_b, start=100.0):
+    """As simulate(), with https:// nodes behind their tokens."""
+    c, hist, in_use, out = tls_cfg(), History(), True, []
+    for i, pb in enumerate(probes_b):
+        o = observe(start + i, b=pb, in_use=(True, in_use))
+        o = replace(o, nodes=(replace(o.nodes[0], url=TA), replace(o.nodes[1], url=TB)))
+        d = policy.decide(c, o, hist)
+        hist = d.history
+        for kind, target in node_actions(d):
+            assert target == TB
+            in_use = kind == "node-enable"
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("probe, words", [
+    (UNAUTHORISED, "token refused (HTTP 401)"), (FORBIDDEN, "token refused (HTTP 403)"),
+    (UNTRUSTED, "certificate not trusted: self-signed certificate in certificate chain")])
+def test_a_node_refusing_the_token_or_not_trusted_is_taken_out_and_put_back(probe, words):
+    """A node whose proxy refuses this host's token (none, or an old one after `localaid node add`
+    again) or whose certificate the site CA did not sign fails like one that does not answer:
+    out after health.failures probes, with the reason in STATUS, back once it answers."""
+    ds = tls_simulate([OK, probe, probe, probe, probe, OK, OK, OK])
+    assert [node_actions(d) for d in ds[:3]] == [[], [], []]
+    assert node_actions(ds[3]) == [("node-disable", TB)]
+    assert f"nodes 1/2 ok (gpu-b out 1 s: {words})" in ds[4].status_line  # 11443: the name alone
+    assert any(f"node gpu-b: {words}: taken out" in n for n in ds[3].notes)
+    assert node_actions(ds[6]) == [("node-enable", TB)]
+    assert "nodes 2/2 ok" in ds[7].status_line
+
+
+def test_a_changed_token_in_open_webui_is_written_before_anything_else():
+    """A key that is not the node's token makes the observation differ: the connections are
+    written again (with the tokens) before any node is switched."""
+    o = observe(100.0, b=UNAUTHORISED, in_use=(True, True))
+    o = replace(o, nodes=(replace(o.nodes[0], url=TA), replace(o.nodes[1], url=TB)), nodes_differ=True)
+    d = policy.decide(tls_cfg(), o, History())
+    assert [a.kind for a in d.actions if a.kind.startswith("node")] == ["nodes-sync"]
+    assert "nodes' tokens" in next(a.evidence for a in d.actions if a.kind == "nodes-sync")
+
+
+def test_node_names_in_status():
+    from localaid.policy_nodes import name
+    assert [name(u) for u in ("http://gpu-a:11434", "https://gpu-a:11443", "https://gpu-a:11434",
+                              "http://gpu-a:11443", "https://gpu-a:8443", "https://[fe80::1]:11443")] == \
+        ["gpu-a", "gpu-a", "gpu-a", "gpu-a:11443", "gpu-a:8443", "fe80::1"]

@@ -75,10 +75,10 @@ class AdminDouble:
         self.default_updates.append(model)
         self.default_models = model
 
-    def set_embedding(self, engine, model, url):
-        self.updates.append((engine, model, url))
+    def set_embedding(self, engine, model, url, key=""):
+        self.updates.append((engine, model, url) + ((key,) if key else ()))
         self.settings = {"RAG_EMBEDDING_ENGINE": engine, "RAG_EMBEDDING_MODEL": model,
-                         "ollama_config": {"url": url or "", "key": ""}}
+                         "ollama_config": {"url": url or "", "key": key}}
 
 
 class FakeHost(webui.Host):

@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 
-from localaid import fsutil, procfs
+from localaid import fsutil, nodekeys, paths, procfs
 from localaid.fsutil import write_if_changed
 from localaid.policy import BUSY_CPU, BUSY_HOLD
 from localaid.provision import safefs
@@ -32,9 +32,9 @@ def unit_path(path: str) -> str:
     return f'"{path}"' if re.search(r"\s", path) else path
 
 
-def render_env(config, secret_key: str, admin_password: str | None) -> str:
+def render_env(config, secret_key: str, admin_password: str | None, ca_bundle: str | None = None) -> str:
     """The EnvironmentFile of open-webui.service (root-only: it holds the key, and the password
-    until the admin exists)."""
+    until the admin exists). `ca_bundle`: the CAs Open WebUI trusts (https:// GPU nodes)."""
     w = config.webui
     host, port = w.serve
     env: dict[str, str] = {
@@ -62,6 +62,8 @@ def render_env(config, secret_key: str, admin_password: str | None) -> str:
     # Plugin requirements are pip-installed by the service user into its own venv: no cache
     # outside its home (the data dir).
     env["PIP_CACHE_DIR"] = os.path.join(w.data_dir, ".cache", "pip")
+    if ca_bundle:  # open-webui 0.12 env.py: the CA file of every outbound aiohttp session, in place of the default
+        env["AIOHTTP_CLIENT_SSL_CERT_FILE"] = ca_bundle
     if w.tls.enabled:  # reached through the HTTPS proxy: cookies only over HTTPS, links to it
         env.update({"WEBUI_URL": w.public_url, "WEBUI_SESSION_COOKIE_SECURE": "true",
                     "WEBUI_AUTH_COOKIE_SECURE": "true"})
@@ -150,10 +152,35 @@ def gpu_groups(config) -> list[str]:
     return out
 
 
+def _text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def ca_bundle_text(ctx) -> str:
+    """What Open WebUI must trust to reach https:// GPU nodes: the system's CAs (the file replaces
+    its default bundle, which web search and other outbound calls use too) and the site CA that
+    signs the nodes' certificates. Empty without an https:// node or without the site CA."""
+    layout = ctx.layout
+    if not any(u.startswith("https://") for u in ctx.config.webui.ollama_urls):
+        return ""
+    site = _text(layout.p(nodekeys.SITE_CA))
+    if "-----BEGIN CERTIFICATE-----" not in site:
+        return ""
+    system = _text(layout.p(nodekeys.SYSTEM_BUNDLE))
+    return (system.rstrip("\n") + "\n" if system.strip() else "") + \
+        f"# localaid: the site CA ({nodekeys.SITE_CA}), which signs the GPU nodes' certificates\n" + \
+        site.rstrip("\n") + "\n"
+
+
 def write_env(ctx, with_password: bool) -> bool:
     """The environment file, with the admin password while no admin exists. True if changed."""
     key, password = ensure_secret(ctx), ensure_admin_password(ctx)
-    text = render_env(ctx.config, key, password if with_password else None)
+    bundle = nodekeys.CA_BUNDLE if ca_bundle_text(ctx) else None
+    text = render_env(ctx.config, key, password if with_password else None, bundle)
     return write_if_changed(ctx.layout.env_file, text, 0o600)
 
 
@@ -201,7 +228,9 @@ def configure(ctx) -> bool:
     for d in (layout.base, layout.venvs, layout.backups):
         os.makedirs(d, mode=0o755, exist_ok=True)
     os.chmod(layout.backups, 0o700)
-    changed = write_env(ctx, with_password=not os.path.exists(layout.admin_marker))
+    # the CA bundle first: Open WebUI restarts when it changed (the system's CAs or the site CA)
+    changed = write_if_changed(layout.p(nodekeys.CA_BUNDLE), ca_bundle_text(ctx), 0o644)
+    changed = write_env(ctx, with_password=not os.path.exists(layout.admin_marker)) or changed
     if write_if_changed(layout.dropin, render_dropin(ctx.config, gpu_groups(ctx.config), procfs.on_wsl2()), 0o644):
         changed = True
         host.daemon_reload()
@@ -299,13 +328,15 @@ def settle_embedding(ctx) -> None:
     e, config = ctx.config.webui.embedding, ctx.config
     engine, model = ("ollama" if e.engine == "ollama" else ""), e.model_name
     url = config.ollama_nodes[0] if e.engine == "ollama" and config.ollama_nodes else None
+    key = (nodekeys.token_for(url, nodekeys.load(ctx.layout.p(paths.TLS_DIR))) if url else None) or ""
     try:
         admin = ctx.host.webui_admin(config, ctx.layout)
         have = admin.embedding()
+        oc = have.get("ollama_config") or {}
         if ((have.get("RAG_EMBEDDING_ENGINE") or "", have.get("RAG_EMBEDDING_MODEL")) == (engine, model)
-                and (url is None or (have.get("ollama_config") or {}).get("url") == url)):
+                and (url is None or (oc.get("url"), oc.get("key") or "") == (url, key))):
             return
-        admin.set_embedding(engine, model, url)
+        admin.set_embedding(engine, model, url, key)
         ctx.rep.say("Open WebUI's document embedding set from webui.embedding", engine=engine or "local",
                     model=model, was=f"{have.get('RAG_EMBEDDING_ENGINE') or 'local'} {have.get('RAG_EMBEDDING_MODEL')}")
     except AdminError as err:

@@ -6,13 +6,17 @@ OLLAMA_API_CONFIGS); the model defaults (GET/POST /api/v1/configs/models, seeded
 DEFAULT_MODELS at the first start; the form's first three fields are required and every field
 is stored as sent, as in routers/configs.py); and POST /api/chat/completions, sent to one connection picked at random
 among the enabled ones, with no health check and Open WebUI's long client timeout
-(AIOHTTP_CLIENT_TIMEOUT, 300 s): a node that is down fails or stalls the chats sent to it."""
+(AIOHTTP_CLIENT_TIMEOUT, 300 s): a node that is down fails or stalls the chats sent to it. A
+connection's `key` goes to its node as `Authorization: Bearer` (utils/headers.py), and an
+https:// node is verified against AIOHTTP_CLIENT_SSL_CERT_FILE alone when it is set (env.py):
+a node that refuses the key (401) or whose certificate is not trusted fails the chats sent to it."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import ssl
 import urllib.error
 import urllib.request
 
@@ -91,18 +95,38 @@ def update(db, form: dict) -> dict | None:
             "OLLAMA_API_CONFIGS": configs}
 
 
+_SSL: list = []
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """As open-webui 0.12's env.py: AIOHTTP_CLIENT_SSL_CERT_FILE, when it names a file, is the
+    only CA file trusted (read once, at start); otherwise the default verification."""
+    if not _SSL:
+        path = os.environ.get("AIOHTTP_CLIENT_SSL_CERT_FILE", "").strip()
+        _SSL.append(ssl.create_default_context(cafile=path) if path and os.path.isfile(path)
+                    else ssl.create_default_context())
+    return _SSL[0]
+
+
 def chat(db, form: dict) -> tuple[int, dict]:
     doc = config(db)
-    live = [u for i, u in enumerate(doc["OLLAMA_BASE_URLS"])
+    live = [(i, u) for i, u in enumerate(doc["OLLAMA_BASE_URLS"])
             if (doc["OLLAMA_API_CONFIGS"].get(str(i)) or {}).get("enable", True)]
     if not doc["ENABLE_OLLAMA_API"] or not live:
         return 400, {"detail": "Model not found"}
-    url = random.choice(live)
+    i, url = random.choice(live)
     body = json.dumps({"model": form.get("model"), "messages": form.get("messages") or [], "stream": False})
-    req = urllib.request.Request(url + "/api/chat", body.encode(), {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    key = (doc["OLLAMA_API_CONFIGS"].get(str(i)) or {}).get("key")
+    if key:  # utils/headers.py: a connection's key goes as a bearer token (auth_type bearer, the default)
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url + "/api/chat", body.encode(), headers)
     try:
-        with urllib.request.urlopen(req, timeout=float(os.environ.get("AIOHTTP_CLIENT_TIMEOUT", "300"))) as r:
+        with urllib.request.urlopen(req, timeout=float(os.environ.get("AIOHTTP_CLIENT_TIMEOUT", "300")),
+                                    context=_ssl_context() if url.startswith("https://") else None) as r:
             answer = json.loads(r.read())
+    except urllib.error.HTTPError as e:  # a node refusing the key (401): the chat fails, as in the real one
+        return 500, {"detail": f"Open WebUI: Server Connection Error ({url}: HTTP {e.code})"}
     except (OSError, ValueError) as e:
         return 500, {"detail": f"Open WebUI: Server Connection Error ({url}: {e})"}
     content = (answer.get("message") or {}).get("content", "")
