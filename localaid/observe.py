@@ -157,15 +157,8 @@ class Observer:
         unit_states = self._refreshed(unit_states, ((OLLAMA, ollama_probe), (WEBUI, wp), (HTTPS, hp)), started)
         services = {}
         if local:
-            unit = unit_states.get(UNITS[OLLAMA])
-            models = http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None
-            services[OLLAMA] = ServiceObs(OLLAMA, unit, unit_err, ollama_probe, models=models,
-                                          cpu_seconds=_cpu_if_failed(unit, ollama_probe),
-                                          version=self._ollama_version(unit, ollama_probe, config.ollama.url,
-                                                                       hc.timeout),
-                                          runners=procfs.runners(unit.control_group, unit.main_pid)
-                                          if models and unit is not None and config.health.runner_watchdog
-                                          else None)
+            services[OLLAMA] = self._ollama(config, unit_states.get(UNITS[OLLAMA]), unit_err, ollama_probe,
+                                            http.parse_ps(ps_body) if ps_probe and ps_probe.ok else None)
         if config.webui.enabled:
             unit = unit_states.get(UNITS[WEBUI])
             services[WEBUI] = ServiceObs(WEBUI, unit, unit_err, wp, rp, cpu_seconds=_cpu_if_failed(unit, wp))
@@ -182,6 +175,13 @@ class Observer:
                            host=self._host_facts() if config.ollama.picks_model else None,
                            backup=backup_obs() if config.backup.enabled and config.webui.enabled else None,
                            disks=disks_obs(config), canary=canary, tls=self.tls.observe(config) if tls_on else None)
+
+    def _ollama(self, config, unit, unit_err, probe, models) -> ServiceObs:
+        """Ollama's unit, probe, models, version and (a model loaded) runners for the watchdog."""
+        watch = models and unit is not None and config.health.runner_watchdog
+        return ServiceObs(OLLAMA, unit, unit_err, probe, models=models, cpu_seconds=_cpu_if_failed(unit, probe),
+                          version=self._ollama_version(unit, probe, config.ollama.url, config.health.timeout),
+                          runners=procfs.runners(unit.control_group, unit.main_pid) if watch else None)
 
     def _refreshed(self, unit_states: dict, probes, started: float) -> dict:
         """A failed probe of a unit not read from systemd this cycle: read it now. A quick restart
