@@ -689,6 +689,18 @@ SIGN_IN = """fetch('/api/v1/auths/signin', {method: 'POST', headers: {'Content-T
   return !!j.token; })"""
 
 
+def chat_in_the_page(page, text: str) -> str:
+    """A chat as a person has it: typed into Open WebUI's input, sent with Enter; the answer
+    reaches the page over its socket.io connection (wss:// through the proxy). Returns its text."""
+    page.eval("document.querySelector('#chat-input').focus(), true")
+    page.call("Input.insertText", {"text": text})
+    for kind in ("keyDown", "keyUp"):
+        page.call("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter",
+                                             "windowsVirtualKeyCode": 13, **({"text": "\r"} if kind == "keyDown" else {})})
+    return page.wait_for("(() => { const e = document.querySelector('#response-content-container');"
+                         " return e && e.innerText.trim().length > 2 ? e.innerText : ''; })()", timeout=90)
+
+
 def test_https_in_a_browser(container, tmp_path):
     """The real Open WebUI on the network: over plain HTTP a browser has no secure context (no
     microphone); with webui.tls the page is served by nginx with the local CA's certificate,
@@ -731,10 +743,11 @@ def test_https_in_a_browser(container, tmp_path):
         page.wait_for("!!document.querySelector('#chat-input')", timeout=60)
         page.eval(DISMISS_NEWS)
         time.sleep(0.5)
-        shot = page.screenshot(ARTEFACTS / "real-webui-https-signed-in.png")
         got = page.eval(SOCKET_IO, timeout=20)
         chat = page.eval(STREAMED_CHAT, timeout=60)
+        answer = chat_in_the_page(page, "Say hello in five words.")
+        shot = page.screenshot(ARTEFACTS / "real-webui-https-signed-in.png")
     print(f"socket.io over wss through nginx: {got}; streamed chat: {chat['chunks']} chunks, HTTP {chat['status']}; "
-          f"screenshot {shot}")
+          f"typed in the page, answered there: {answer[:60]!r}; screenshot {shot}")
     assert got[0].startswith("0{") and got[-1].startswith("40")
     assert chat["status"] == 200 and chat["chunks"] >= 2 and "data:" in chat["text"]
