@@ -5,12 +5,13 @@ node double that is as strict as the node's nginx: TLS with a certificate the si
 import dataclasses
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 import ssl
 
 import pytest
+
+import tls_server
 
 from localaid import nodekeys
 from localaid.adapters import http
@@ -44,12 +45,7 @@ def _node(cert: str, key: str, token: str, seen: list):
 
         def log_message(self, *a):
             pass
-    srv = HTTPServer(("127.0.0.1", 0), H)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
+    return tls_server.serve(H, cert, key)
 
 
 def _key_file(tls: str, name: str, token: str, names) -> None:

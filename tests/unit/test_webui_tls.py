@@ -4,16 +4,16 @@ service, its probe over TLS, and the set-up job's steps against a fake host."""
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 import time
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler
 from types import MappingProxyType
 
 import pytest
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from localaid import policy, policy_tls
+import tls_server
+
+from localaid import policy_tls
 from localaid.adapters import http
 from localaid.config import Config
 from localaid.observe_tls import answered
@@ -23,7 +23,7 @@ from localaid.provision.job import JobError
 from localaid.provision.webui.layout import Ctx, Layout
 from localaid.provision.webui.service import render_env
 from localaid.records import HTTPS, Probe, ServiceObs, TlsObs
-from tests.unit.test_policy import OK, jobs_idle, observe, run, unit
+from tests.unit.test_policy import OK, observe, run, unit
 
 
 def tls_config(listen=("0.0.0.0", 3000), **tls) -> Config:
@@ -124,12 +124,7 @@ def _serve(cert: str, key: str):
 
         def log_message(self, *a):
             pass
-    srv = HTTPServer(("127.0.0.1", 0), H)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
+    return tls_server.serve(H, cert, key)
 
 
 def test_the_probe_trusts_the_local_ca_and_names_an_untrusted_certificate(tmp_path):
