@@ -19,6 +19,7 @@ the watchdog existed).
     sudo bench/idle_footprint.py --baseline HEAD~1    # and the build of HEAD~1, side by side
     sudo bench/idle_footprint.py --baseline-deb /path/to/previous/localaid_0.1.0_all.deb
     sudo bench/idle_footprint.py --no-model           # no model loaded, no runner child
+    sudo bench/idle_footprint.py --expose             # a GPU node: nginx with TLS and a token in front
 
 With a baseline, both builds are measured one after the other in fresh containers of the same
 root file system with the same settings (the baseline first), and one table shows both.
@@ -104,6 +105,29 @@ webui:
 """
 
 
+# --expose: this host as a GPU node (ollama.expose): a bundle from a site CA made in /root (the
+# UI host's side, run here), joined with `localaid node join`; nginx then serves the stand-in
+# over TLS and localaid probes that proxy every cycle as well.
+NODE_ADD = r"""
+import sys, types
+from localaid.config import Config
+from localaid.provision.https import nodejoin
+args = types.SimpleNamespace(name="bench-node", addresses=["127.0.0.1"], port=int(sys.argv[1]),
+                             output="/root/bench-node.localaid-node")
+sys.exit(nodejoin.add_main(args, Config(), tls_dir="/root/site-ca"))
+"""
+
+
+def join_as_node(c: Container) -> None:
+    c.run(["python3", "-c", NODE_ADD, str(free_port())])
+    c.run(["localaid", "node", "join", "/root/bench-node.localaid-node"])
+    deadline = time.monotonic() + 120
+    while "https ok" not in c.unit_property("localaid", "StatusText"):
+        if time.monotonic() > deadline:
+            raise ContainerError(f"no https ok: {c.unit_property('localaid', 'StatusText')}")
+        time.sleep(0.5)
+
+
 def free_port() -> int:
     # Containers share the host network: pick a port nobody uses right now.
     with socket.socket() as s:
@@ -164,6 +188,8 @@ def measure(deb: Path, rootfs: Path, a) -> dict:
               timeout=600)
         apt_s = time.monotonic() - t0
         c.wait_for_unit("localaid.service", "active", timeout=60)
+        if a.expose:
+            join_as_node(c)
         time.sleep(a.warmup)
         pid = c.unit_property("localaid", "MainPID")
         nrestarts0 = c.unit_property("localaid", "NRestarts")
@@ -194,6 +220,7 @@ def measure(deb: Path, rootfs: Path, a) -> dict:
             "canaries_sent": canaries(c),
             "status": c.unit_property("localaid", "StatusText"),
             "apt_install_s": round(apt_s, 1),
+            "expose": bool(a.expose),
         }
 
 
@@ -209,6 +236,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=180.0, help="measurement window per build")
     ap.add_argument("--no-model", action="store_true",
                     help="the stand-in Ollama holds no model loaded and has no runner child")
+    ap.add_argument("--expose", action="store_true",
+                    help="as a GPU node: joined, nginx serving Ollama over TLS, its proxy probed every cycle")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
