@@ -257,7 +257,7 @@ def _service_status(config, name: str, h: ServiceHistory, obs: Observation) -> S
         detail = f":{config.webui.serve[1]}"
     elif name == HTTPS:
         detail = f":{config.webui.port}" if config.webui.enabled and config.webui.tls.enabled else \
-            f":{config.ollama.expose.rpartition(':')[2]}"
+            f":{config.ollama.expose_bind[1]}"
     elif name == OLLAMA:
         so = obs.services.get(OLLAMA)
         if so is not None and so.models:

@@ -39,8 +39,7 @@ def _check_disk(cfg: Config, ctx: Ctx) -> None:
 def _check_ports(cfg: Config, ctx: Ctx) -> None:
     binds = [("ollama.port", "ollama", cfg.ollama.host, cfg.ollama.port)]
     if cfg.ollama.enabled and cfg.ollama.expose and ctx.ok("ollama.expose"):
-        host, port = parse_listen(cfg.ollama.expose)
-        binds.append(("ollama.expose", "ollama.expose", host, port))
+        binds.append(("ollama.expose", "ollama.expose", *cfg.ollama.expose_bind))
     if cfg.webui.enabled:
         binds.append(("webui.listen", "webui.listen", cfg.webui.host, cfg.webui.port))
         if cfg.webui.tls.enabled:

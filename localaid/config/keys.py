@@ -108,12 +108,17 @@ class OllamaConfig:
         return f"http://{_url_host(self.host)}:{self.port}"
 
     @property
+    def expose_bind(self) -> tuple[str, int] | None:
+        """ollama.expose as (host, port), the host without brackets ("0.0.0.0", 11443); None: not exposed."""
+        return None if self.expose is None else c.parse_listen(self.expose)
+
+    @property
     def expose_url(self) -> str | None:
         """The node's TLS proxy, for its own probe ("https://127.0.0.1:11443")."""
-        if self.expose is None:
+        if self.expose_bind is None:
             return None
-        host, _, port = self.expose.rpartition(":")
-        return f"https://{_url_host(host.strip('[]'))}:{port}"
+        host, port = self.expose_bind
+        return f"https://{_url_host(host)}:{port}"
 
     @property
     def bind(self) -> str:

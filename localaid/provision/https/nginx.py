@@ -90,12 +90,12 @@ def _webui_server(config, local_ca: bool) -> list[str]:
 def _ollama_server(config) -> list[str]:
     """A GPU node (ollama.expose): Ollama's API for requests with the node's token only. The
     token is compared by a map read from a credential (token.map); it is not passed on."""
-    host, _, port = config.ollama.expose.rpartition(":")
+    host, port = config.ollama.expose_bind
     return [
         f"    map $http_authorization $node_token_ok {{ default 0; include {CREDENTIALS}/token.map; }}",
         f"    upstream ollama {{ server 127.0.0.1:{config.ollama.port}; keepalive 8; }}",
         "    server {",
-        *_tls(host.strip("[]"), int(port)),
+        *_tls(host, port),
         "        location / {",
         "            if ($node_token_ok = 0) { return 401; }",
         "            proxy_pass http://ollama;",

@@ -111,7 +111,7 @@ def served_fingerprint(ctx) -> str | None:
 def _ports(config) -> list[int]:
     ports = [config.webui.port] if serves_webui(config) else []
     if serves_ollama(config):
-        ports.append(int(config.ollama.expose.rpartition(":")[2]))
+        ports.append(config.ollama.expose_bind[1])
     return ports
 
 
