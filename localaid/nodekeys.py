@@ -19,7 +19,6 @@ Nothing here ever writes a token to the journal: NodeKey's repr leaves it out.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from localaid import paths
+from localaid.policy_tls import canonical_name  # the names node add writes, compared alike
 
 SITE_CA = os.path.join(paths.TLS_DIR, "ca.crt")
 CA_BUNDLE = "/etc/localaid/tls/ca-bundle.crt"  # the system's CAs and the site CA, for Open WebUI
@@ -52,15 +52,6 @@ class Keys(dict):
     def __init__(self, items=(), errors=()):
         super().__init__(items)
         self.errors: tuple[str, ...] = tuple(errors)
-
-
-def canonical(host: str) -> str:
-    """A host name without case, an address in its canonical form ("[::1]" → "::1")."""
-    host = host.strip().strip("[]").lower().rstrip(".")
-    try:
-        return ipaddress.ip_address(host).compressed
-    except ValueError:
-        return host
 
 
 def _stat_key(path: str):
@@ -93,7 +84,7 @@ def _parse(text: bytes, path: str) -> NodeKey:
         raise ValueError(f"{path}: \"token\" missing or not a URL-safe token")
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"{path}: \"names\" is not a list of host names and addresses")
-    return NodeKey(name, token, tuple(dict.fromkeys(canonical(n) for n in [name, *names])))
+    return NodeKey(name, token, tuple(dict.fromkeys(canonical_name(n) for n in [name, *names])))
 
 
 def _read_one(dfd: int, entry: str, path: str) -> NodeKey:
@@ -182,7 +173,7 @@ def node_for(url: str, keys) -> NodeKey | None:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         return None
-    host = canonical(parts.hostname)
+    host = canonical_name(parts.hostname)
     return next((k for k in keys.values() if host in k.names), None)
 
 

@@ -12,6 +12,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from localaid import nodekeys, paths
+from localaid.policy_tls import canonical_name
 from localaid.records import Check
 
 ADD = "localaid node add NAME ADDR"
@@ -44,7 +45,7 @@ def _trust_checks(urls, keys, name) -> list[Check]:
             out.append(Check(f"node {name(url)} token", False,
                              f"{url}: no token for {host} in {paths.TLS_DIR}/nodes: the node refuses Open WebUI",
                              f"on this host: {ADD} (ADDR: {host}), then `localaid node join` on the node"))
-        elif url.startswith("http://") and not _loopback(nodekeys.canonical(host)):
+        elif url.startswith("http://") and not _loopback(canonical_name(host)):
             out.append(Check(f"node {name(url)} transport", None,
                              f"{url}: plain HTTP on the network: prompts and answers in clear text, no token",
                              f"serve it over TLS with a token: {ADD} here, then https:// in webui.ollama_urls"))
